@@ -1,0 +1,115 @@
+"""The one seam between the pipeline and a chain family: the `ChainAdapter` protocol.
+
+The pipeline calls these methods with plain values (addresses as strings, amounts as integer base
+units, payloads as bytes) and stores what they return; it never sees an SDK object. Every method
+that talks to a node raises `ChainRpcError` (transient) for transport trouble, never the SDK's own
+exception.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from chains.registry import ChainSpec, TokenSpec
+
+
+class Curve(str, enum.Enum):
+    """Key curve a chain family signs with; the signer keeps one key per wallet and curve."""
+
+    SECP256K1 = "secp256k1"
+    ED25519 = "ed25519"
+
+
+@dataclass(frozen=True)
+class TransferIntent:
+    """What to move: everything the adapter needs to quote and build, in base units."""
+
+    from_address: str
+    to_address: str
+    amount: int
+    token: TokenSpec  # the native token is a TokenSpec with asset_type NATIVE and no contract
+
+
+@dataclass(frozen=True)
+class FeeQuote:
+    """Fee parameters fixed at lock time; `max_fee` (native base units) is what gets reserved.
+
+    `params` is JSON-serialisable and is stored on the transaction, so the transaction built later
+    uses exactly these parameters and can never spend more than the reserve.
+    """
+
+    max_fee: int
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class UnsignedTransaction:
+    """A built transaction waiting for a signature.
+
+    `payload` is the adapter's own serialisation (stored in the DB, handed back to
+    `attach_signature`); `digest` is the 32-byte hash the signer signs.
+    """
+
+    payload: bytes
+    digest: bytes
+
+
+@dataclass(frozen=True)
+class SignedTransaction:
+    """Bytes ready to broadcast and the hash the chain will know them by."""
+
+    raw: bytes
+    tx_hash: str
+
+
+class TxState(str, enum.Enum):
+    NOT_FOUND = "NOT_FOUND"  # the node does not know the transaction (dropped, or never sent)
+    PENDING = "PENDING"  # in the mempool, not in a block
+    INCLUDED = "INCLUDED"  # in a canonical block and succeeded
+    REVERTED = "REVERTED"  # in a canonical block and failed (fee paid, value not moved)
+
+
+@dataclass(frozen=True)
+class TxStatus:
+    """What the chain says about a transaction right now."""
+
+    state: TxState
+    block_number: int | None = None
+    block_hash: str | None = None
+    confirmations: int = 0
+    fee_paid: int | None = None  # native base units actually charged, once included
+
+
+class ChainAdapter(Protocol):
+    """One chain (one registry entry) reached through its family's SDK."""
+
+    spec: ChainSpec
+
+    def validate_address(self, address: str) -> str:
+        """Return the normalized address, or raise InvalidAddress with the reason."""
+
+    def address_from_public_key(self, public_key: bytes) -> str:
+        """Derive the account address for a wallet public key of this family's curve."""
+
+    def quote_fee(self, intent: TransferIntent) -> FeeQuote:
+        """Price the transfer now; a transfer the node already knows must fail raises TransactionRejected."""
+
+    def next_nonce(self, address: str) -> int:
+        """The chain's next nonce for `address` counting pending transactions (EVM-like only)."""
+
+    def build(self, intent: TransferIntent, fee: FeeQuote, nonce: int | None) -> UnsignedTransaction:
+        """Build the unsigned transaction offline from stored parameters."""
+
+    def attach_signature(self, payload: bytes, signature: bytes) -> SignedTransaction:
+        """Combine the payload with the signer's 65-byte r||s||recovery_id (secp256k1)."""
+
+    def broadcast(self, signed: SignedTransaction) -> str:
+        """Send the bytes; sending bytes the node already has is success. Returns the tx hash."""
+
+    def get_status(self, tx_hash: str) -> TxStatus:
+        """Inclusion, canonical block, confirmations and fee paid."""
+
+    def balance_of(self, address: str, token: TokenSpec) -> int:
+        """On-chain balance in base units (for reconciliation)."""
