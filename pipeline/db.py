@@ -1,0 +1,96 @@
+"""Engines and the unit of work: one DB transaction around each piece of domain work.
+
+SQLite (the embedded default) runs in WAL mode and opens every transaction with BEGIN IMMEDIATE,
+so concurrent workers serialise their writes instead of failing on a read-to-write upgrade;
+PostgreSQL uses row locks (`SELECT ... FOR UPDATE`). Database trouble that a retry can cure
+(locked database, lost connection, serialization failure, deadlock) surfaces as TransientError.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from pipeline.errors import TransientError
+
+_lock = threading.Lock()
+_databases: dict[tuple[int, str], "Database"] = {}
+
+
+def _prepare_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def make_engine(url: str) -> Engine:
+    """An engine configured for the pipeline's concurrency on either backend."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        _prepare_sqlite(engine)
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+
+
+class Database:
+    """An engine and its session factory, created once per process (Celery forks workers)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @contextmanager
+    def unit_of_work(self) -> Iterator[Session]:
+        """Commit everything done inside, or nothing; DB trouble worth a retry -> TransientError."""
+        session = self._sessions()
+        try:
+            with session.begin():
+                yield session
+        except OperationalError as exc:
+            raise TransientError(f"database unavailable: {exc.orig.__class__.__name__}: {str(exc.orig)[:200]}") from exc
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise TransientError("database connection lost") from exc
+            raise
+        finally:
+            session.close()
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def get_database(url: str) -> Database:
+    """The process's Database for `url`; a forked child gets its own engine, never its parent's."""
+    key = (os.getpid(), url)
+    with _lock:
+        database = _databases.get(key)
+        if database is None:
+            database = _databases[key] = Database(url)
+        return database

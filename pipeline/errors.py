@@ -1,0 +1,64 @@
+"""Errors of the domain. Each says whether retrying can help (`transient`).
+
+    PipelineError
+    ├── InvalidInput                 bad caller input; nothing was written        (permanent)
+    │   ├── InvalidAmount            not a positive decimal string within the token's decimals
+    │   ├── InvalidId                malformed id
+    │   ├── UnknownChainError        chain not in the registry
+    │   ├── UnknownSymbol            token symbol not on that chain
+    │   └── IdempotencyConflict      same key reused with different transfer fields
+    ├── NotFound                     an id that does not exist (or belongs to another client)
+    ├── InvalidTransition            a stage change the state machine does not allow
+    ├── LimitExceeded                a client limit (max_wallets) would be exceeded
+    └── TransientError               try again later: DB locked, RPC down, signer busy (transient)
+"""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Base of domain errors."""
+
+    transient: bool = False
+
+
+class InvalidInput(PipelineError, ValueError):
+    """The caller's input is wrong; nothing was written."""
+
+
+class InvalidAmount(InvalidInput):
+    """The amount is not a positive decimal string representable in the token's base units."""
+
+
+class InvalidId(InvalidInput):
+    """An id is malformed."""
+
+
+class UnknownChainError(InvalidInput):
+    """The chain is not in the registry."""
+
+
+class UnknownSymbol(InvalidInput):
+    """The token symbol is not configured on the chain."""
+
+
+class IdempotencyConflict(InvalidInput):
+    """The idempotency key was already used for a transfer with different fields."""
+
+
+class NotFound(PipelineError, LookupError):
+    """No such resource for this client."""
+
+
+class InvalidTransition(PipelineError):
+    """The state machine does not allow this stage change."""
+
+
+class LimitExceeded(PipelineError):
+    """A client limit would be exceeded."""
+
+
+class TransientError(PipelineError):
+    """A retry later can succeed."""
+
+    transient = True

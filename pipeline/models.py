@@ -1,0 +1,219 @@
+"""SQLAlchemy 2.0 models of the resource hierarchy and the transfer audit trail.
+
+Client -> Wallet -> Account -> Asset -> Transaction (+ TransactionEvent, LedgerEntry). Amounts are
+integers in base units stored losslessly: NUMERIC(78,0) on PostgreSQL (uint256 fits), decimal
+text on SQLite (whose NUMERIC would silently turn values above 2**63 into floats).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+
+def utcnow() -> datetime:
+    """Naive UTC: the same representation on SQLite and PostgreSQL, so comparisons hold on both."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class BaseUnits(TypeDecorator[int]):
+    """An exact non-float integer amount column."""
+
+    impl = String(80)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(Numeric(78, 0))
+        return dialect.type_descriptor(String(80))
+
+    def process_bind_param(self, value: int | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"amounts are integers in base units, got {type(value).__name__}")
+        return value if dialect.name == "postgresql" else str(value)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> int | None:
+        return None if value is None else int(value)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Client(Base):
+    __tablename__ = "clients"
+
+    client_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    api_key_id: Mapped[str] = mapped_column(String(64), unique=True)
+    api_secret_hash: Mapped[str] = mapped_column(String(200))  # scrypt hash, never the secret
+    max_wallets: Mapped[int] = mapped_column(Integer, default=100)
+    webhook_url: Mapped[str | None] = mapped_column(String(500))
+    webhook_secret_encrypted: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Wallet(Base):
+    __tablename__ = "wallets"
+
+    wallet_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    client_id: Mapped[str] = mapped_column(ForeignKey("clients.client_id"), index=True)
+    wallet_name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default="PROGRESSING")
+    key_status: Mapped[str] = mapped_column(String(16), default="GENERATING")
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+    __table_args__ = (
+        UniqueConstraint("chain", "address", name="uq_account_chain_address"),
+        UniqueConstraint("wallet_id", "chain", name="uq_account_wallet_chain"),
+    )
+
+    account_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    wallet_id: Mapped[str] = mapped_column(ForeignKey("wallets.wallet_id"), index=True)
+    client_id: Mapped[str] = mapped_column(ForeignKey("clients.client_id"), index=True)
+    chain: Mapped[str] = mapped_column(String(32))
+    network: Mapped[str] = mapped_column(String(32))
+    address: Mapped[str] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16), default="ACTIVE")
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Asset(Base):
+    __tablename__ = "assets"
+    __table_args__ = (UniqueConstraint("account_id", "symbol", name="uq_asset_account_symbol"),)
+
+    asset_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.account_id"), index=True)
+    client_id: Mapped[str] = mapped_column(ForeignKey("clients.client_id"), index=True)
+    chain: Mapped[str] = mapped_column(String(32))
+    symbol: Mapped[str] = mapped_column(String(16))
+    asset_type: Mapped[str] = mapped_column(String(8))
+    contract_address: Mapped[str | None] = mapped_column(String(128))
+    decimals: Mapped[int] = mapped_column(Integer)
+    balance: Mapped[int] = mapped_column(BaseUnits, default=0)
+    locked_balance: Mapped[int] = mapped_column(BaseUnits, default=0)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+    @property
+    def available(self) -> int:
+        return self.balance - self.locked_balance
+
+
+class Transaction(Base):
+    __tablename__ = "transactions"
+    __table_args__ = (
+        UniqueConstraint("client_id", "idempotency_key", name="uq_tx_client_idempotency"),
+        Index("ix_tx_status_heartbeat", "status", "heartbeat_at"),
+        Index("ix_tx_hash", "chain", "tx_hash"),
+    )
+
+    transaction_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    client_id: Mapped[str] = mapped_column(ForeignKey("clients.client_id"))
+    idempotency_key: Mapped[str] = mapped_column(String(128))
+    request_fingerprint: Mapped[str] = mapped_column(String(64))
+    from_address: Mapped[str] = mapped_column(String(128))
+    to_address: Mapped[str] = mapped_column(String(256))
+    chain: Mapped[str] = mapped_column(String(32))
+    network: Mapped[str | None] = mapped_column(String(32))
+    token_symbol: Mapped[str] = mapped_column(String(16))
+    amount: Mapped[int] = mapped_column(BaseUnits)
+    status: Mapped[str] = mapped_column(String(16), default="PENDING")
+    stage: Mapped[str] = mapped_column(String(32), default="RECEIVED")
+    failure_reason: Mapped[str | None] = mapped_column(String(64))
+    failure_detail: Mapped[str | None] = mapped_column(Text)
+    last_error: Mapped[str | None] = mapped_column(Text)  # latest transient trouble, for ops
+    wallet_id: Mapped[str | None] = mapped_column(String(40))
+    account_id: Mapped[str | None] = mapped_column(String(40))
+    asset_id: Mapped[str | None] = mapped_column(String(40))
+    fee_asset_id: Mapped[str | None] = mapped_column(String(40))
+    normalized_to_address: Mapped[str | None] = mapped_column(String(256))
+    fee_params: Mapped[str | None] = mapped_column(Text)  # JSON of the FeeQuote fixed at lock time
+    fee_reserved: Mapped[int | None] = mapped_column(BaseUnits)
+    fee_paid: Mapped[int | None] = mapped_column(BaseUnits)
+    nonce: Mapped[int | None] = mapped_column(BigInteger)
+    signature_request_id: Mapped[str | None] = mapped_column(String(64))
+    unsigned_payload: Mapped[bytes | None] = mapped_column(LargeBinary)
+    signing_digest: Mapped[bytes | None] = mapped_column(LargeBinary)
+    signed_payload: Mapped[bytes | None] = mapped_column(LargeBinary)
+    tx_hash: Mapped[str | None] = mapped_column(String(128))
+    block_number: Mapped[int | None] = mapped_column(BigInteger)
+    block_hash: Mapped[str | None] = mapped_column(String(128))
+    confirmations: Mapped[int] = mapped_column(Integer, default=0)
+    broadcast_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+    stage_changed_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # Touched by every step run (and every confirmation poll); the sweeper re-drives transfers
+    # whose heartbeat is older than its deadline, which a lost Celery message leaves behind.
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    broadcast_at: Mapped[datetime | None] = mapped_column(DateTime)  # first broadcast
+    last_broadcast_at: Mapped[datetime | None] = mapped_column(DateTime)
+    finalized_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class TransactionEvent(Base):
+    """One row per stage change: the audit trail of a transfer."""
+
+    __tablename__ = "transaction_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    transaction_id: Mapped[str] = mapped_column(ForeignKey("transactions.transaction_id"), index=True)
+    from_stage: Mapped[str | None] = mapped_column(String(32))
+    to_stage: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class LedgerEntry(Base):
+    """Every change of an asset's balance, so that DB balances can be explained and reconciled."""
+
+    __tablename__ = "ledger_entries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    asset_id: Mapped[str] = mapped_column(ForeignKey("assets.asset_id"), index=True)
+    transaction_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # DEPOSIT, DEBIT, FEE
+    amount: Mapped[int] = mapped_column(BaseUnits)  # signed: credits > 0, debits < 0
+    reference: Mapped[str | None] = mapped_column(String(128))
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class NonceCursor(Base):
+    """Next nonce to hand out for an account on an account-nonce chain (EVM)."""
+
+    __tablename__ = "nonce_cursors"
+
+    account_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    next_nonce: Mapped[int] = mapped_column(BigInteger)
+
+
+class ReleasedNonce(Base):
+    """A nonce that was handed out but never reached the chain; the next allocation reuses it,
+    so a failed-before-broadcast transfer leaves no gap that would stall the account."""
+
+    __tablename__ = "released_nonces"
+
+    account_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    nonce: Mapped[int] = mapped_column(BigInteger, primary_key=True)

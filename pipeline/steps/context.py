@@ -1,0 +1,108 @@
+"""What every step needs, passed in rather than imported: the DB, chain adapters, the signer.
+
+Steps return an `Outcome`; the Celery layer maps it to "pass the chain on" or "poll again in N
+seconds". Keeping the mapping out of the domain lets unit tests drive steps with in-memory fakes.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from chains.base import ChainAdapter, FeeQuote, TransferIntent
+from chains.registry import Registry
+from pipeline.db import Database
+from pipeline.errors import NotFound
+from pipeline.lifecycle import advance, stage_of
+from pipeline.ids import check_id
+from pipeline.models import ReleasedNonce, Transaction, utcnow
+from pipeline.stages import FailureReason, Stage
+from pipeline import ledger
+from signer.base import Signer
+
+
+class OutcomeKind(str, enum.Enum):
+    ADVANCED = "advanced"  # the step did its work; pass the chain on
+    NOOP = "noop"  # the work was already done (redelivery): pass the chain on
+    FINAL = "final"  # the transfer reached CONFIRMED or FAILED
+    WAIT = "wait"  # not yet (signature pending, confirmations short): run this step again later
+    STALLED = "stalled"  # gave up polling for now; the sweeper or `paratro replay` takes over
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: OutcomeKind
+    stage: Stage
+    countdown: float = 0.0
+
+    @classmethod
+    def of(cls, kind: OutcomeKind, tx: Transaction, countdown: float = 0.0) -> "Outcome":
+        return cls(kind, stage_of(tx), countdown)
+
+
+@dataclass
+class StepContext:
+    db: Database
+    registry: Registry
+    adapter_for: Callable[[str], ChainAdapter]
+    signer: Signer
+    max_countdown_s: float = 60.0
+    confirm_timeout_s: float = 1800.0
+    signature_poll_s: float = 0.5
+
+
+def load_tx(session: Session, tx_id: str, for_update: bool = True) -> Transaction:
+    check_id("transaction", tx_id)
+    stmt = select(Transaction).where(Transaction.transaction_id == tx_id)
+    if for_update:
+        stmt = stmt.with_for_update()
+    tx = session.scalar(stmt)
+    if tx is None:
+        raise NotFound(f"transaction {tx_id} not found")
+    return tx
+
+
+def touch(tx: Transaction) -> None:
+    tx.heartbeat_at = utcnow()
+
+
+def intent_of(ctx: StepContext, tx: Transaction, from_address: str) -> TransferIntent:
+    token = ctx.registry.chain(tx.chain).token(tx.token_symbol)
+    return TransferIntent(from_address=from_address, to_address=tx.normalized_to_address or tx.to_address,
+                          amount=tx.amount, token=token)
+
+
+def fee_quote_of(tx: Transaction) -> FeeQuote:
+    data = json.loads(tx.fee_params or "{}")
+    return FeeQuote(max_fee=int(data["max_fee"]), params=data["params"])
+
+
+def locked_amounts(tx: Transaction) -> dict[str, int]:
+    """What this transfer holds locked: the amount on its asset, the fee reserve on the native asset."""
+    held: dict[str, int] = {}
+    if tx.asset_id:
+        held[tx.asset_id] = held.get(tx.asset_id, 0) + tx.amount
+    if tx.fee_asset_id and tx.fee_reserved:
+        held[tx.fee_asset_id] = held.get(tx.fee_asset_id, 0) + tx.fee_reserved
+    return {asset_id: amount for asset_id, amount in held.items() if amount}
+
+
+HOLDS_LOCKS = frozenset({Stage.FUNDS_LOCKED, Stage.SIGNATURE_REQUESTED, Stage.SIGNED, Stage.BROADCAST, Stage.CONFIRMING})
+NONCE_UNSPENT = frozenset({Stage.SIGNATURE_REQUESTED, Stage.SIGNED})
+
+
+def fail(session: Session, tx: Transaction, reason: FailureReason, detail: str, nonce_spent: bool = False) -> None:
+    """End the transfer as FAILED: give back its locks and (if it never reached the chain) its nonce."""
+    stage = stage_of(tx)
+    if stage in HOLDS_LOCKS:
+        ledger.release(session, locked_amounts(tx))
+    if stage in NONCE_UNSPENT and tx.nonce is not None and tx.account_id and not nonce_spent:
+        session.add(ReleasedNonce(account_id=tx.account_id, nonce=tx.nonce))
+    tx.failure_reason = reason.value
+    tx.failure_detail = detail[:1000]
+    advance(session, tx, Stage.FAILED, reason=reason.value, detail=detail[:1000])

@@ -1,0 +1,125 @@
+"""Steps 1-3: find the source asset, check the destination, lock the funds (and the fee reserve).
+
+Nothing here signs or sends: a transfer failed in these steps never touched the chain.
+"""
+
+from __future__ import annotations
+
+import json
+
+from sqlalchemy import select
+
+from chains.errors import InvalidAddress, TransactionRejected
+from pipeline import ledger
+from pipeline.lifecycle import advance, stage_of
+from pipeline.models import Account, Asset, Wallet
+from pipeline.stages import FailureReason, Stage
+from pipeline.steps.context import Outcome, OutcomeKind, StepContext, fail, intent_of, load_tx
+
+
+def resolve_source(ctx: StepContext, tx_id: str) -> Outcome:
+    """RECEIVED -> SOURCE_RESOLVED: the asset at (from_address, chain, token) of this client."""
+    with ctx.db.unit_of_work() as session:
+        tx = load_tx(session, tx_id)
+        if stage_of(tx) is not Stage.RECEIVED:
+            return Outcome.of(OutcomeKind.NOOP, tx)
+        adapter = ctx.adapter_for(tx.chain)
+        try:
+            from_address = adapter.validate_address(tx.from_address)
+        except InvalidAddress as exc:
+            fail(session, tx, FailureReason.SOURCE_NOT_FOUND, f"from_address is not an address: {exc.reason}")
+            return Outcome.of(OutcomeKind.FINAL, tx)
+        account = session.scalar(select(Account).where(Account.chain == tx.chain, Account.address == from_address))
+        # Another client's account is reported exactly like a missing one: no tenant probing.
+        if account is None or account.client_id != tx.client_id:
+            fail(session, tx, FailureReason.SOURCE_NOT_FOUND, f"no account {tx.from_address} on {tx.chain}")
+            return Outcome.of(OutcomeKind.FINAL, tx)
+        assets = {a.symbol: a for a in session.scalars(select(Asset).where(Asset.account_id == account.account_id))}
+        asset = assets.get(tx.token_symbol)
+        if asset is None:
+            fail(session, tx, FailureReason.SOURCE_NOT_FOUND, f"account has no {tx.token_symbol} asset on {tx.chain}")
+            return Outcome.of(OutcomeKind.FINAL, tx)
+        wallet = session.get(Wallet, account.wallet_id)
+        if wallet is None or wallet.status != "ACTIVE" or wallet.key_status != "ACTIVE":
+            fail(session, tx, FailureReason.WALLET_NOT_ACTIVE, f"wallet {account.wallet_id} cannot sign yet")
+            return Outcome.of(OutcomeKind.FINAL, tx)
+        native = assets.get(ctx.registry.chain(tx.chain).native.symbol)
+        tx.wallet_id, tx.account_id, tx.asset_id = wallet.wallet_id, account.account_id, asset.asset_id
+        tx.fee_asset_id = native.asset_id if native else None
+        tx.from_address = from_address
+        advance(session, tx, Stage.SOURCE_RESOLVED)
+        return Outcome.of(OutcomeKind.ADVANCED, tx)
+
+
+def validate_destination(ctx: StepContext, tx_id: str) -> Outcome:
+    """SOURCE_RESOLVED -> DESTINATION_VALID: the adapter's format check for that chain and network."""
+    with ctx.db.unit_of_work() as session:
+        tx = load_tx(session, tx_id)
+        if stage_of(tx) is not Stage.SOURCE_RESOLVED:
+            return Outcome.of(OutcomeKind.NOOP, tx)
+        try:
+            tx.normalized_to_address = ctx.adapter_for(tx.chain).validate_address(tx.to_address)
+        except InvalidAddress as exc:
+            fail(session, tx, FailureReason.INVALID_DESTINATION, exc.reason)
+            return Outcome.of(OutcomeKind.FINAL, tx)
+        advance(session, tx, Stage.DESTINATION_VALID)
+        return Outcome.of(OutcomeKind.ADVANCED, tx)
+
+
+def lock_funds(ctx: StepContext, tx_id: str) -> Outcome:
+    """DESTINATION_VALID -> FUNDS_LOCKED: price the fee, then lock amount + fee reserve atomically.
+
+    The fee is quoted before the DB transaction (no RPC while holding row locks) and fixed on the
+    transfer, so the transaction signed later can never spend more than what was reserved.
+    """
+    with ctx.db.unit_of_work() as session:
+        tx = load_tx(session, tx_id, for_update=False)
+        if stage_of(tx) is not Stage.DESTINATION_VALID:
+            return Outcome.of(OutcomeKind.NOOP, tx)
+        asset = session.get(Asset, tx.asset_id)
+        if asset is None or asset.available < tx.amount:
+            fail(session, load_tx(session, tx_id), FailureReason.INSUFFICIENT_FUNDS,
+                 f"available {asset.available if asset else 0} < amount {tx.amount} base units")
+            return Outcome(OutcomeKind.FINAL, Stage.FAILED)
+        intent = intent_of(ctx, tx, tx.from_address)
+        chain = tx.chain
+
+    try:
+        quote = ctx.adapter_for(chain).quote_fee(intent)
+    except TransactionRejected as exc:
+        with ctx.db.unit_of_work() as session:
+            tx = load_tx(session, tx_id)
+            if stage_of(tx) is not Stage.DESTINATION_VALID:
+                return Outcome.of(OutcomeKind.NOOP, tx)
+            fail(session, tx, _reason(exc.reason, FailureReason.REJECTED_BY_NODE), exc.detail)
+            return Outcome.of(OutcomeKind.FINAL, tx)
+
+    with ctx.db.unit_of_work() as session:
+        tx = load_tx(session, tx_id)
+        if stage_of(tx) is not Stage.DESTINATION_VALID:
+            return Outcome.of(OutcomeKind.NOOP, tx)
+        if tx.fee_asset_id is None:
+            fail(session, tx, FailureReason.INSUFFICIENT_FUNDS_FOR_FEE,
+                 f"account has no native asset to pay a fee of up to {quote.max_fee} base units")
+            return Outcome.of(OutcomeKind.FINAL, tx)
+        holds = {tx.asset_id: tx.amount}
+        holds[tx.fee_asset_id] = holds.get(tx.fee_asset_id, 0) + quote.max_fee
+        try:
+            ledger.lock(session, holds)
+        except ledger.Shortfall as short:
+            reason = FailureReason.INSUFFICIENT_FUNDS
+            if short.asset_id == tx.fee_asset_id and (tx.fee_asset_id != tx.asset_id or short.available >= tx.amount):
+                reason = FailureReason.INSUFFICIENT_FUNDS_FOR_FEE
+            fail(session, tx, reason, str(short))
+            return Outcome.of(OutcomeKind.FINAL, tx)
+        tx.fee_params = json.dumps({"max_fee": quote.max_fee, "params": quote.params}, sort_keys=True)
+        tx.fee_reserved = quote.max_fee
+        advance(session, tx, Stage.FUNDS_LOCKED)
+        return Outcome.of(OutcomeKind.ADVANCED, tx)
+
+
+def _reason(code: str, default: FailureReason) -> FailureReason:
+    try:
+        return FailureReason(code)
+    except ValueError:
+        return default

@@ -1,0 +1,129 @@
+"""Steps 5-6: broadcast the stored bytes, then follow them to the registry's depth.
+
+An RPC error is never a transfer failure: it is retried. FAILED here means the node refused the
+bytes for good, or the transaction was mined and reverted (then its fee was still paid). A receipt
+whose block is no longer canonical sends the transfer back to BROADCAST and the same bytes go out
+again; nothing is re-signed implicitly.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from chains.base import SignedTransaction, TxState, TxStatus
+from chains.errors import TransactionRejected
+from pipeline import ledger
+from pipeline.lifecycle import advance, record_note, stage_of
+from pipeline.models import Transaction, utcnow
+from pipeline.stages import FailureReason, Stage
+from pipeline.steps.context import Outcome, OutcomeKind, StepContext, fail, load_tx, locked_amounts, touch
+from sqlalchemy.orm import Session
+
+_FOLLOWING = (Stage.BROADCAST, Stage.CONFIRMING)
+
+
+def broadcast(ctx: StepContext, tx_id: str) -> Outcome:
+    """SIGNED -> BROADCAST: send the stored bytes (sending them again is harmless)."""
+    with ctx.db.unit_of_work() as session:
+        tx = load_tx(session, tx_id, for_update=False)
+        if stage_of(tx) is not Stage.SIGNED:
+            return Outcome.of(OutcomeKind.NOOP, tx)
+        signed = SignedTransaction(raw=tx.signed_payload or b"", tx_hash=tx.tx_hash or "")
+        chain = tx.chain
+    try:
+        ctx.adapter_for(chain).broadcast(signed)
+    except TransactionRejected as exc:
+        with ctx.db.unit_of_work() as session:
+            tx = load_tx(session, tx_id)
+            if stage_of(tx) is not Stage.SIGNED:
+                return Outcome.of(OutcomeKind.NOOP, tx)
+            fail(session, tx, _reason(exc.reason), exc.detail, nonce_spent=getattr(exc, "nonce_consumed", False))
+            return Outcome.of(OutcomeKind.FINAL, tx)
+    with ctx.db.unit_of_work() as session:
+        tx = load_tx(session, tx_id)
+        if stage_of(tx) is not Stage.SIGNED:
+            return Outcome.of(OutcomeKind.NOOP, tx)
+        tx.broadcast_at = tx.last_broadcast_at = utcnow()
+        tx.broadcast_count += 1
+        advance(session, tx, Stage.BROADCAST, detail=tx.tx_hash)
+        return Outcome.of(OutcomeKind.ADVANCED, tx)
+
+
+def confirm(ctx: StepContext, tx_id: str) -> Outcome:
+    """BROADCAST/CONFIRMING -> CONFIRMED | FAILED(reverted), polling without sleeping."""
+    with ctx.db.unit_of_work() as session:
+        tx = load_tx(session, tx_id, for_update=False)
+        if stage_of(tx) not in _FOLLOWING:
+            return Outcome.of(OutcomeKind.NOOP, tx)
+        chain, tx_hash = tx.chain, tx.tx_hash or ""
+    spec = ctx.registry.chain(chain)
+    adapter = ctx.adapter_for(chain)
+    poll = min(spec.poll_interval_ms / 1000.0, ctx.max_countdown_s)
+    status = adapter.get_status(tx_hash)
+
+    rebroadcast: SignedTransaction | None = None
+    with ctx.db.unit_of_work() as session:
+        tx = load_tx(session, tx_id)
+        if stage_of(tx) not in _FOLLOWING:
+            return Outcome.of(OutcomeKind.NOOP, tx)
+        touch(tx)
+        if status.state in (TxState.INCLUDED, TxState.REVERTED):
+            if _record_inclusion(session, tx, status, spec.confirmations):
+                return Outcome.of(OutcomeKind.FINAL, tx)
+        else:
+            if stage_of(tx) is Stage.CONFIRMING:
+                advance(session, tx, Stage.BROADCAST, reason="reorg",
+                        detail=f"block {tx.block_number} {tx.block_hash} left the canonical chain")
+                tx.block_number, tx.block_hash, tx.confirmations = None, None, 0
+            if status.state is TxState.NOT_FOUND and _due_for_rebroadcast(tx, poll):
+                rebroadcast = SignedTransaction(raw=tx.signed_payload or b"", tx_hash=tx_hash)
+                tx.broadcast_count += 1
+                tx.last_broadcast_at = utcnow()
+                record_note(session, tx, "rebroadcast", "node does not know the transaction; same bytes sent again")
+            if tx.broadcast_at and utcnow() - tx.broadcast_at > timedelta(seconds=ctx.confirm_timeout_s):
+                tx.last_error = f"not confirmed within {int(ctx.confirm_timeout_s)} s of broadcast"
+                record_note(session, tx, "confirmation_timeout", tx.last_error)
+                return Outcome.of(OutcomeKind.STALLED, tx)
+        stage_after = stage_of(tx)
+    if rebroadcast is not None:
+        try:
+            adapter.broadcast(rebroadcast)
+        except TransactionRejected:
+            pass  # e.g. nonce already used by this very tx in a block we have not seen: keep polling
+    return Outcome(OutcomeKind.WAIT, stage_after, poll)
+
+
+def _record_inclusion(session: Session, tx: Transaction, status: TxStatus, depth: int) -> bool:
+    """Store where the transaction is; settle when deep enough. True when the transfer is final."""
+    if tx.block_hash and tx.block_hash != status.block_hash:
+        record_note(session, tx, "reorg", f"now in block {status.block_number} {status.block_hash}")
+    tx.block_number, tx.block_hash, tx.confirmations = status.block_number, status.block_hash, status.confirmations
+    if status.confirmations < depth:
+        if stage_of(tx) is Stage.BROADCAST:
+            advance(session, tx, Stage.CONFIRMING, detail=f"block {status.block_number}")
+        return False
+    if status.fee_paid is None:
+        raise RuntimeError(f"adapter reported inclusion of {tx.tx_hash} without the fee paid")
+    tx.fee_paid = status.fee_paid
+    fee_debit = (tx.fee_asset_id or "", "FEE", status.fee_paid)
+    if status.state is TxState.INCLUDED:
+        ledger.settle(session, tx.transaction_id, locked_amounts(tx), [(tx.asset_id or "", "DEBIT", tx.amount), fee_debit])
+        advance(session, tx, Stage.CONFIRMED, detail=f"{status.confirmations} confirmations")
+    else:
+        ledger.settle(session, tx.transaction_id, locked_amounts(tx), [fee_debit])
+        tx.failure_reason = FailureReason.REVERTED.value
+        tx.failure_detail = f"reverted in block {status.block_number}; fee paid"
+        advance(session, tx, Stage.FAILED, reason=FailureReason.REVERTED.value, detail=tx.failure_detail)
+    return True
+
+
+def _due_for_rebroadcast(tx: Transaction, poll_s: float) -> bool:
+    last = tx.last_broadcast_at or tx.stage_changed_at
+    return utcnow() - last > timedelta(seconds=max(5.0, 4 * poll_s))
+
+
+def _reason(code: str) -> FailureReason:
+    try:
+        return FailureReason(code)
+    except ValueError:
+        return FailureReason.REJECTED_BY_NODE

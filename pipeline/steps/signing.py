@@ -1,0 +1,113 @@
+"""Step 4: allocate the nonce, build the transaction, get it signed, store the signed bytes.
+
+Sign once: the unsigned payload, its digest and the nonce are committed before the signer is
+asked, and the signed bytes and hash are committed before anything is broadcast. A redelivered
+task re-asks the signer with the same request id (a no-op) and collects the same signature.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from chains.base import Curve
+from pipeline.errors import TransientError
+from pipeline.lifecycle import advance, stage_of
+from pipeline.models import NonceCursor, ReleasedNonce
+from pipeline.stages import FailureReason, Stage
+from pipeline.steps.context import Outcome, OutcomeKind, StepContext, fail, fee_quote_of, intent_of, load_tx
+from signer.base import SignerError
+
+
+def request_signature(ctx: StepContext, tx_id: str) -> Outcome:
+    """FUNDS_LOCKED -> SIGNATURE_REQUESTED -> SIGNED (waits while the signer works)."""
+    with ctx.db.unit_of_work() as session:
+        tx = load_tx(session, tx_id, for_update=False)
+        stage = stage_of(tx)
+        if stage not in (Stage.FUNDS_LOCKED, Stage.SIGNATURE_REQUESTED):
+            return Outcome.of(OutcomeKind.NOOP, tx)
+        adapter = ctx.adapter_for(tx.chain)
+        account_id = tx.account_id
+        needs_cursor = (stage is Stage.FUNDS_LOCKED and getattr(adapter, "uses_account_nonce", True)
+                        and session.get(NonceCursor, account_id) is None)
+        from_address = tx.from_address
+
+    chain_nonce = adapter.next_nonce(from_address) if needs_cursor else None
+    if stage is Stage.FUNDS_LOCKED:
+        with ctx.db.unit_of_work() as session:
+            tx = load_tx(session, tx_id)
+            if stage_of(tx) is not Stage.FUNDS_LOCKED:
+                return Outcome.of(OutcomeKind.NOOP, tx)
+            nonce = _allocate_nonce(session, account_id, chain_nonce) if getattr(adapter, "uses_account_nonce", True) else None
+            unsigned = adapter.build(intent_of(ctx, tx, tx.from_address), fee_quote_of(tx), nonce)
+            tx.nonce = nonce
+            tx.unsigned_payload = unsigned.payload
+            tx.signing_digest = unsigned.digest
+            tx.signature_request_id = f"{tx.transaction_id}.0"
+            advance(session, tx, Stage.SIGNATURE_REQUESTED, detail=f"nonce={nonce}")
+
+    with ctx.db.unit_of_work() as session:
+        tx = load_tx(session, tx_id, for_update=False)
+        if stage_of(tx) is not Stage.SIGNATURE_REQUESTED:
+            return Outcome.of(OutcomeKind.NOOP, tx)
+        request_id, wallet_id, digest, payload = tx.signature_request_id, tx.wallet_id, tx.signing_digest, tx.unsigned_payload
+
+    curve: Curve = getattr(adapter, "curve", Curve.SECP256K1)
+    try:
+        ctx.signer.request_signature(request_id, wallet_id, curve, digest)
+        signature = ctx.signer.fetch_signature(request_id)
+    except SignerError as exc:
+        if exc.transient:
+            raise TransientError(f"signer: {exc}") from exc
+        with ctx.db.unit_of_work() as session:
+            tx = load_tx(session, tx_id)
+            if stage_of(tx) is not Stage.SIGNATURE_REQUESTED:
+                return Outcome.of(OutcomeKind.NOOP, tx)
+            fail(session, tx, FailureReason.SIGNATURE_REFUSED, str(exc))
+            return Outcome.of(OutcomeKind.FINAL, tx)
+    if signature is None:
+        return Outcome(OutcomeKind.WAIT, Stage.SIGNATURE_REQUESTED, ctx.signature_poll_s)
+
+    signed = adapter.attach_signature(payload, signature)
+    with ctx.db.unit_of_work() as session:
+        tx = load_tx(session, tx_id)
+        if stage_of(tx) is not Stage.SIGNATURE_REQUESTED:
+            return Outcome.of(OutcomeKind.NOOP, tx)
+        tx.signed_payload = signed.raw
+        tx.tx_hash = signed.tx_hash
+        advance(session, tx, Stage.SIGNED, detail=signed.tx_hash)
+        return Outcome.of(OutcomeKind.ADVANCED, tx)
+
+
+def _allocate_nonce(session: Session, account_id: str, chain_nonce: int | None) -> int:
+    """Lowest released nonce first (fills gaps), else the cursor; never hands one out twice.
+
+    The cursor row is locked for the rest of the transaction, so concurrent workers on one account
+    queue here; on first use it starts from the chain's pending count.
+    """
+    cursor = session.scalar(select(NonceCursor).where(NonceCursor.account_id == account_id).with_for_update())
+    if cursor is None:
+        if chain_nonce is None:
+            raise TransientError("nonce cursor appeared concurrently; retry")
+        try:
+            with session.begin_nested():
+                session.add(NonceCursor(account_id=account_id, next_nonce=chain_nonce))
+        except IntegrityError:
+            pass  # another worker created it first (PostgreSQL); theirs stands
+        cursor = session.scalar(select(NonceCursor).where(NonceCursor.account_id == account_id).with_for_update())
+        assert cursor is not None
+    released = session.scalar(
+        select(ReleasedNonce).where(ReleasedNonce.account_id == account_id)
+        .order_by(ReleasedNonce.nonce).limit(1).with_for_update()
+    )
+    if released is not None:
+        nonce = released.nonce
+        session.delete(released)
+        return nonce
+    nonce = cursor.next_nonce
+    cursor.next_nonce = nonce + 1
+    return nonce
+
+
+__all__ = ["request_signature"]

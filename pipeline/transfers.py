@@ -1,0 +1,144 @@
+"""Accepting a transfer: validate everything a caller can get wrong, then write it once.
+
+`create_transfer` is the only way a transfer enters the system. It writes the row and its first
+event in one transaction *before* anything is enqueued, and it is idempotent on
+(client_id, idempotency_key): the same request again returns the same transfer, a different
+request under the same key is refused. Address *format* is checked later by the pipeline's
+validate_destination step (it needs the chain adapter); here we only refuse what is not an
+address at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from chains.errors import UnknownChain, UnknownToken
+from chains.registry import Registry
+from pipeline.amounts import parse_amount
+from pipeline.errors import IdempotencyConflict, InvalidInput, NotFound, UnknownChainError, UnknownSymbol
+from pipeline.ids import check_id, new_id
+from pipeline.models import Client, Transaction, TransactionEvent, utcnow
+from pipeline.stages import Stage, Status
+
+_KEY = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_PRINTABLE_ADDRESS = re.compile(r"^[\x21-\x7e]{1,256}$")
+
+
+@dataclass(frozen=True)
+class TransferRequest:
+    """A transfer as the API receives it: amount is a decimal string in token units."""
+
+    client_id: str
+    from_address: str
+    to_address: str
+    chain: str
+    token_symbol: str
+    amount: str
+    idempotency_key: str
+
+
+def _check_address_text(field: str, value: object) -> str:
+    if not isinstance(value, str) or not _PRINTABLE_ADDRESS.match(value):
+        raise InvalidInput(f"{field} must be a non-empty address string of at most 256 printable characters")
+    return value
+
+
+def _fingerprint(req: TransferRequest, amount: int) -> str:
+    canonical = json.dumps(
+        [req.from_address, req.to_address, req.chain, req.token_symbol, str(amount)], separators=(",", ":")
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def create_transfer(session: Session, registry: Registry, req: TransferRequest) -> tuple[Transaction, bool]:
+    """Validate and record a transfer; returns (transaction, created).
+
+    Raises InvalidInput subclasses (InvalidId, UnknownChainError, UnknownSymbol, InvalidAmount,
+    IdempotencyConflict) and NotFound for an unknown client; nothing is written in those cases.
+    """
+    check_id("client", req.client_id)
+    if not isinstance(req.idempotency_key, str) or not _KEY.match(req.idempotency_key):
+        raise InvalidInput("idempotency_key must be 1-128 characters of letters, digits and . _ : -")
+    _check_address_text("from_address", req.from_address)
+    _check_address_text("to_address", req.to_address)
+    try:
+        spec = registry.chain(req.chain)
+        token = spec.token(req.token_symbol)
+    except UnknownChain as exc:
+        raise UnknownChainError(str(exc)) from None
+    except UnknownToken as exc:
+        raise UnknownSymbol(str(exc)) from None
+    amount = parse_amount(req.amount, token.decimals)
+    fingerprint = _fingerprint(req, amount)
+
+    if session.get(Client, req.client_id) is None:
+        raise NotFound(f"client {req.client_id} not found")
+    existing = _by_key(session, req.client_id, req.idempotency_key)
+    if existing is not None:
+        return _same_or_conflict(existing, fingerprint), False
+
+    now = utcnow()
+    tx = Transaction(
+        transaction_id=new_id("transaction"),
+        client_id=req.client_id,
+        idempotency_key=req.idempotency_key,
+        request_fingerprint=fingerprint,
+        from_address=req.from_address,
+        to_address=req.to_address,
+        chain=spec.name,
+        network=spec.network,
+        token_symbol=token.symbol,
+        amount=amount,
+        status=Status.PENDING.value,
+        stage=Stage.RECEIVED.value,
+        confirmations=0,
+        broadcast_count=0,
+        created_at=now,
+        stage_changed_at=now,
+        heartbeat_at=now,
+    )
+    try:
+        with session.begin_nested():
+            session.add(tx)
+            session.flush()
+            session.add(TransactionEvent(transaction_id=tx.transaction_id, from_stage=None,
+                                         to_stage=Stage.RECEIVED.value, reason="created", at=now))
+            session.flush()
+    except IntegrityError:
+        # Another request with the same key won the race (PostgreSQL); theirs is the transfer.
+        existing = _by_key(session, req.client_id, req.idempotency_key)
+        if existing is None:
+            raise
+        return _same_or_conflict(existing, fingerprint), False
+    return tx, True
+
+
+def _by_key(session: Session, client_id: str, key: str) -> Transaction | None:
+    return session.scalar(
+        select(Transaction).where(Transaction.client_id == client_id, Transaction.idempotency_key == key)
+    )
+
+
+def _same_or_conflict(existing: Transaction, fingerprint: str) -> Transaction:
+    if existing.request_fingerprint != fingerprint:
+        raise IdempotencyConflict(
+            f"idempotency key {existing.idempotency_key!r} was already used for a different transfer "
+            f"({existing.transaction_id})"
+        )
+    return existing
+
+
+def get_transfer(session: Session, transaction_id: str, client_id: str | None = None) -> Transaction:
+    """Load a transfer by id (scoped to a client when given); raises InvalidId or NotFound."""
+    check_id("transaction", transaction_id)
+    tx = session.get(Transaction, transaction_id)
+    if tx is None or (client_id is not None and tx.client_id != client_id):
+        raise NotFound(f"transaction {transaction_id} not found")
+    return tx

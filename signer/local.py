@@ -1,0 +1,182 @@
+"""A local single-key signer: one generated key per wallet and curve, encrypted at rest.
+
+This is not MPC: it holds whole private keys, each sealed with AES-256-GCM under a master key
+that lives only in the environment (`PARATRO_SIGNER_MASTER_KEY`), with the wallet id and curve as
+associated data so a sealed key cannot be moved to another wallet's row. It implements the same
+asynchronous `Signer` protocol an MPC service would (request, then fetch), and answers at once.
+Plaintext keys exist only inside `_sign`; they are never logged, returned or put in an error.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+from datetime import UTC, datetime
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from eth_keys import keys as eth_keys
+from sqlalchemy import DateTime, Engine, LargeBinary, String
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from chains.base import Curve
+from signer.base import PublicKey, SignatureRefused, SignerError, SignerUnavailable, UnknownKey
+
+_SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class SignerBase(DeclarativeBase):
+    pass
+
+
+class SignerKey(SignerBase):
+    __tablename__ = "signer_keys"
+
+    wallet_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    curve: Mapped[str] = mapped_column(String(16), primary_key=True)
+    sealed_private_key: Mapped[bytes] = mapped_column(LargeBinary)  # nonce(12) || AES-GCM ciphertext
+    public_key: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=_now)
+
+
+class SignatureRequest(SignerBase):
+    __tablename__ = "signer_requests"
+
+    request_id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    wallet_id: Mapped[str] = mapped_column(String(40))
+    curve: Mapped[str] = mapped_column(String(16))
+    digest: Mapped[bytes] = mapped_column(LargeBinary)
+    signature: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=_now)
+
+
+def new_master_key() -> str:
+    """A fresh master key in the form `PARATRO_SIGNER_MASTER_KEY` expects (base64url of 32 bytes)."""
+    return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+
+
+def _decode_master_key(text: str) -> bytes:
+    try:
+        key = base64.urlsafe_b64decode(text.encode())
+    except (ValueError, TypeError):
+        key = b""
+    if len(key) != 32:
+        raise SignerError("signer master key must be base64url of 32 bytes (see `paratro signer new-master-key`)")
+    return key
+
+
+class LocalKeySigner:
+    """`Signer` backed by sealed keys in a SQL database (the pipeline's, or its own)."""
+
+    def __init__(self, engine: Engine, master_key: str) -> None:
+        self._engine = engine
+        self._aead = AESGCM(_decode_master_key(master_key))
+
+    def install(self) -> None:
+        """Create the signer's tables if missing (the signer owns its schema)."""
+        SignerBase.metadata.create_all(self._engine)
+
+    # -- Signer protocol -------------------------------------------------------------------------
+    def create_key(self, wallet_id: str, curve: Curve) -> PublicKey:
+        curve = Curve(curve)
+        private, public = _generate(curve)
+        row = SignerKey(wallet_id=wallet_id, curve=curve.value, public_key=public,
+                        sealed_private_key=self._seal(private, wallet_id, curve))
+        try:
+            with self._session() as session:
+                session.add(row)
+        except IntegrityError:
+            pass  # created before (a retried request): the existing key stands
+        return self.public_key(wallet_id, curve)
+
+    def public_key(self, wallet_id: str, curve: Curve) -> PublicKey:
+        with self._session() as session:
+            row = session.get(SignerKey, (wallet_id, Curve(curve).value))
+            if row is None:
+                raise UnknownKey(f"no {Curve(curve).value} key for wallet {wallet_id}")
+            return PublicKey(Curve(curve), row.public_key)
+
+    def request_signature(self, request_id: str, wallet_id: str, curve: Curve, digest: bytes) -> None:
+        curve = Curve(curve)
+        if len(digest) != 32 and curve is Curve.SECP256K1:
+            raise SignatureRefused("secp256k1 signing takes a 32-byte digest")
+        with self._session() as session:
+            existing = session.get(SignatureRequest, request_id)
+            if existing is not None:
+                if existing.digest != digest or existing.wallet_id != wallet_id:
+                    raise SignatureRefused(f"request {request_id} was already made for a different payload")
+                return
+            key = session.get(SignerKey, (wallet_id, curve.value))
+            if key is None:
+                raise UnknownKey(f"no {curve.value} key for wallet {wallet_id}")
+            signature = self._sign(key, digest)
+            session.add(SignatureRequest(request_id=request_id, wallet_id=wallet_id, curve=curve.value,
+                                         digest=digest, signature=signature))
+
+    def fetch_signature(self, request_id: str) -> bytes | None:
+        with self._session() as session:
+            row = session.get(SignatureRequest, request_id)
+            return None if row is None else row.signature
+
+    # -- internals -------------------------------------------------------------------------------
+    def _session(self) -> "_SignerSession":
+        return _SignerSession(self._engine)
+
+    def _seal(self, private: bytes, wallet_id: str, curve: Curve) -> bytes:
+        nonce = os.urandom(12)
+        return nonce + self._aead.encrypt(nonce, private, f"{wallet_id}|{curve.value}".encode())
+
+    def _sign(self, key: SignerKey, digest: bytes) -> bytes:
+        try:
+            private = self._aead.decrypt(key.sealed_private_key[:12], key.sealed_private_key[12:],
+                                         f"{key.wallet_id}|{key.curve}".encode())
+        except InvalidTag:
+            raise SignatureRefused(f"sealed key of wallet {key.wallet_id} does not open with this master key") from None
+        if key.curve == Curve.SECP256K1.value:
+            return eth_keys.PrivateKey(private).sign_msg_hash(digest).to_bytes()
+        return Ed25519PrivateKey.from_private_bytes(private).sign(digest)
+
+
+class _SignerSession:
+    """A committed-or-rolled-back session; a busy database is SignerUnavailable (transient)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._session = Session(engine, expire_on_commit=False)
+
+    def __enter__(self) -> Session:
+        self._session.begin()
+        return self._session
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        try:
+            if exc is None:
+                self._session.commit()
+            else:
+                self._session.rollback()
+        except OperationalError as err:
+            raise SignerUnavailable(f"signer store busy: {err.orig.__class__.__name__}") from None
+        finally:
+            self._session.close()
+        if isinstance(exc, OperationalError):
+            raise SignerUnavailable(f"signer store busy: {exc.orig.__class__.__name__}") from None
+
+
+def _generate(curve: Curve) -> tuple[bytes, bytes]:
+    if curve is Curve.SECP256K1:
+        while True:
+            private = secrets.token_bytes(32)
+            if 0 < int.from_bytes(private, "big") < _SECP256K1_N:
+                return private, eth_keys.PrivateKey(private).public_key.to_bytes()
+    key = Ed25519PrivateKey.generate()
+    return key.private_bytes_raw(), key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+__all__ = ["LocalKeySigner", "new_master_key"]
