@@ -5,8 +5,13 @@
     ├── UnknownChain                the chain (or network) is not in the registry (permanent)
     ├── UnknownToken                the token symbol is not configured on the chain (permanent)
     ├── ChainRpcError               the node could not be reached or answered garbage (transient)
+    ├── ChainMismatch               the node serves another chain than the registry says (permanent:
+    │                               never sign or broadcast for it; fix the configuration)
+    ├── InvalidPublicKey            the wallet public key is malformed for the family's curve
+    ├── InvalidSignature            the signature is malformed or not by the sender's key
+    ├── MalformedTransaction        a stored payload or fee quote cannot be used (a bug or bad data)
     └── TransactionRejected         the node refused the transaction for good (permanent)
-                                    `reason` is a pipeline failure code such as
+                                    `reason` is a pipeline failure code such as "insufficient_funds",
                                     "insufficient_funds_for_fee" or "rejected_by_node"
 """
 
@@ -42,6 +47,22 @@ class ChainRpcError(ChainError):
     """The node was unreachable, timed out or answered something unusable."""
 
     transient = True
+
+
+class ChainMismatch(ChainError):
+    """The endpoint answers for a different chain id than the registry entry: a wrong node."""
+
+
+class InvalidPublicKey(ChainError, ValueError):
+    """The public key is not a valid key of the chain family's curve."""
+
+
+class InvalidSignature(ChainError, ValueError):
+    """The signature is malformed, or does not recover to the transaction's sender."""
+
+
+class MalformedTransaction(ChainError, ValueError):
+    """A stored payload or fee quote is not something this adapter built."""
 
 
 class TransactionRejected(ChainError):

@@ -92,6 +92,8 @@ class Registry:
 def _token(symbol: str, raw: Mapping[str, Any], where: str) -> TokenSpec:
     asset_type = raw.get("asset_type", "NATIVE")
     decimals = raw.get("decimals")
+    if not isinstance(symbol, str) or not symbol:
+        raise ValueError(f"{where}: symbol must be a non-empty string")
     if asset_type not in ASSET_TYPES:
         raise ValueError(f"{where}: asset_type {asset_type!r} is not one of {sorted(ASSET_TYPES)}")
     if not isinstance(decimals, int) or isinstance(decimals, bool) or not 0 <= decimals <= 36:
@@ -99,32 +101,96 @@ def _token(symbol: str, raw: Mapping[str, Any], where: str) -> TokenSpec:
     contract = raw.get("contract")
     if asset_type != "NATIVE" and not contract:
         raise ValueError(f"{where}: a {asset_type} token needs a contract")
+    if asset_type == "NATIVE" and contract:
+        raise ValueError(f"{where}: a NATIVE token has no contract")
+    if contract is not None and not isinstance(contract, str):
+        raise ValueError(f"{where}: contract must be a string")
     return TokenSpec(symbol=symbol, asset_type=asset_type, decimals=decimals, contract=contract)
+
+
+def _check_contract(family: str, chain_name: str, token: TokenSpec, where: str) -> None:
+    """A contract must be a valid address of the family, written in its canonical form.
+
+    Families whose address check is not written yet are not checked here.
+    """
+    if token.contract is None:
+        return
+    from chains.errors import InvalidAddress
+    from chains.families import ADDRESS_VALIDATORS, address_validator
+
+    if family not in ADDRESS_VALIDATORS:
+        return
+    try:
+        canonical = address_validator(family)(token.contract, chain_name)
+    except InvalidAddress as exc:
+        raise ValueError(f"{where}: contract {token.contract!r} is invalid: {exc.reason}") from None
+    if canonical != token.contract:
+        raise ValueError(f"{where}: write the contract in its canonical form {canonical!r}")
+
+
+def _required(raw: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
+    value = raw.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise ValueError(f"{where}: {key} must be a {kind.__name__}, got {value!r}")
+    return value
 
 
 def parse_registry(data: Mapping[str, Any], name: str) -> Registry:
     """Validate a registry document; a mistake in the data file is reported with its place."""
     chains: dict[str, ChainSpec] = {}
-    for chain_name, raw in data.get("chains", {}).items():
+    raw_chains = data.get("chains", {})
+    if not isinstance(raw_chains, Mapping):
+        raise ValueError(f"registry {name}: [chains] must be a table")
+    for chain_name, raw in raw_chains.items():
         where = f"registry {name}: chains.{chain_name}"
+        if not isinstance(raw, Mapping):
+            raise ValueError(f"{where}: must be a table")
         family = raw.get("family")
         if family not in FAMILIES:
             raise ValueError(f"{where}: family {family!r} is not one of {sorted(FAMILIES)}")
-        native = _token(raw["native_symbol"], {"decimals": raw.get("native_decimals")}, where)
-        tokens = {sym: _token(sym, tok, f"{where}.tokens.{sym}") for sym, tok in raw.get("tokens", {}).items()}
+        network = _required(raw, "network", str, where)
+        native = _token(_required(raw, "native_symbol", str, where), {"decimals": raw.get("native_decimals")}, where)
+        raw_tokens = raw.get("tokens", {})
+        if not isinstance(raw_tokens, Mapping):
+            raise ValueError(f"{where}.tokens: must be a table")
+        tokens = {}
+        for sym, tok in raw_tokens.items():
+            token_where = f"{where}.tokens.{sym}"
+            if not isinstance(tok, Mapping):
+                raise ValueError(f"{token_where}: must be a table")
+            if sym == native.symbol:
+                raise ValueError(f"{token_where}: the symbol is the chain's native coin")
+            tokens[sym] = _token(sym, tok, token_where)
+            if tokens[sym].asset_type == "NATIVE":
+                raise ValueError(f"{token_where}: a configured token cannot be NATIVE")
+            _check_contract(family, chain_name, tokens[sym], token_where)
         confirmations = raw.get("confirmations")
-        if not isinstance(confirmations, int) or confirmations < 1:
+        if not isinstance(confirmations, int) or isinstance(confirmations, bool) or confirmations < 1:
             raise ValueError(f"{where}: confirmations must be an integer >= 1")
+        chain_id = raw.get("chain_id")
+        if chain_id is not None and (not isinstance(chain_id, int) or isinstance(chain_id, bool) or chain_id <= 0):
+            raise ValueError(f"{where}: chain_id must be a positive integer")
+        if family == "evm" and chain_id is None:
+            raise ValueError(f"{where}: an evm chain needs a chain_id (EIP-155 replay protection)")
+        eip1559 = raw.get("eip1559", True)
+        if not isinstance(eip1559, bool):
+            raise ValueError(f"{where}: eip1559 must be true or false")
+        poll_interval_ms = raw.get("poll_interval_ms", 2000)
+        if not isinstance(poll_interval_ms, int) or isinstance(poll_interval_ms, bool) or poll_interval_ms < 1:
+            raise ValueError(f"{where}: poll_interval_ms must be a positive integer")
+        rpc_urls = raw.get("rpc_urls", [])
+        if not isinstance(rpc_urls, list) or not all(isinstance(u, str) and u for u in rpc_urls):
+            raise ValueError(f"{where}: rpc_urls must be a list of URLs")
         chains[chain_name] = ChainSpec(
             name=chain_name,
             family=family,
-            network=raw["network"],
+            network=network,
             native=native,
             confirmations=confirmations,
-            rpc_urls=tuple(raw.get("rpc_urls", ())),
-            chain_id=raw.get("chain_id"),
-            eip1559=raw.get("eip1559", True),
-            poll_interval_ms=raw.get("poll_interval_ms", 2000),
+            rpc_urls=tuple(rpc_urls),
+            chain_id=chain_id,
+            eip1559=eip1559,
+            poll_interval_ms=poll_interval_ms,
             tokens=tokens,
         )
     return Registry(chains, name)

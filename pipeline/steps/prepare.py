@@ -57,8 +57,10 @@ def validate_destination(ctx: StepContext, tx_id: str) -> Outcome:
         tx = load_tx(session, tx_id)
         if stage_of(tx) is not Stage.SOURCE_RESOLVED:
             return Outcome.of(OutcomeKind.NOOP, tx)
+        adapter = ctx.adapter_for(tx.chain)
+        token = ctx.registry.chain(tx.chain).token(tx.token_symbol)
         try:
-            tx.normalized_to_address = ctx.adapter_for(tx.chain).validate_address(tx.to_address)
+            tx.normalized_to_address = adapter.check_destination(tx.to_address, token)
         except InvalidAddress as exc:
             fail(session, tx, FailureReason.INVALID_DESTINATION, exc.reason)
             return Outcome.of(OutcomeKind.FINAL, tx)

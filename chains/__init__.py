@@ -1,0 +1,129 @@
+"""Chain access for the pipeline: the registry, address checks, and one adapter per chain.
+
+`import chains` is cheap on purpose (no web3, no eth_* packages): the API process and the
+pipeline's validate_destination step only need the registry and the pure address checks, and a
+worker imports a family's SDK only when it first asks for that family's adapter.
+
+    validate_address(chain, address, network=None) -> normalized address   (no node needed)
+    validate_destination(chain, address, network=None, token=None)          (+ destination policy)
+    get_adapter(spec) -> ChainAdapter   (one per chain and endpoint per process)
+    default_registry() -> Registry      (env PARATRO_CHAIN_REGISTRY, default "mainnet")
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from chains.base import (
+    ChainAdapter,
+    Curve,
+    FeeQuote,
+    SignedTransaction,
+    TransferIntent,
+    TxState,
+    TxStatus,
+    UnsignedTransaction,
+)
+from chains.errors import (
+    ChainError,
+    ChainMismatch,
+    ChainRpcError,
+    InvalidAddress,
+    InvalidPublicKey,
+    InvalidSignature,
+    MalformedTransaction,
+    TransactionRejected,
+    UnknownChain,
+    UnknownToken,
+)
+from chains.families import address_validator, adapter_class, destination_check
+from chains.registry import ChainSpec, Registry, TokenSpec, load_registry, parse_registry
+
+REGISTRY_ENV = "PARATRO_CHAIN_REGISTRY"
+DEFAULT_REGISTRY = "mainnet"
+
+__all__ = [
+    "ChainAdapter", "ChainError", "ChainMismatch", "ChainRpcError", "ChainSpec", "Curve", "FeeQuote",
+    "InvalidAddress", "InvalidPublicKey", "InvalidSignature", "MalformedTransaction", "Registry",
+    "SignedTransaction", "TokenSpec", "TransactionRejected", "TransferIntent", "TxState", "TxStatus",
+    "UnknownChain", "UnknownToken", "UnsignedTransaction", "clear_adapter_cache", "default_registry",
+    "get_adapter", "load_registry", "parse_registry", "validate_address", "validate_destination",
+]
+
+
+def default_registry() -> Registry:
+    """The registry address checks use when none is given: env PARATRO_CHAIN_REGISTRY or mainnet.
+
+    The one place to wire to the pipeline's settings later.
+    """
+    return load_registry(os.environ.get(REGISTRY_ENV) or DEFAULT_REGISTRY)
+
+
+def _chain_spec(chain: str, network: str | None, registry: Registry | None) -> ChainSpec:
+    registry = registry if registry is not None else default_registry()
+    spec = registry.chain(chain)
+    if network is not None and network != spec.network:
+        raise UnknownChain(
+            f"chain {chain!r} is on network {spec.network!r} in registry {registry.name!r}, not {network!r}"
+        )
+    return spec
+
+
+def validate_address(chain: str, address: str, network: str | None = None, *, registry: Registry | None = None) -> str:
+    """The chain's normalized form of `address`, or InvalidAddress with the reason; no node needed.
+
+    UnknownChain if the chain is not in the registry or is on another network than `network`.
+    """
+    spec = _chain_spec(chain, network, registry)
+    return address_validator(spec.family)(address, spec.name)
+
+
+def validate_destination(
+    chain: str,
+    address: str,
+    network: str | None = None,
+    token: str | None = None,
+    *,
+    registry: Registry | None = None,
+) -> str:
+    """`validate_address` plus the family's destination policy (e.g. no zero address on EVM).
+
+    `token` is the symbol being sent; sending a token to its own contract is refused.
+    """
+    spec = _chain_spec(chain, network, registry)
+    contract = spec.token(token).contract if token is not None else None
+    return destination_check(spec.family)(address, spec.name, contract)
+
+
+_adapters: dict[tuple[object, ...], ChainAdapter] = {}
+_adapters_lock = threading.Lock()
+
+
+def get_adapter(spec: ChainSpec) -> ChainAdapter:
+    """The adapter for `spec`, created once per (chain, network, chain id, endpoint) per process."""
+    key = (spec.name, spec.network, spec.chain_id, spec.rpc_url)
+    adapter = _adapters.get(key)
+    if adapter is None:
+        with _adapters_lock:
+            adapter = _adapters.get(key)
+            if adapter is None:
+                adapter = adapter_class(spec.family)(spec)
+                _adapters[key] = adapter
+    return adapter
+
+
+def clear_adapter_cache() -> None:
+    """Forget every adapter (tests; also done in a forked child, which must not share sockets)."""
+    with _adapters_lock:
+        _adapters.clear()
+
+
+def _after_fork_in_child() -> None:
+    global _adapters_lock
+    _adapters_lock = threading.Lock()
+    _adapters.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,268 @@
+"""`EvmAdapter`: the ChainAdapter for every EVM chain in the registry (ethereum, bsc, polygon, ...).
+
+One adapter per registry entry; it talks to that entry's first RPC endpoint. Offline parts
+(addresses, building, signing digests, attaching signatures) live in `chains.evm_address` and
+`chains.evm_tx`; node access and error mapping in `chains.evm_rpc`. This module holds the
+decisions that need a node:
+
+- the node must serve the registry's chain id, checked on first use: a wrong node would have us
+  sign for, or read balances from, another chain (ChainMismatch, permanent);
+- fees: gas from eth_estimateGas (a token transfer that would revert because the sender lacks the
+  tokens is TransactionRejected("insufficient_funds")), with a 20% margin except the exact 21000
+  of a plain transfer; EIP-1559 chains pay maxFeePerGas = 2 * baseFee + tip, legacy chains the
+  node's gasPrice. `FeeQuote.max_fee = gas * maxFeePerGas (or gasPrice)`;
+- broadcast is idempotent: the node already having *this* hash is success;
+- status is reorg-aware: a receipt only counts if its block is still the canonical one at its
+  height.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from chains import evm_address, evm_tx
+from chains.base import (
+    Curve,
+    FeeQuote,
+    SignedTransaction,
+    TransferIntent,
+    TxState,
+    TxStatus,
+    UnsignedTransaction,
+)
+from chains.errors import (
+    ChainError,
+    ChainMismatch,
+    ChainRpcError,
+    MalformedTransaction,
+    TransactionRejected,
+)
+from chains.evm_rpc import REQUEST_TIMEOUT_S, JsonRpcClient, NodeRpcError, to_int
+from chains.registry import ChainSpec, TokenSpec
+
+PLAIN_TRANSFER_GAS = 21_000
+GAS_MARGIN_NUM, GAS_MARGIN_DEN = 6, 5  # x1.2 over the estimate
+DEFAULT_PRIORITY_FEE = 10**9  # 1 gwei, when the node has no eth_maxPriorityFeePerGas
+_TX_HASH = re.compile(r"^0x[0-9a-fA-F]{64}$")
+
+# Node messages (lower-cased substrings) meaning it already has a transaction with these bytes.
+_ALREADY_KNOWN = ("already known", "known transaction", "already imported", "alreadyknown", "already exists")
+_NONCE_TOO_LOW = ("nonce too low", "nonce is too low", "oldnonce")
+# Node errors that are about the node, not the transaction: retry later (ChainRpcError).
+_TRANSIENT = ("nonce too high", "gapped-nonce", "txpool is full", "rate limit", "too many requests",
+              "header not found", "timeout", "timed out", "busy", "try again", "internal error", "syncing")
+_TRANSIENT_CODES = (-32005, -32603)  # limit exceeded, internal error
+
+
+class EvmAdapter:
+    """ChainAdapter for one EVM chain of the registry (family "evm")."""
+
+    curve = Curve.SECP256K1
+
+    def __init__(self, spec: ChainSpec, *, timeout: float = REQUEST_TIMEOUT_S) -> None:
+        if spec.family != "evm":
+            raise ChainError(f"EvmAdapter cannot serve {spec.name!r} of family {spec.family!r}")
+        if not isinstance(spec.chain_id, int) or spec.chain_id <= 0:
+            raise ChainError(f"EVM chain {spec.name!r} needs a positive integer chain_id in the registry")
+        self.spec = spec
+        self._rpc = JsonRpcClient(spec.rpc_url, timeout)
+        self._chain_checked = False
+
+    def __repr__(self) -> str:
+        return f"EvmAdapter({self.spec.name!r}, {self.spec.network!r}, {self._rpc.endpoint})"
+
+    # --- node access -----------------------------------------------------------------------
+
+    def _call(self, method: str, params: list[Any]) -> Any:
+        if not self._chain_checked:
+            self.verify_chain()
+        return self._rpc.call(method, params)
+
+    def verify_chain(self) -> None:
+        """Raise ChainMismatch unless the node's eth_chainId is the registry's chain id."""
+        served = to_int(self._rpc.call("eth_chainId", []), "chain id")
+        if served != self.spec.chain_id:
+            raise ChainMismatch(
+                f"{self.spec.name} ({self.spec.network}) has chain id {self.spec.chain_id}, but the node at "
+                f"{self._rpc.endpoint} serves chain id {served}; refusing to use it"
+            )
+        self._chain_checked = True
+
+    # --- addresses (offline) ---------------------------------------------------------------
+
+    def validate_address(self, address: str) -> str:
+        return evm_address.validate_address(address, self.spec.name)
+
+    def check_destination(self, address: str, token: TokenSpec | None = None) -> str:
+        """validate_address plus the destination policy (no zero/precompile/token-contract)."""
+        contract = token.contract if token is not None else None
+        return evm_address.check_destination(address, self.spec.name, contract)
+
+    def address_from_public_key(self, public_key: bytes) -> str:
+        return evm_address.address_from_public_key(public_key)
+
+    # --- fees and nonces -------------------------------------------------------------------
+
+    def quote_fee(self, intent: TransferIntent) -> FeeQuote:
+        token = self._registry_token(intent.token)
+        sender = self.validate_address(intent.from_address)
+        to = self.validate_address(intent.to_address)
+        if token.asset_type == "NATIVE":
+            call = {"from": sender, "to": to, "value": hex(intent.amount)}
+        else:
+            call = {"from": sender, "to": token.contract, "data": "0x" + evm_tx.erc20_transfer_data(to, intent.amount).hex()}
+        gas = self._estimate_gas(call, intent, sender, token)
+        fields = {"gas": gas, **self._price_fields()}
+        return FeeQuote(max_fee=evm_tx.max_fee_of(fields), params=fields)
+
+    def _estimate_gas(self, call: dict[str, Any], intent: TransferIntent, sender: str, token: TokenSpec) -> int:
+        try:
+            estimate = to_int(self._call("eth_estimateGas", [call]), "gas estimate")
+        except NodeRpcError as exc:
+            message = exc.node_message.lower()
+            if exc.code in _TRANSIENT_CODES or any(k in message for k in _TRANSIENT):
+                raise
+            if "insufficient funds" in message or "insufficient balance" in message:
+                raise TransactionRejected("insufficient_funds", f"the sender cannot cover the transfer: {exc.node_message}") from None
+            if token.asset_type != "NATIVE":
+                held = self.balance_of(sender, token)
+                if held < intent.amount:
+                    raise TransactionRejected(
+                        "insufficient_funds",
+                        f"{sender} holds {held} {token.symbol} base units on {self.spec.name}, the transfer needs {intent.amount}",
+                    ) from None
+            raise TransactionRejected("rejected_by_node", f"the transfer would fail: {exc.node_message}") from None
+        if token.asset_type == "NATIVE" and estimate == PLAIN_TRANSFER_GAS:
+            return PLAIN_TRANSFER_GAS  # a plain transfer to an account costs exactly this
+        return -(-estimate * GAS_MARGIN_NUM // GAS_MARGIN_DEN)
+
+    def _price_fields(self) -> dict[str, int]:
+        if not self.spec.eip1559:
+            return {"gasPrice": to_int(self._call("eth_gasPrice", []), "gas price")}
+        block = self._call("eth_getBlockByNumber", ["latest", False])
+        if not isinstance(block, dict):
+            raise ChainRpcError(f"{self.spec.name}: the node returned no latest block")
+        if block.get("baseFeePerGas") is None:
+            raise ChainError(
+                f"{self.spec.name}: the registry says eip1559 but the node's blocks have no baseFeePerGas"
+            )
+        base_fee = to_int(block["baseFeePerGas"], "base fee")
+        try:
+            tip = to_int(self._call("eth_maxPriorityFeePerGas", []), "priority fee")
+        except NodeRpcError:
+            tip = DEFAULT_PRIORITY_FEE  # the method is optional; nodes without it get the default
+        return {"maxFeePerGas": 2 * base_fee + tip, "maxPriorityFeePerGas": tip}
+
+    def next_nonce(self, address: str) -> int:
+        return to_int(self._call("eth_getTransactionCount", [self.validate_address(address), "pending"]), "nonce")
+
+    # --- offline build and signature -------------------------------------------------------
+
+    def build(self, intent: TransferIntent, fee: FeeQuote, nonce: int | None) -> UnsignedTransaction:
+        token = self._registry_token(intent.token)
+        sender = self.validate_address(intent.from_address)
+        to = self.validate_address(intent.to_address)
+        if nonce is None:
+            raise MalformedTransaction("an EVM transaction needs a nonce")
+        fields = evm_tx.fee_fields(fee.params, self.spec.eip1559)
+        if evm_tx.max_fee_of(fields) > fee.max_fee:
+            raise MalformedTransaction("the fee parameters could spend more than the reserved max_fee")
+        intent = TransferIntent(sender, to, intent.amount, token)
+        tx = evm_tx.transfer_tx(intent, to, self.spec.chain_id, nonce, fields, self.spec.eip1559)
+        return evm_tx.build_unsigned(sender, tx)
+
+    def attach_signature(self, payload: bytes, signature: bytes) -> SignedTransaction:
+        _, tx = evm_tx.decode_payload(payload)
+        if tx.get("chainId") != self.spec.chain_id:
+            raise MalformedTransaction(
+                f"payload is for chain id {tx.get('chainId')!r}, not {self.spec.name} ({self.spec.chain_id})"
+            )
+        return evm_tx.attach(payload, signature)
+
+    def _registry_token(self, token: TokenSpec) -> TokenSpec:
+        """The token as the registry has it: contract and decimals never come from the caller."""
+        known = self.spec.token(token.symbol)
+        if known != token:
+            raise MalformedTransaction(f"token {token.symbol} does not match the {self.spec.name} registry entry")
+        return known
+
+    # --- broadcast and status --------------------------------------------------------------
+
+    def broadcast(self, signed: SignedTransaction) -> str:
+        try:
+            answered = self._call("eth_sendRawTransaction", ["0x" + signed.raw.hex()])
+        except NodeRpcError as exc:
+            return self._classify_send_error(exc, signed)
+        if isinstance(answered, str) and answered.lower() != signed.tx_hash.lower():
+            raise ChainRpcError(f"{self.spec.name}: the node answered hash {answered[:80]!r} for {signed.tx_hash}")
+        return signed.tx_hash
+
+    def _classify_send_error(self, exc: NodeRpcError, signed: SignedTransaction) -> str:
+        message = exc.node_message.lower()
+        if any(k in message for k in _ALREADY_KNOWN + _NONCE_TOO_LOW):
+            if self._find_transaction(signed.tx_hash) is not None:
+                return signed.tx_hash  # the node has these very bytes: a repeated broadcast
+            if any(k in message for k in _NONCE_TOO_LOW):
+                raise TransactionRejected(
+                    "rejected_by_node", f"nonce too low: another transaction used nonce of {signed.tx_hash}"
+                ) from None
+            raise exc  # "already known" yet not findable: ask again later
+        if "insufficient funds" in message:
+            raise TransactionRejected("insufficient_funds_for_fee", exc.node_message) from None
+        if exc.code in _TRANSIENT_CODES or any(k in message for k in _TRANSIENT):
+            raise exc
+        raise TransactionRejected("rejected_by_node", exc.node_message) from None
+
+    def _find_transaction(self, tx_hash: str) -> dict[str, Any] | None:
+        found = self._call("eth_getTransactionByHash", [tx_hash])
+        return found if isinstance(found, dict) else None
+
+    def get_status(self, tx_hash: str) -> TxStatus:
+        if not isinstance(tx_hash, str) or not _TX_HASH.match(tx_hash):
+            raise MalformedTransaction(f"not an EVM transaction hash: {tx_hash!r}"[:200])
+        receipt = self._call("eth_getTransactionReceipt", [tx_hash])
+        if isinstance(receipt, dict) and receipt.get("blockHash"):
+            number = to_int(receipt.get("blockNumber"), "receipt block number")
+            block = self._call("eth_getBlockByNumber", [hex(number), False])
+            if isinstance(block, dict) and str(block.get("hash", "")).lower() == str(receipt["blockHash"]).lower():
+                return self._included(receipt, number)
+            # The receipt's block was reorganised away: the transaction is back in the pool, or gone.
+        found = self._find_transaction(tx_hash)
+        return TxStatus(TxState.PENDING if found is not None else TxState.NOT_FOUND)
+
+    def _included(self, receipt: dict[str, Any], number: int) -> TxStatus:
+        head = to_int(self._call("eth_blockNumber", []), "block number")
+        status = to_int(receipt.get("status"), "receipt status")
+        fee = to_int(receipt.get("gasUsed"), "gas used") * to_int(receipt.get("effectiveGasPrice"), "effective gas price")
+        if receipt.get("l1Fee") is not None:  # OP-stack chains charge the L1 data fee on top
+            fee += to_int(receipt["l1Fee"], "L1 fee")
+        return TxStatus(
+            state=TxState.INCLUDED if status == 1 else TxState.REVERTED,
+            block_number=number,
+            block_hash=str(receipt["blockHash"]),
+            confirmations=max(head - number + 1, 1),
+            fee_paid=fee,
+        )
+
+    # --- balances ----------------------------------------------------------------------------
+
+    def balance_of(self, address: str, token: TokenSpec) -> int:
+        owner = self.validate_address(address)
+        if token.asset_type == "NATIVE":
+            return to_int(self._call("eth_getBalance", [owner, "latest"]), "balance")
+        if not token.contract:
+            raise MalformedTransaction(f"token {token.symbol} has no contract")
+        data = "0x" + evm_tx.erc20_balance_of_data(owner).hex()
+        try:
+            answer = self._call("eth_call", [{"to": token.contract, "data": data}, "latest"])
+        except NodeRpcError as exc:
+            if exc.code in _TRANSIENT_CODES or any(k in exc.node_message.lower() for k in _TRANSIENT):
+                raise
+            raise ChainError(f"{self.spec.name}: balanceOf on {token.symbol} {token.contract} failed: {exc.node_message}") from None
+        if not isinstance(answer, str) or len(answer) < 66:
+            raise ChainError(
+                f"{self.spec.name}: {token.symbol} contract {token.contract} returned no balance "
+                "(is there a token contract at that address on this node?)"
+            )
+        return int(answer[2:66], 16)

@@ -1,0 +1,70 @@
+"""The Celery application: broker, routing, acknowledgement and beat schedule in one place.
+
+acks_late + reject_on_worker_lost: a task is acknowledged only after it ran, so a killed worker's
+task is delivered again (every step is idempotent). Redis redelivers an unacknowledged task after
+`visibility_timeout` (default 3600 s), which must stay above the longest step *and* above any
+countdown/ETA, because a worker holding an ETA task past the timeout gets it redelivered: steps
+last seconds, and every countdown is capped at `max_countdown_s` (default 60 s).
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from celery.signals import setup_logging
+
+from pipeline.settings import get_settings
+from pipeline.stages import STEPS
+from workers.logconfig import configure_logging
+
+QUEUE_PREFIX = "paratro."
+SWEEP_QUEUE = QUEUE_PREFIX + "sweeper"
+ALL_QUEUES = [QUEUE_PREFIX + step for step in STEPS] + [SWEEP_QUEUE]
+
+
+def task_name(step: str) -> str:
+    return QUEUE_PREFIX + step
+
+
+def create_app() -> Celery:
+    settings = get_settings()
+    if settings.max_countdown_s * 10 > settings.visibility_timeout_s:
+        raise ValueError("visibility_timeout_s must be at least 10x max_countdown_s (Redis redelivers held ETA tasks)")
+    app = Celery("paratro", broker=settings.broker_url, include=["workers.tasks"])
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        broker_connection_retry_on_startup=True,
+        task_default_queue=SWEEP_QUEUE,
+        task_routes={task_name(step): {"queue": QUEUE_PREFIX + step} for step in STEPS}
+        | {task_name("sweep"): {"queue": SWEEP_QUEUE}},
+        beat_schedule={
+            "sweep-stalled-transfers": {"task": task_name("sweep"), "schedule": float(settings.sweep_interval_s)},
+        },
+        worker_send_task_events=False,
+    )
+    return app
+
+
+app = create_app()
+
+
+def apply_settings() -> None:
+    """Point the existing app at the current settings' broker (settings changed in this process)."""
+    settings = get_settings()
+    if app.conf.broker_url != settings.broker_url:
+        app.conf.broker_url = settings.broker_url
+        app.conf.broker_transport_options = {"visibility_timeout": settings.visibility_timeout_s}
+        app.pool.force_close_all()
+        app._pool = None  # the next producer connects to the new broker
+
+
+@setup_logging.connect
+def _configure_worker_logging(**_: object) -> None:
+    """Celery calls this instead of installing its own root handlers."""
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_json)

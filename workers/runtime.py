@@ -1,0 +1,65 @@
+"""Wiring: builds the StepContext (DB, registry, adapters, signer) once per worker process.
+
+The one bootstrap place. Chain SDKs are imported lazily by `chains.get_adapter`, so a worker
+serving only EVM queues never imports tronpy or bitcoinlib.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from chains import get_adapter
+from chains.base import ChainAdapter
+from chains.registry import Registry, load_registry
+from pipeline.db import Database, get_database
+from pipeline.settings import Settings, get_settings
+from pipeline.steps import StepContext
+from signer.base import SignerError
+from signer.local import LocalKeySigner
+
+_lock = threading.Lock()
+_contexts: dict[int, StepContext] = {}
+
+
+def registry_from(settings: Settings) -> Registry:
+    return load_registry(settings.chain_registry).with_rpc_urls(settings.rpc_urls)
+
+
+def signer_from(settings: Settings, database: Database) -> LocalKeySigner:
+    if settings.signer_master_key is None:
+        raise SignerError("PARATRO_SIGNER_MASTER_KEY is not set; generate one with `paratro signer new-master-key`")
+    return LocalKeySigner(database.engine, settings.signer_master_key.get_secret_value())
+
+
+def build_context(settings: Settings) -> StepContext:
+    database = get_database(settings.database_url)
+    registry = registry_from(settings)
+
+    def adapter_for(chain: str) -> ChainAdapter:
+        return get_adapter(registry.chain(chain))
+
+    return StepContext(
+        db=database,
+        registry=registry,
+        adapter_for=adapter_for,
+        signer=signer_from(settings, database),
+        max_countdown_s=float(settings.max_countdown_s),
+        confirm_timeout_s=float(settings.confirm_timeout_s),
+    )
+
+
+def context() -> StepContext:
+    """This process's context (a forked Celery child builds its own)."""
+    pid = os.getpid()
+    with _lock:
+        ctx = _contexts.get(pid)
+        if ctx is None:
+            ctx = _contexts[pid] = build_context(get_settings())
+        return ctx
+
+
+def reset() -> None:
+    """Forget contexts built from older settings (tests and the demo switch settings)."""
+    with _lock:
+        _contexts.clear()

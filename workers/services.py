@@ -1,0 +1,136 @@
+"""Operations the CLI and the demo share: onboarding a wallet, submitting, inspecting, replaying.
+
+Each function opens its own unit of work and enqueues only after the commit, so a transfer is in
+the database before any message about it exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+
+from chains.base import Curve
+from pipeline import onboarding
+from pipeline.amounts import format_amount
+from pipeline.models import Account, Asset, Transaction, TransactionEvent
+from pipeline.recovery import claim_for_replay
+from pipeline.steps import StepContext
+from pipeline.transfers import TransferRequest, create_transfer, get_transfer
+from workers.routing import enqueue
+
+
+@dataclass(frozen=True)
+class OnboardedWallet:
+    client_id: str
+    wallet_id: str
+    accounts: dict[str, str]  # chain -> address
+    assets: dict[tuple[str, str], str]  # (chain, symbol) -> asset_id
+
+
+def onboard_wallet(ctx: StepContext, client_id: str, name: str, chains: dict[str, list[str]]) -> OnboardedWallet:
+    """Create a wallet, generate its key in the signer, and add accounts and assets per chain.
+
+    EVM chains share one key and therefore one address; each chain still gets its own account row.
+    """
+    with ctx.db.unit_of_work() as session:
+        wallet_id = onboarding.create_wallet(session, client_id, name).wallet_id
+    public = ctx.signer.create_key(wallet_id, Curve.SECP256K1)
+    accounts: dict[str, str] = {}
+    assets: dict[tuple[str, str], str] = {}
+    with ctx.db.unit_of_work() as session:
+        onboarding.activate_wallet(session, wallet_id)
+        for chain, symbols in chains.items():
+            address = ctx.adapter_for(chain).address_from_public_key(public.key)
+            account = onboarding.create_account(session, ctx.registry, wallet_id, chain, address)
+            accounts[chain] = account.address
+            for symbol in symbols:
+                assets[(chain, symbol)] = onboarding.add_asset(session, ctx.registry, account.account_id, symbol).asset_id
+    return OnboardedWallet(client_id, wallet_id, accounts, assets)
+
+
+def submit_transfer(ctx: StepContext, req: TransferRequest) -> tuple[str, bool]:
+    """Record (idempotently) and enqueue a transfer; returns (transaction_id, created)."""
+    with ctx.db.unit_of_work() as session:
+        tx, created = create_transfer(session, ctx.registry, req)
+        transaction_id = tx.transaction_id
+    if created:
+        enqueue(transaction_id)
+    return transaction_id, created
+
+
+def replay(ctx: StepContext, transaction_ids: list[str]) -> list[dict[str, str]]:
+    """Re-drive pending transfers from their last durable stage; final ones are reported, untouched."""
+    report = []
+    for transaction_id in transaction_ids:
+        with ctx.db.unit_of_work() as session:
+            redrive = claim_for_replay(session, get_transfer(session, transaction_id))
+            status = session.get(Transaction, transaction_id).status  # type: ignore[union-attr]
+        if redrive is None:
+            report.append({"transaction_id": transaction_id, "action": "none", "status": status})
+            continue
+        enqueue(transaction_id, redrive.step)
+        report.append({"transaction_id": transaction_id, "action": f"re-driven from {redrive.step}",
+                       "stage": redrive.stage.value})
+    return report
+
+
+def stalled_transfers(ctx: StepContext) -> list[str]:
+    """Pending transfers whose last step gave up (retries exhausted or confirmation timeout)."""
+    with ctx.db.unit_of_work() as session:
+        return list(session.scalars(
+            select(Transaction.transaction_id)
+            .where(Transaction.status == "PENDING", Transaction.last_error.is_not(None))
+            .order_by(Transaction.created_at)
+        ))
+
+
+def describe_transfer(ctx: StepContext, transaction_id: str) -> dict[str, Any]:
+    """Everything ops needs about one transfer: fields, amounts as decimal strings, events."""
+    with ctx.db.unit_of_work() as session:
+        tx = get_transfer(session, transaction_id)
+        decimals = ctx.registry.chain(tx.chain).token(tx.token_symbol).decimals
+        native = ctx.registry.chain(tx.chain).native
+        events = session.scalars(
+            select(TransactionEvent).where(TransactionEvent.transaction_id == transaction_id).order_by(TransactionEvent.id)
+        ).all()
+        return {
+            "transaction_id": tx.transaction_id,
+            "status": tx.status,
+            "stage": tx.stage,
+            "failure_reason": tx.failure_reason,
+            "failure_detail": tx.failure_detail,
+            "last_error": tx.last_error,
+            "chain": tx.chain,
+            "network": tx.network,
+            "token_symbol": tx.token_symbol,
+            "amount": format_amount(tx.amount, decimals),
+            "amount_base_units": str(tx.amount),
+            "from_address": tx.from_address,
+            "to_address": tx.normalized_to_address or tx.to_address,
+            "idempotency_key": tx.idempotency_key,
+            "nonce": tx.nonce,
+            "tx_hash": tx.tx_hash,
+            "block_number": tx.block_number,
+            "block_hash": tx.block_hash,
+            "confirmations": tx.confirmations,
+            "fee_reserved": None if tx.fee_reserved is None else format_amount(tx.fee_reserved, native.decimals),
+            "fee_paid": None if tx.fee_paid is None else format_amount(tx.fee_paid, native.decimals),
+            "broadcast_count": tx.broadcast_count,
+            "created_at": tx.created_at.isoformat() + "Z",
+            "finalized_at": tx.finalized_at.isoformat() + "Z" if tx.finalized_at else None,
+            "events": [
+                {"at": e.at.isoformat() + "Z", "from": e.from_stage, "to": e.to_stage, "reason": e.reason,
+                 "detail": e.detail}
+                for e in events
+            ],
+        }
+
+
+def asset_rows(ctx: StepContext, wallet_id: str) -> list[tuple[Account, Asset]]:
+    with ctx.db.unit_of_work() as session:
+        return list(session.execute(
+            select(Account, Asset).join(Asset, Asset.account_id == Account.account_id)
+            .where(Account.wallet_id == wallet_id).order_by(Account.chain, Asset.symbol)
+        ).tuples())

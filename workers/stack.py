@@ -1,0 +1,132 @@
+"""The embedded stack: redis-server, one anvil per EVM chain (token deployed), a migrated
+database and real Celery worker processes, all on loopback, all stopped on exit.
+
+The demo and the integration tests use the same stack so that what the demo shows is what the
+tests check. The stack's settings are exported as `PARATRO_*` variables, to the worker processes
+and to this process, so every component reads the same configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from devnet.anvil import AnvilNode
+from devnet.processes import ManagedProcess
+from devnet.redis_server import RedisServer
+from devnet.token import deploy_token
+
+DEVNET_TOKEN_NAME = {"USDT": "Tether USD (devnet)", "USDC": "USD Coin (devnet)"}
+
+
+def project_home() -> Path:
+    """Where `.devnet/` (the anvil install) and `var/` live: $PARATRO_HOME or the current directory."""
+    return Path(os.environ.get("PARATRO_HOME", Path.cwd())).resolve()
+
+
+@dataclass
+class StackOptions:
+    workdir: Path
+    chains: tuple[str, ...] = ("ethereum",)
+    database_url: str | None = None  # default: SQLite file in workdir
+    block_time: float | None = 0.5  # seconds between devnet blocks; None = a block per transaction
+    concurrency: int = 2
+    beat: bool = True
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+class EmbeddedStack:
+    """Start with `with EmbeddedStack(options) as stack:`; `stack.env` holds the settings."""
+
+    def __init__(self, options: StackOptions) -> None:
+        self.options = options
+        self.env: dict[str, str] = {}
+        self.nodes: dict[str, AnvilNode] = {}
+        self.redis: RedisServer | None = None
+        self.workers: dict[str, ManagedProcess] = {}
+        self._exit = ExitStack()
+
+    def __enter__(self) -> "EmbeddedStack":
+        try:
+            self._start()
+        except BaseException:
+            self._exit.close()
+            raise
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self._exit.close()
+
+    def _start(self) -> None:
+        from chains.registry import load_registry
+        from signer.local import new_master_key
+
+        opts = self.options
+        opts.workdir.mkdir(parents=True, exist_ok=True)
+        registry = load_registry("devnet")
+        self.redis = self._exit.enter_context(RedisServer())
+        rpc_urls: dict[str, str] = {}
+        for chain in opts.chains:
+            spec = registry.chain(chain)
+            node = self._exit.enter_context(AnvilNode(project_home(), chain_id=spec.chain_id or 31337,
+                                                      block_time=opts.block_time))
+            for token in spec.tokens.values():
+                deploy_token(node.rpc_url, DEVNET_TOKEN_NAME.get(token.symbol, token.symbol), token.symbol,
+                             token.decimals, expected_address=token.contract)
+            self.nodes[chain] = node
+            rpc_urls[chain] = node.rpc_url
+        self.env = {
+            "PARATRO_DATABASE_URL": opts.database_url or f"sqlite:///{opts.workdir / 'paratro.db'}",
+            "PARATRO_BROKER_URL": self.redis.url,
+            "PARATRO_CHAIN_REGISTRY": "devnet",
+            "PARATRO_RPC_URLS": json.dumps(rpc_urls),
+            "PARATRO_SIGNER_MASTER_KEY": new_master_key(),
+            "PARATRO_SWEEP_INTERVAL_S": "5",
+            "PARATRO_STALL_AFTER_S": "20",
+            **opts.extra_env,
+        }
+        activate(self.env)
+        from workers.cli import install_schema
+
+        install_schema()
+        self.start_worker("w1", opts.concurrency, beat=opts.beat)
+
+    def start_worker(self, name: str, concurrency: int, beat: bool = False, queues: str | None = None) -> ManagedProcess:
+        """Start one more real prefork worker process (its log is in the workdir)."""
+        argv = [sys.executable, "-m", "workers.cli", "worker", "-c", str(concurrency), "--hostname", f"{name}@%h"]
+        if beat:
+            argv.append("--beat")
+        if queues:
+            argv += ["--queues", queues]
+        env = {**os.environ, **self.env}
+        process = ManagedProcess(argv, name=f"worker-{name}", ready=lambda: _worker_answers(name),
+                                 log_path=self.options.workdir / f"worker-{name}.log", env=env, timeout=60.0,
+                                 grace=10.0, cwd=Path.cwd())
+        process.start()
+        self._exit.callback(process.stop)
+        self.workers[name] = process
+        return process
+
+
+def activate(env: dict[str, str]) -> None:
+    """Make this process use `env`'s settings (CLI, tests): settings, contexts and Celery's broker."""
+    os.environ.update(env)
+    from pipeline.settings import get_settings
+    from workers import runtime
+    from workers.app import apply_settings
+
+    get_settings.cache_clear()
+    runtime.reset()
+    apply_settings()
+
+
+def _worker_answers(name: str) -> bool:
+    from workers.app import app
+
+    replies = app.control.ping(timeout=0.5)
+    return any(name in "".join(reply) for reply in replies)
