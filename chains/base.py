@@ -86,9 +86,14 @@ class ChainAdapter(Protocol):
     """One chain (one registry entry) reached through its family's SDK."""
 
     spec: ChainSpec
+    curve: Curve  # the key curve this family signs with (the signer keeps one key per curve)
 
     def validate_address(self, address: str) -> str:
         """Return the normalized address, or raise InvalidAddress with the reason."""
+
+    def check_destination(self, address: str, token: TokenSpec | None = None) -> str:
+        """validate_address plus the destination policy (e.g. EVM: not the zero address, not a
+        precompile, not the token's own contract); raises InvalidAddress with the reason."""
 
     def address_from_public_key(self, public_key: bytes) -> str:
         """Derive the account address for a wallet public key of this family's curve."""

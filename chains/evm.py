@@ -52,7 +52,9 @@ _NONCE_TOO_LOW = ("nonce too low", "nonce is too low", "oldnonce")
 # Node errors that are about the node, not the transaction: retry later (ChainRpcError).
 _TRANSIENT = ("nonce too high", "gapped-nonce", "txpool is full", "rate limit", "too many requests",
               "header not found", "timeout", "timed out", "busy", "try again", "internal error", "syncing")
-_TRANSIENT_CODES = (-32005, -32603)  # limit exceeded, internal error
+_TRANSIENT_CODES = (-32005, -32601, -32603)  # limit exceeded, method not found, internal error
+# eth_estimateGas errors meaning the transfer itself would fail (code 3 is "execution reverted").
+_EXECUTION_FAILED = ("revert", "invalid opcode", "out of gas", "gas required exceeds")
 
 
 class EvmAdapter:
@@ -105,6 +107,8 @@ class EvmAdapter:
     # --- fees and nonces -------------------------------------------------------------------
 
     def quote_fee(self, intent: TransferIntent) -> FeeQuote:
+        if not isinstance(intent.amount, int) or isinstance(intent.amount, bool) or intent.amount < 0:
+            raise MalformedTransaction(f"amount must be a non-negative integer of base units, got {intent.amount!r}")
         token = self._registry_token(intent.token)
         sender = self.validate_address(intent.from_address)
         to = self.validate_address(intent.to_address)
@@ -121,10 +125,10 @@ class EvmAdapter:
             estimate = to_int(self._call("eth_estimateGas", [call]), "gas estimate")
         except NodeRpcError as exc:
             message = exc.node_message.lower()
-            if exc.code in _TRANSIENT_CODES or any(k in message for k in _TRANSIENT):
-                raise
             if "insufficient funds" in message or "insufficient balance" in message:
                 raise TransactionRejected("insufficient_funds", f"the sender cannot cover the transfer: {exc.node_message}") from None
+            if not (exc.code == 3 or any(k in message for k in _EXECUTION_FAILED)):
+                raise  # about the node, not the transfer: an RPC error is not a transaction failure
             if token.asset_type != "NATIVE":
                 held = self.balance_of(sender, token)
                 if held < intent.amount:

@@ -59,8 +59,9 @@ def apply_settings() -> None:
     if app.conf.broker_url != settings.broker_url:
         app.conf.broker_url = settings.broker_url
         app.conf.broker_transport_options = {"visibility_timeout": settings.visibility_timeout_s}
-        app.pool.force_close_all()
-        app._pool = None  # the next producer connects to the new broker
+        # Forget pooled connections to the old broker; the next producer connects to the new one.
+        app._pool = None
+        app.amqp._producer_pool = None
 
 
 @setup_logging.connect

@@ -175,6 +175,10 @@ def test_import_chains_does_not_import_web3() -> None:
     import subprocess
     import sys
 
+    from pathlib import Path
+
+    root = str(Path(chains.__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     code = "import sys, chains; chains.validate_address('ethereum', '0x' + '1' * 40); print('web3' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert out.stdout.strip() == "False"

@@ -80,7 +80,7 @@ def node() -> Iterator[tuple[FakeNode, str]]:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     # The path stands for an API key: it must never show up in an error message.
     yield fake, f"http://127.0.0.1:{server.server_address[1]}/v3/SECRETKEY123"
@@ -331,3 +331,20 @@ def test_get_adapter_caches_per_chain_and_endpoint(node) -> None:
     assert get_adapter(DEVNET.chain("bsc")) is not first
     clear_adapter_cache()
     assert get_adapter(spec) is not first
+
+
+def test_estimate_errors_that_are_about_the_node_stay_transient(node) -> None:
+    fake, url = node
+    fake.answers.update({"eth_estimateGas": RpcError(-32000, "header not found")})
+    spec = DEVNET.chain("ethereum")
+    with pytest.raises(ChainRpcError) as info:
+        _adapter(url).quote_fee(TransferIntent(SENDER, DEST, 5, spec.native))
+    assert not isinstance(info.value, TransactionRejected)
+    fake.answers.update({"eth_estimateGas": RpcError(-32000, "insufficient funds for transfer")})
+    with pytest.raises(TransactionRejected) as rejected:
+        _adapter(url).quote_fee(TransferIntent(SENDER, DEST, 5, spec.native))
+    assert rejected.value.reason == "insufficient_funds"
+    fake.answers.update({"eth_estimateGas": RpcError(3, "execution reverted")})  # e.g. a contract refusing ETH
+    with pytest.raises(TransactionRejected) as rejected:
+        _adapter(url).quote_fee(TransferIntent(SENDER, DEST, 5, spec.native))
+    assert rejected.value.reason == "rejected_by_node"

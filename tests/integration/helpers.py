@@ -1,0 +1,168 @@
+"""Scenario helpers over the real stack: fund a wallet on the devnet and in the ledger, submit,
+drive single step tasks, wait for outcomes (polling the database, the source of truth)."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+
+from chains.base import TokenSpec
+from pipeline import ledger, onboarding
+from pipeline.amounts import parse_amount
+from pipeline.models import Asset, LedgerEntry, Transaction, TransactionEvent
+from pipeline.steps import StepContext
+from pipeline.transfers import TransferRequest, create_transfer
+from workers import runtime
+from workers.app import ALL_QUEUES, app, task_name
+from workers.services import onboard_wallet, submit_transfer
+from workers.stack import EmbeddedStack
+
+CHAIN = "ethereum"
+
+
+@dataclass
+class Funded:
+    client_id: str
+    wallet_id: str
+    address: str
+    assets: dict[str, str]  # symbol -> asset_id
+
+
+def ctx() -> StepContext:
+    return runtime.context()
+
+
+def token(symbol: str) -> TokenSpec:
+    return ctx().registry.chain(CHAIN).token(symbol)
+
+
+def fresh_address() -> str:
+    return ctx().adapter_for(CHAIN).validate_address("0x" + secrets.token_hex(20))
+
+
+def funded_wallet(stack: EmbeddedStack, eth: str = "10", usdt: str = "1000") -> Funded:
+    """A new client and wallet whose devnet balances are credited to the ledger exactly."""
+    from devnet.token import mint
+
+    c = ctx()
+    with c.db.unit_of_work() as session:
+        client_id = onboarding.create_client(session, f"client {secrets.token_hex(3)}")[0].client_id
+    wallet = onboard_wallet(c, client_id, "test wallet", {CHAIN: ["ETH", "USDT"]})
+    address = wallet.accounts[CHAIN]
+    node = stack.nodes[CHAIN]
+    node.set_balance(address, parse_amount(eth, 18) if eth != "0" else 0)
+    if usdt != "0":
+        mint(node.rpc_url, token("USDT").contract, address, parse_amount(usdt, 6))
+    assets = {symbol: wallet.assets[(CHAIN, symbol)] for symbol in ("ETH", "USDT")}
+    with c.db.unit_of_work() as session:
+        for symbol, asset_id in assets.items():
+            on_chain = c.adapter_for(CHAIN).balance_of(address, token(symbol))
+            if on_chain:
+                ledger.credit(session, asset_id, on_chain, reference="test-faucet")
+    return Funded(client_id, wallet.wallet_id, address, assets)
+
+
+def request(f: Funded, symbol: str, amount: str, to: str | None = None, key: str | None = None) -> TransferRequest:
+    return TransferRequest(client_id=f.client_id, from_address=f.address, to_address=to or fresh_address(),
+                           chain=CHAIN, token_symbol=symbol, amount=amount,
+                           idempotency_key=key or f"k-{secrets.token_hex(8)}")
+
+
+def submit(f: Funded, symbol: str, amount: str, to: str | None = None, key: str | None = None) -> str:
+    return submit_transfer(ctx(), request(f, symbol, amount, to, key))[0]
+
+
+def record_only(f: Funded, symbol: str, amount: str, to: str | None = None) -> str:
+    """Write the transfer without enqueueing it: a message lost before the first step."""
+    with ctx().db.unit_of_work() as session:
+        tx, _ = create_transfer(session, ctx().registry, request(f, symbol, amount, to))
+        return tx.transaction_id
+
+
+def load(transaction_id: str) -> Transaction:
+    with ctx().db.unit_of_work() as session:
+        return session.get(Transaction, transaction_id)  # type: ignore[return-value]
+
+
+def wait_final(transaction_ids: list[str], timeout: float = 90.0) -> dict[str, Transaction]:
+    deadline = time.monotonic() + timeout
+    while True:
+        with ctx().db.unit_of_work() as session:
+            rows = session.scalars(select(Transaction).where(Transaction.transaction_id.in_(transaction_ids))).all()
+        if len(rows) == len(transaction_ids) and all(t.status != "PENDING" for t in rows):
+            return {t.transaction_id: t for t in rows}
+        if time.monotonic() > deadline:
+            stuck = {t.transaction_id: (t.stage, t.last_error) for t in rows if t.status == "PENDING"}
+            raise AssertionError(f"not final after {timeout}s: {stuck}")
+        time.sleep(0.2)
+
+
+def wait_stage(transaction_id: str, stages: set[str], timeout: float = 30.0) -> Transaction:
+    deadline = time.monotonic() + timeout
+    while True:
+        tx = load(transaction_id)
+        if tx.stage in stages:
+            return tx
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{transaction_id} is at {tx.stage} ({tx.last_error}), expected one of {stages}")
+        time.sleep(0.1)
+
+
+def send_step_twice(step: str, transaction_id: str) -> None:
+    """The same step message delivered twice (what Redis does after a visibility timeout)."""
+    for _ in range(2):
+        app.send_task(task_name(step), args=(transaction_id,))
+
+
+def wait_idle(stack: EmbeddedStack, timeout: float = 30.0) -> None:
+    """No message queued, held, or running anywhere: every delivery has been processed."""
+    import redis
+
+    client = redis.Redis.from_url(stack.env["PARATRO_BROKER_URL"])
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        queued = sum(client.llen(queue) for queue in ALL_QUEUES)
+        inspect = app.control.inspect(timeout=0.5)
+        busy = sum(len(tasks) for view in (inspect.active(), inspect.reserved(), inspect.scheduled())
+                   for tasks in (view or {}).values())
+        if queued == 0 and busy == 0:
+            return
+        time.sleep(0.2)
+    raise AssertionError("worker did not become idle")
+
+
+def events(transaction_id: str) -> list[TransactionEvent]:
+    with ctx().db.unit_of_work() as session:
+        return list(session.scalars(select(TransactionEvent).where(TransactionEvent.transaction_id == transaction_id)
+                                    .order_by(TransactionEvent.id)))
+
+
+def stage_changes(transaction_id: str) -> list[tuple[str | None, str]]:
+    return [(e.from_stage, e.to_stage) for e in events(transaction_id) if e.from_stage != e.to_stage]
+
+
+def asset(asset_id: str) -> Asset:
+    with ctx().db.unit_of_work() as session:
+        return session.get(Asset, asset_id)  # type: ignore[return-value]
+
+
+def ledger_entries(transaction_id: str) -> list[tuple[str, int]]:
+    with ctx().db.unit_of_work() as session:
+        return [(e.kind, e.amount) for e in session.scalars(
+            select(LedgerEntry).where(LedgerEntry.transaction_id == transaction_id).order_by(LedgerEntry.id))]
+
+
+def count_transactions(client_id: str) -> int:
+    with ctx().db.unit_of_work() as session:
+        return session.scalar(select(func.count()).select_from(Transaction).where(Transaction.client_id == client_id)) or 0
+
+
+def assert_reconciled(f: Funded) -> None:
+    """DB balance == chain balance for every asset, nothing locked."""
+    for symbol, asset_id in f.assets.items():
+        row = asset(asset_id)
+        on_chain = ctx().adapter_for(CHAIN).balance_of(f.address, token(symbol))
+        assert (symbol, row.balance, row.locked_balance) == (symbol, on_chain, 0)

@@ -1,0 +1,196 @@
+"""Step 4 (request_signature) and step 5 (broadcast): sign once, store before sending, and give
+back locks and the unspent nonce when the signer or the node says no."""
+
+from __future__ import annotations
+
+import pytest
+from eth_keys import keys as eth_keys
+from sqlalchemy import select
+
+from chains.errors import ChainRpcError, TransactionRejected
+from pipeline.db import Database
+from pipeline.errors import TransientError
+from pipeline.models import ReleasedNonce
+from pipeline.steps import OutcomeKind
+from pipeline.stages import Stage
+from signer.base import SignatureRefused, SignerUnavailable, UnknownKey
+from signer.local import LocalKeySigner, new_master_key
+from tests.unit.fakes import DEFAULT_FEE, FakeSigner, World
+
+ETH = 10**18
+RESERVE = DEFAULT_FEE.max_fee
+
+
+def released_nonces(world: World) -> list[int]:
+    with world.db.unit_of_work() as s:
+        return list(s.scalars(select(ReleasedNonce.nonce).order_by(ReleasedNonce.nonce)))
+
+
+# -- request_signature -----------------------------------------------------------------------------
+
+def test_given_locked_funds_when_signed_then_the_payload_digest_and_signed_bytes_are_stored(
+    world: World, local_signer: LocalKeySigner
+) -> None:
+    alice = world.onboard(balances={"ETH": ETH})
+    tx_id = world.transfer(alice, "0.1")
+    world.run_until(tx_id, "lock_funds")
+
+    outcome = world.step("request_signature", tx_id)
+
+    assert (outcome.kind, outcome.stage) == (OutcomeKind.ADVANCED, Stage.SIGNED)
+    tx = world.tx(tx_id)
+    assert tx.signature_request_id == f"{tx_id}.0"
+    assert len(tx.signing_digest) == 32 and tx.unsigned_payload
+    assert tx.signed_payload.startswith(tx.unsigned_payload) and tx.tx_hash.startswith("0x")
+    # the signature inside the stored bytes recovers to Alice's wallet key
+    signature = local_signer.fetch_signature(tx.signature_request_id)
+    recovered = eth_keys.Signature(signature).recover_public_key_from_msg_hash(tx.signing_digest)
+    assert recovered.to_bytes() == local_signer.public_key(alice.wallet_id, "secp256k1").key
+    assert world.stage_changes(tx_id)[-2:] == [("FUNDS_LOCKED", "SIGNATURE_REQUESTED"), ("SIGNATURE_REQUESTED", "SIGNED")]
+    assert world.balances(alice, "ETH") == (ETH, ETH // 10 + RESERVE)  # still locked until settled
+
+
+def test_given_a_signer_not_ready_yet_then_wait_and_later_advanced_without_reallocating(world: World) -> None:
+    # Given an MPC-like signer that has not finished its round yet
+    signer = FakeSigner(ready=False)
+    alice = world.onboard(balances={"ETH": ETH}, signer=signer)
+    ctx = world.ctx(signer=signer, signature_poll_s=0.75)
+    tx_id = world.transfer(alice, "0.1")
+    world.run_until(tx_id, "lock_funds", ctx)
+
+    # When the step runs, twice, before the signature exists
+    first = world.step("request_signature", tx_id, ctx)
+    second = world.step("request_signature", tx_id, ctx)
+
+    # Then it waits (poll again), with the nonce and payload fixed by the first run
+    assert (first.kind, first.stage, first.countdown) == (OutcomeKind.WAIT, Stage.SIGNATURE_REQUESTED, 0.75)
+    assert (second.kind, second.stage) == (OutcomeKind.WAIT, Stage.SIGNATURE_REQUESTED)
+    tx = world.tx(tx_id)
+    assert tx.stage == "SIGNATURE_REQUESTED" and tx.signed_payload is None
+    assert signer.request_calls == [f"{tx_id}.0", f"{tx_id}.0"]  # the same request id both times
+    assert len(world.adapter().built) == 1 and len(world.adapter().nonce_calls) == 1
+
+    # When the signature becomes ready, Then the next run stores it and advances
+    signer.ready = True
+    third = world.step("request_signature", tx_id, ctx)
+    assert (third.kind, third.stage) == (OutcomeKind.ADVANCED, Stage.SIGNED)
+    assert world.tx(tx_id).nonce == tx.nonce == 0
+    assert [c for c in world.stage_changes(tx_id) if c[1] == "SIGNATURE_REQUESTED"] == [("FUNDS_LOCKED", "SIGNATURE_REQUESTED")]
+
+
+@pytest.mark.parametrize("refusal", [SignatureRefused("policy says no"), UnknownKey("no key")], ids=["refused", "unknown key"])
+def test_given_the_signer_refuses_then_failed_locks_released_and_the_nonce_reused_next(
+    world: World, refusal: Exception
+) -> None:
+    signer = FakeSigner(refuse=refusal)  # type: ignore[arg-type]
+    alice = world.onboard(balances={"ETH": ETH}, signer=signer)
+    ctx = world.ctx(signer=signer)
+    world.adapter().chain_nonce = 4
+    refused = world.transfer(alice, "0.1")
+    world.run_until(refused, "lock_funds", ctx)
+
+    outcome = world.step("request_signature", refused, ctx)
+
+    assert (outcome.kind, outcome.stage) == (OutcomeKind.FINAL, Stage.FAILED)
+    tx = world.tx(refused)
+    assert (tx.status, tx.failure_reason, tx.nonce) == ("FAILED", "signature_refused", 4)
+    assert world.events(refused)[-1].from_stage == "SIGNATURE_REQUESTED"
+    assert world.balances(alice, "ETH") == (ETH, 0)  # nothing left locked
+    assert released_nonces(world) == [4]
+
+    # the next transfer of the account gets the released nonce (no gap on chain), then 5
+    signer.refuse = None
+    nxt, after = world.transfer(alice, "0.1"), world.transfer(alice, "0.1")
+    assert world.run_until(nxt, "request_signature", ctx)[-1].kind is OutcomeKind.ADVANCED
+    world.run_until(after, "request_signature", ctx)
+    assert (world.tx(nxt).nonce, world.tx(after).nonce) == (4, 5)
+    assert released_nonces(world) == []
+
+
+def test_given_the_signer_is_unavailable_then_a_transient_error_and_the_transfer_waits_where_it_is(world: World) -> None:
+    signer = FakeSigner(refuse=SignerUnavailable("busy"))
+    alice = world.onboard(balances={"ETH": ETH}, signer=signer)
+    ctx = world.ctx(signer=signer)
+    tx_id = world.transfer(alice, "0.1")
+    world.run_until(tx_id, "lock_funds", ctx)
+
+    with pytest.raises(TransientError):
+        world.step("request_signature", tx_id, ctx)
+
+    assert world.tx(tx_id).stage == "SIGNATURE_REQUESTED"
+    assert world.balances(alice, "ETH") == (ETH, ETH // 10 + RESERVE)
+    assert released_nonces(world) == []
+    signer.refuse = None
+    assert world.step("request_signature", tx_id, ctx).kind is OutcomeKind.ADVANCED
+    assert world.tx(tx_id).nonce == 0
+
+
+def test_given_a_local_signer_whose_master_key_changed_then_signature_refused(world: World, db: Database) -> None:
+    alice = world.onboard(balances={"ETH": ETH})
+    wrong = LocalKeySigner(db.engine, new_master_key())
+    ctx = world.ctx(signer=wrong)
+    tx_id = world.transfer(alice, "0.1")
+    world.run_until(tx_id, "request_signature", ctx)
+    tx = world.tx(tx_id)
+    assert (tx.stage, tx.failure_reason) == ("FAILED", "signature_refused")
+    assert world.balances(alice, "ETH") == (ETH, 0)
+
+
+# -- broadcast -------------------------------------------------------------------------------------
+
+def test_given_the_node_rejects_the_bytes_then_failed_locks_released_nonce_released(world: World) -> None:
+    alice = world.onboard(balances={"ETH": ETH})
+    adapter = world.adapter()
+    adapter.broadcast_errors = [TransactionRejected("insufficient_funds", "balance too low on chain")]
+    tx_id = world.transfer(alice, "0.1")
+    world.run_until(tx_id, "request_signature")
+
+    outcome = world.step("broadcast", tx_id)
+
+    assert (outcome.kind, outcome.stage) == (OutcomeKind.FINAL, Stage.FAILED)
+    tx = world.tx(tx_id)
+    assert (tx.status, tx.failure_reason, tx.failure_detail) == ("FAILED", "insufficient_funds", "balance too low on chain")
+    assert (tx.broadcast_count, tx.broadcast_at) == (0, None)
+    assert world.balances(alice, "ETH") == (ETH, 0)
+    assert world.ledger_entries(tx_id) == []
+    assert released_nonces(world) == [tx.nonce]
+    assert len(adapter.broadcasts) == 1
+
+
+def test_given_a_rejection_that_consumed_the_nonce_then_the_nonce_is_not_reused(world: World) -> None:
+    alice = world.onboard(balances={"ETH": ETH})
+    rejection = TransactionRejected("rejected_by_node", "nonce too low")
+    rejection.nonce_consumed = True  # type: ignore[attr-defined]
+    world.adapter().broadcast_errors = [rejection]
+    tx_id = world.transfer(alice, "0.1")
+    world.run_until(tx_id, "broadcast")
+    assert world.tx(tx_id).failure_reason == "rejected_by_node"
+    assert released_nonces(world) == []
+    assert world.balances(alice, "ETH") == (ETH, 0)
+
+
+def test_given_the_node_is_unreachable_then_the_rpc_error_propagates_and_the_retry_sends_the_same_bytes(world: World) -> None:
+    alice = world.onboard(balances={"ETH": ETH})
+    adapter = world.adapter()
+    adapter.broadcast_errors = [ChainRpcError("connection reset")]
+    tx_id = world.transfer(alice, "0.1")
+    world.run_until(tx_id, "request_signature")
+    events = len(world.events(tx_id))
+
+    with pytest.raises(ChainRpcError) as info:
+        world.step("broadcast", tx_id)
+
+    # an RPC error is not a transaction failure: nothing changed
+    assert info.value.transient is True
+    tx = world.tx(tx_id)
+    assert (tx.stage, tx.status, tx.broadcast_count, tx.failure_reason) == ("SIGNED", "PENDING", 0, None)
+    assert len(world.events(tx_id)) == events
+    assert world.balances(alice, "ETH") == (ETH, ETH // 10 + RESERVE)
+
+    retry = world.step("broadcast", tx_id)
+    assert (retry.kind, retry.stage) == (OutcomeKind.ADVANCED, Stage.BROADCAST)
+    assert [b.raw for b in adapter.broadcasts] == [tx.signed_payload, tx.signed_payload]
+    tx = world.tx(tx_id)
+    assert tx.broadcast_count == 1 and tx.broadcast_at == tx.last_broadcast_at is not None
+    assert world.events(tx_id)[-1].detail == tx.tx_hash
+    assert len(adapter.built) == 1  # never re-signed
