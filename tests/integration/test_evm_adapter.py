@@ -3,20 +3,15 @@
 The whole life of a transfer as the pipeline drives it: quote, nonce, build, sign the digest
 with a plain secp256k1 key (standing in for the MPC signer), attach, broadcast (twice: the
 second is a no-op), status through confirmations, and reorgs that must take a transaction out
-of INCLUDED. The ERC20 is a minimal vyper token compiled offline and deployed first from
+of INCLUDED. The ERC20 is the devnet token (shipped bytecode of devnet/contracts/Token.vy), deployed first from
 anvil's account 0, so it lands at the address the devnet registry expects.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,56 +23,14 @@ from chains.base import FeeQuote, SignedTransaction, TransferIntent, TxState, Tx
 from chains.errors import ChainMismatch, TransactionRejected
 from chains.evm import EvmAdapter
 from chains.registry import ChainSpec, load_registry
+from devnet.anvil import AnvilNode
+from devnet.token import deploy_token, mint
 
 pytestmark = pytest.mark.integration
 
 ANVIL_KEY = bytes.fromhex("ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80")
 ANVIL_ADDRESS = Account.from_key(ANVIL_KEY).address
 TOKEN_SUPPLY = 10**15  # 1e9 USDT at 6 decimals
-ANVIL_CANDIDATES = [
-    os.environ.get("PARATRO_ANVIL", ""),
-    shutil.which("anvil") or "",
-    "/tmp/anviltry/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil",
-]
-
-TOKEN_SOURCE = """
-# pragma version ~=0.4.3
-# Minimal ERC20 for tests: the whole supply goes to the deployer.
-event Transfer:
-    sender: indexed(address)
-    receiver: indexed(address)
-    value: uint256
-
-balanceOf: public(HashMap[address, uint256])
-totalSupply: public(uint256)
-
-@deploy
-def __init__(supply: uint256):
-    self.balanceOf[msg.sender] = supply
-    self.totalSupply = supply
-    log Transfer(sender=empty(address), receiver=msg.sender, value=supply)
-
-@external
-def transfer(receiver: address, amount: uint256) -> bool:
-    self.balanceOf[msg.sender] -= amount
-    self.balanceOf[receiver] += amount
-    log Transfer(sender=msg.sender, receiver=receiver, value=amount)
-    return True
-"""
-
-
-def _anvil_binary() -> str:
-    for candidate in ANVIL_CANDIDATES:
-        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
-            return candidate
-    pytest.skip("no anvil binary (set PARATRO_ANVIL)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @dataclass
 class Node:
@@ -108,32 +61,9 @@ class Node:
 
 @pytest.fixture(scope="module")
 def node() -> Iterator[Node]:
-    binary = _anvil_binary()
-    port = _free_port()
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--host", "127.0.0.1", "--chain-id", "31337", "--silent"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    node = Node(f"http://127.0.0.1:{port}")
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                node.rpc("eth_chainId")
-                break
-            except requests.RequestException:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError("anvil did not start")
-                time.sleep(0.05)
-        yield node
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    """A real anvil (installed from the npm registry by devnet.ensure_anvil when missing)."""
+    with AnvilNode(chain_id=31337) as anvil:
+        yield Node(anvil.rpc_url)
 
 
 @pytest.fixture(scope="module")
@@ -143,16 +73,11 @@ def spec(node: Node) -> ChainSpec:
 
 @pytest.fixture(scope="module")
 def token_deployed(node: Node, spec: ChainSpec) -> str:
-    """Deploy the test token from account 0 at nonce 0: the registry's devnet USDT address."""
-    vyper = pytest.importorskip("vyper")
+    """The devnet's shipped ERC20 from account 0 at nonce 0: the registry's devnet USDT address."""
     assert int(node.rpc("eth_getTransactionCount", ANVIL_ADDRESS, "pending"), 16) == 0, "token must be the first deploy"
-    bytecode = vyper.compile_code(TOKEN_SOURCE, output_formats=["bytecode"])["bytecode"]
-    init = bytes.fromhex(bytecode[2:]) + TOKEN_SUPPLY.to_bytes(32, "big")
-    tx_hash = node.send_with(ANVIL_KEY, {"chainId": 31337, "nonce": 0, "data": init, "value": 0, "gas": 2_000_000,
-                                         "maxFeePerGas": 10**10, "maxPriorityFeePerGas": 10**9, "type": 2})
-    receipt = node.receipt(tx_hash)
     contract = spec.token("USDT").contract
-    assert receipt["status"] == "0x1" and receipt["contractAddress"].lower() == contract.lower()
+    assert deploy_token(node.url, "Tether USD (test)", "USDT", 6, expected_address=contract) == contract
+    mint(node.url, contract, ANVIL_ADDRESS, TOKEN_SUPPLY)
     return contract
 
 
