@@ -57,6 +57,8 @@ def worker(
     from workers.app import ALL_QUEUES
     from workers.app import app as celery_app
 
+    if get_settings().signer_master_key is None:
+        _fail("PARATRO_SIGNER_MASTER_KEY is not set: a worker could not sign (see `paratro signer new-master-key`)")
     argv = ["worker", "-Q", queues or ",".join(ALL_QUEUES), "-c", str(concurrency), "--pool", "prefork",
             "--loglevel", get_settings().log_level, "--without-gossip", "--without-mingle"]
     if beat:

@@ -168,7 +168,7 @@ def _run(options: DemoOptions, stack: object, say: object) -> DemoResult:
             result.mismatches.append(f"reconciliation failed for {row['asset']}: db {row['db']} chain {row['chain']} "
                                      f"locked {row['locked']}")
     if not options.json_only:
-        _print_summary(rows, ids, result, spec)
+        _print_summary(rows, result, spec, ctx.db.url)
     return result
 
 
@@ -217,21 +217,24 @@ def _reconcile(ctx: object, wallet_id: str) -> list[dict[str, str]]:
     return report
 
 
-def _print_summary(rows: list[tuple], ids: dict[str, PlannedTransfer], result: DemoResult, spec: object) -> None:
+def _print_summary(rows: list[tuple], result: DemoResult, spec: object, database_url: str) -> None:
     from pipeline.amounts import format_amount
     from workers.display import console
 
     table = Table(title="transfers")
-    for column in ("transaction", "key", "token", "amount", "status", "reason", "tx hash", "conf"):
-        table.add_column(column)
+    for column in ("transaction", "token", "amount", "status", "reason", "tx hash", "conf"):
+        table.add_column(column, no_wrap=column in ("transaction", "tx hash"))
     shown = rows if len(rows) <= 40 else [r for r in rows if r[3] != "CONFIRMED"] + rows[:20]
     for transaction_id, symbol, amount, status, reason, tx_hash, confirmations in shown:
         colour = "green" if status == "CONFIRMED" else "red" if status == "FAILED" else "yellow"
         decimals = spec.token(symbol).decimals  # type: ignore[attr-defined]
-        table.add_row(transaction_id, ids[transaction_id].key, symbol, format_amount(amount, decimals),
-                      f"[{colour}]{status}[/]", reason or "", (tx_hash or "")[:18], str(confirmations))
+        table.add_row(transaction_id, symbol, format_amount(amount, decimals), f"[{colour}]{status}[/]",
+                      reason or "", (tx_hash or "")[:12], str(confirmations))
     console.print(table)
     recon = Table("asset", "db balance", "chain balance", "locked", "match", title="reconciliation")
     for row in result.reconciliation:
         recon.add_row(row["asset"], row["db"], row["chain"], row["locked"], row["ok"])
     console.print(recon)
+    example = rows[0][0] if rows else "TX_ID"
+    console.print(f"inspect a transfer (the demo's database stays in its work folder):\n"
+                  f"  PARATRO_DATABASE_URL={database_url} PARATRO_CHAIN_REGISTRY=devnet .venv/bin/paratro show {example}")

@@ -35,10 +35,12 @@ def stage_progress(total: int) -> Progress:
 
 
 def stage_table(stages: Counter[str]) -> Table:
-    table = Table(title="transfers by stage", show_lines=False)
+    table = Table("stage", "transfers", "", title="transfers by stage (live, from the database)")
+    total = max(1, sum(stages.values()))
     for stage in Stage:
-        table.add_column(stage.value.replace("_", "\n"), justify="right")
-    table.add_row(*(str(stages.get(stage.value, 0)) for stage in Stage))
+        count = stages.get(stage.value, 0)
+        colour = "green" if stage is Stage.CONFIRMED else "red" if stage is Stage.FAILED else "yellow"
+        table.add_row(stage.value, str(count), f"[{colour}]" + "█" * round(30 * count / total) + "[/]")
     return table
 
 

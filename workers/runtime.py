@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import NoReturn
 
 from chains import get_adapter
 from chains.base import ChainAdapter
@@ -15,7 +16,7 @@ from chains.registry import Registry, load_registry
 from pipeline.db import Database, get_database
 from pipeline.settings import Settings, get_settings
 from pipeline.steps import StepContext
-from signer.base import SignerError
+from signer.base import Signer, SignerUnavailable
 from signer.local import LocalKeySigner
 
 _lock = threading.Lock()
@@ -26,9 +27,19 @@ def registry_from(settings: Settings) -> Registry:
     return load_registry(settings.chain_registry).with_rpc_urls(settings.rpc_urls)
 
 
-def signer_from(settings: Settings, database: Database) -> LocalKeySigner:
+class MissingSigner:
+    """Stands in when no master key is configured (read-only CLI use). Any signing need is a
+    transient SignerUnavailable, so a misconfigured worker delays transfers, never fails them."""
+
+    def _unavailable(self, *_: object) -> NoReturn:
+        raise SignerUnavailable("PARATRO_SIGNER_MASTER_KEY is not set; generate one with `paratro signer new-master-key`")
+
+    create_key = public_key = request_signature = fetch_signature = _unavailable
+
+
+def signer_from(settings: Settings, database: Database) -> Signer:
     if settings.signer_master_key is None:
-        raise SignerError("PARATRO_SIGNER_MASTER_KEY is not set; generate one with `paratro signer new-master-key`")
+        return MissingSigner()  # type: ignore[return-value]
     return LocalKeySigner(database.engine, settings.signer_master_key.get_secret_value())
 
 
