@@ -23,11 +23,15 @@ def parse_amount(value: object, decimals: int) -> int:
     if isinstance(value, Decimal):
         if not value.is_finite():
             raise InvalidAmount(f"amount {value} is not finite")
+        if value.adjusted() > 80:
+            raise InvalidAmount("amount exceeds uint256")
         value = format(value, "f")
     if not isinstance(value, str):
         raise InvalidAmount(f"amount must be a decimal string such as '1.25', got {type(value).__name__}")
     text = value.strip()
-    match = _DECIMAL.match(text)
+    if len(text) > 200:  # uint256 has 78 digits; plus at most 36 decimals and some trailing zeros
+        raise InvalidAmount("amount is too long to be a token amount")
+    match = _DECIMAL.fullmatch(text)
     if not match:
         raise InvalidAmount(f"amount {value[:40]!r} is not a plain decimal number such as '1.25'")
     whole, fraction = match.group(1), (match.group(3) or "")

@@ -23,7 +23,7 @@ def new_id(kind: str) -> str:
 
 def check_id(kind: str, value: object) -> str:
     """Return `value` if it is a well-formed id of `kind`; raises InvalidId."""
-    if not isinstance(value, str) or not _PATTERNS[kind].match(value):
+    if not isinstance(value, str) or not _PATTERNS[kind].fullmatch(value):
         shown = repr(value)[:60]
         raise InvalidId(f"{shown} is not a valid {kind} id (expected {PREFIXES[kind]}_ followed by a 26-char ULID)")
     return value

@@ -26,6 +26,11 @@ class Shortfall(Exception):
         self.available = available
 
 
+def _refuse_negative(amounts: Iterable[int]) -> None:
+    if any(amount < 0 for amount in amounts):
+        raise ValueError("ledger amounts are never negative")
+
+
 def load_for_update(session: Session, asset_ids: Iterable[str]) -> dict[str, Asset]:
     """Lock the assets' rows in id order and return them by id."""
     ids = sorted(set(asset_ids))
@@ -39,11 +44,10 @@ def load_for_update(session: Session, asset_ids: Iterable[str]) -> dict[str, Ass
 
 def lock(session: Session, amounts: Mapping[str, int]) -> None:
     """Lock every (asset_id -> amount) or none; raises Shortfall naming the first short asset."""
+    _refuse_negative(amounts.values())
     assets = load_for_update(session, amounts)
     for asset_id in sorted(amounts):
         asset, amount = assets[asset_id], amounts[asset_id]
-        if amount < 0:
-            raise ValueError("cannot lock a negative amount")
         if asset.available < amount:
             raise Shortfall(asset_id, amount, asset.available)
     for asset_id, amount in amounts.items():
@@ -52,6 +56,7 @@ def lock(session: Session, amounts: Mapping[str, int]) -> None:
 
 def release(session: Session, amounts: Mapping[str, int]) -> None:
     """Give locked amounts back to available (a transfer failed before moving value)."""
+    _refuse_negative(amounts.values())
     assets = load_for_update(session, amounts)
     for asset_id, amount in amounts.items():
         asset = assets[asset_id]
@@ -71,6 +76,7 @@ def settle(
     Used on confirmation (value + fee leave the account) and on a revert (only the fee leaves).
     """
     debit_list = list(debits)
+    _refuse_negative([*locked.values(), *(amount for _, _, amount in debit_list)])
     assets = load_for_update(session, [*locked, *(asset_id for asset_id, _, _ in debit_list)])
     for asset_id, amount in locked.items():
         asset = assets[asset_id]

@@ -142,7 +142,10 @@ class Transaction(Base):
     stage: Mapped[str] = mapped_column(String(32), default="RECEIVED")
     failure_reason: Mapped[str | None] = mapped_column(String(64))
     failure_detail: Mapped[str | None] = mapped_column(Text)
-    last_error: Mapped[str | None] = mapped_column(Text)  # latest transient trouble, for ops
+    last_error: Mapped[str | None] = mapped_column(Text)  # latest trouble, for ops
+    # Set when a step hit an error no retry can cure (a misconfigured node, a signer bug): the
+    # sweeper leaves held transfers alone until ops fixes the cause and runs `paratro replay`.
+    held_at: Mapped[datetime | None] = mapped_column(DateTime)
     wallet_id: Mapped[str | None] = mapped_column(String(40))
     account_id: Mapped[str | None] = mapped_column(String(40))
     asset_id: Mapped[str | None] = mapped_column(String(40))

@@ -82,6 +82,8 @@ def create_account(session: Session, registry: Registry, wallet_id: str, chain: 
         raise UnknownChainError(str(exc)) from None
     existing = session.scalar(select(Account).where(Account.wallet_id == wallet_id, Account.chain == spec.name))
     if existing is not None:
+        if existing.address != address:
+            raise InvalidInput(f"wallet {wallet_id} already has {existing.address} on {spec.name}, not {address}")
         return existing
     account = Account(account_id=new_id("account"), wallet_id=wallet_id, client_id=wallet.client_id,
                       chain=spec.name, network=spec.network, address=address, status="ACTIVE")

@@ -31,7 +31,8 @@ def claim_stalled(session: Session, older_than_s: float, limit: int = 500) -> li
     cutoff = utcnow() - timedelta(seconds=older_than_s)
     rows = session.scalars(
         select(Transaction)
-        .where(Transaction.status == Status.PENDING.value, Transaction.heartbeat_at < cutoff)
+        .where(Transaction.status == Status.PENDING.value, Transaction.heartbeat_at < cutoff,
+               Transaction.held_at.is_(None))
         .order_by(Transaction.heartbeat_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -43,7 +44,15 @@ def claim_for_replay(session: Session, tx: Transaction) -> Redrive | None:
     """An operator's re-drive of one pending transfer from its last durable stage (None if final)."""
     if tx.status != Status.PENDING.value:
         return None
+    tx.held_at = None
     return _claim(session, tx, "replayed")
+
+
+def hold(session: Session, tx: Transaction, error: str) -> None:
+    """Park a transfer that hit an error no retry can cure; it keeps its stage (and its locks)."""
+    tx.held_at = utcnow()
+    tx.last_error = error[:1000]
+    record_note(session, tx, "held", tx.last_error)
 
 
 def _claim(session: Session, tx: Transaction, reason: str) -> Redrive:

@@ -44,9 +44,9 @@ class TransferRequest:
     idempotency_key: str
 
 
-def _check_address_text(field: str, value: object) -> str:
-    if not isinstance(value, str) or not _PRINTABLE_ADDRESS.match(value):
-        raise InvalidInput(f"{field} must be a non-empty address string of at most 256 printable characters")
+def _check_address_text(field: str, value: object, max_length: int) -> str:
+    if not isinstance(value, str) or len(value) > max_length or not _PRINTABLE_ADDRESS.fullmatch(value):
+        raise InvalidInput(f"{field} must be a non-empty address string of at most {max_length} printable characters")
     return value
 
 
@@ -64,10 +64,10 @@ def create_transfer(session: Session, registry: Registry, req: TransferRequest) 
     IdempotencyConflict) and NotFound for an unknown client; nothing is written in those cases.
     """
     check_id("client", req.client_id)
-    if not isinstance(req.idempotency_key, str) or not _KEY.match(req.idempotency_key):
+    if not isinstance(req.idempotency_key, str) or not _KEY.fullmatch(req.idempotency_key):
         raise InvalidInput("idempotency_key must be 1-128 characters of letters, digits and . _ : -")
-    _check_address_text("from_address", req.from_address)
-    _check_address_text("to_address", req.to_address)
+    _check_address_text("from_address", req.from_address, 128)  # the width of transactions.from_address
+    _check_address_text("to_address", req.to_address, 256)
     try:
         spec = registry.chain(req.chain)
         token = spec.token(req.token_symbol)

@@ -108,18 +108,30 @@ class LocalKeySigner:
         curve = Curve(curve)
         if len(digest) != 32 and curve is Curve.SECP256K1:
             raise SignatureRefused("secp256k1 signing takes a 32-byte digest")
+        if self._known_request(request_id, wallet_id, digest):
+            return
+        try:
+            with self._session() as session:
+                key = session.get(SignerKey, (wallet_id, curve.value))
+                if key is None:
+                    raise UnknownKey(f"no {curve.value} key for wallet {wallet_id}")
+                signature = self._sign(key, digest)
+                session.add(SignatureRequest(request_id=request_id, wallet_id=wallet_id, curve=curve.value,
+                                             digest=digest, signature=signature))
+        except IntegrityError:
+            # The same request arrived twice at once; the one that was stored decides.
+            if not self._known_request(request_id, wallet_id, digest):
+                raise SignerUnavailable(f"request {request_id} could not be stored; ask again") from None
+
+    def _known_request(self, request_id: str, wallet_id: str, digest: bytes) -> bool:
+        """True if this exact request exists; SignatureRefused if the id was used for another payload."""
         with self._session() as session:
             existing = session.get(SignatureRequest, request_id)
-            if existing is not None:
-                if existing.digest != digest or existing.wallet_id != wallet_id:
-                    raise SignatureRefused(f"request {request_id} was already made for a different payload")
-                return
-            key = session.get(SignerKey, (wallet_id, curve.value))
-            if key is None:
-                raise UnknownKey(f"no {curve.value} key for wallet {wallet_id}")
-            signature = self._sign(key, digest)
-            session.add(SignatureRequest(request_id=request_id, wallet_id=wallet_id, curve=curve.value,
-                                         digest=digest, signature=signature))
+            if existing is None:
+                return False
+            if existing.digest != digest or existing.wallet_id != wallet_id:
+                raise SignatureRefused(f"request {request_id} was already made for a different payload")
+            return True
 
     def fetch_signature(self, request_id: str) -> bytes | None:
         with self._session() as session:

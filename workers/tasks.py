@@ -4,21 +4,25 @@ ADVANCED/NOOP pass the chain on (a redelivered task whose work is done still nud
 step, which is how a message lost between two steps is recovered). FINAL/STALLED end the chain.
 WAIT re-runs the step after a countdown (never a sleep in the worker). Transient errors retry
 with exponential backoff and full jitter, up to the step's budget; then the transfer keeps its
-durable stage, records why, and waits for the sweeper or `paratro replay`.
+durable stage, records why, and waits for the sweeper or `paratro replay`. An error no retry can
+cure (wrong node, signer bug) holds the transfer: the sweeper skips it until ops replays it.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import structlog
 from celery import Task
+from sqlalchemy.orm import Session
 
 from pipeline.errors import NotFound, PipelineError
 from pipeline.lifecycle import record_note
-from pipeline.recovery import claim_stalled
+from pipeline.models import Transaction
+from pipeline.recovery import claim_stalled, hold
 from pipeline.settings import get_settings
 from pipeline.stages import STEPS
 from pipeline.steps import STEP_FUNCTIONS, OutcomeKind
@@ -72,15 +76,21 @@ def run_step(task: Task, step: str, transaction_id: str, errors: int) -> str:
         return transaction_id
     except Exception as exc:
         if not _is_transient(exc):
-            raise
+            bound.exception("step.held", error=f"{type(exc).__name__}: {str(exc)[:300]}")
+            reason = f"{step}: {type(exc).__name__}: {exc}"
+            _record(transaction_id, lambda session, tx: hold(session, tx, reason))
+            task.request.chain = None
+            return transaction_id
         if errors >= budget.max_retries:
-            _record_exhausted(step, transaction_id, exc)
+            reason = f"{step}: retries exhausted: {exc}"
+            _record(transaction_id, lambda session, tx: _exhausted(session, tx, reason))
             bound.error("step.retries_exhausted", errors=errors, error=str(exc)[:300])
             task.request.chain = None
             return transaction_id
         countdown = backoff(budget, errors, settings.max_countdown_s)
         bound.warning("step.retry", errors=errors + 1, countdown=round(countdown, 2), error=str(exc)[:300])
-        raise task.retry(args=(transaction_id,), kwargs={"errors": errors + 1}, countdown=countdown, max_retries=None)
+        raise task.retry(args=(transaction_id,), kwargs={"errors": errors + 1}, countdown=countdown,
+                         max_retries=None) from exc
     bound.info("step.done", outcome=outcome.kind.value, stage=outcome.stage.value)
     if outcome.kind is OutcomeKind.WAIT:
         raise task.retry(args=(transaction_id,), kwargs={"errors": errors}, max_retries=None,
@@ -90,15 +100,19 @@ def run_step(task: Task, step: str, transaction_id: str, errors: int) -> str:
     return transaction_id
 
 
-def _record_exhausted(step: str, transaction_id: str, exc: BaseException) -> None:
-    """Leave the reason on the transfer; its stage stays durable and replayable."""
+def _exhausted(session: Session, tx: Transaction, error: str) -> None:
+    """Leave the reason on the transfer; its stage stays durable and the sweeper retries later."""
+    tx.last_error = error[:1000]
+    record_note(session, tx, "retries_exhausted", tx.last_error)
+
+
+def _record(transaction_id: str, write: Callable[[Session, Transaction], None]) -> None:
+    """Best effort: if even the database is down, the log line above is what remains."""
     try:
         with runtime.context().db.unit_of_work() as session:
-            tx = load_tx(session, transaction_id)
-            tx.last_error = f"{step}: retries exhausted: {exc}"[:1000]
-            record_note(session, tx, "retries_exhausted", tx.last_error)
+            write(session, load_tx(session, transaction_id))
     except PipelineError:
-        log.exception("step.record_exhausted_failed", step=step, tx=transaction_id)
+        log.exception("step.record_failed", tx=transaction_id)
 
 
 def _register(step: str) -> Any:

@@ -75,15 +75,15 @@ def confirm(ctx: StepContext, tx_id: str) -> Outcome:
                 advance(session, tx, Stage.BROADCAST, reason="reorg",
                         detail=f"block {tx.block_number} {tx.block_hash} left the canonical chain")
                 tx.block_number, tx.block_hash, tx.confirmations = None, None, 0
+            if tx.broadcast_at and utcnow() - tx.broadcast_at > timedelta(seconds=ctx.confirm_timeout_s):
+                tx.last_error = f"not confirmed within {int(ctx.confirm_timeout_s)} s of broadcast"
+                record_note(session, tx, "confirmation_timeout", tx.last_error)
+                return Outcome.of(OutcomeKind.STALLED, tx)
             if status.state is TxState.NOT_FOUND and _due_for_rebroadcast(tx, poll):
                 rebroadcast = SignedTransaction(raw=tx.signed_payload or b"", tx_hash=tx_hash)
                 tx.broadcast_count += 1
                 tx.last_broadcast_at = utcnow()
                 record_note(session, tx, "rebroadcast", "node does not know the transaction; same bytes sent again")
-            if tx.broadcast_at and utcnow() - tx.broadcast_at > timedelta(seconds=ctx.confirm_timeout_s):
-                tx.last_error = f"not confirmed within {int(ctx.confirm_timeout_s)} s of broadcast"
-                record_note(session, tx, "confirmation_timeout", tx.last_error)
-                return Outcome.of(OutcomeKind.STALLED, tx)
         stage_after = stage_of(tx)
     if rebroadcast is not None:
         try:
@@ -105,6 +105,9 @@ def _record_inclusion(session: Session, tx: Transaction, status: TxStatus, depth
     if status.fee_paid is None:
         raise RuntimeError(f"adapter reported inclusion of {tx.tx_hash} without the fee paid")
     tx.fee_paid = status.fee_paid
+    if status.fee_paid > (tx.fee_reserved or 0):
+        # The chain charged more than we reserved (e.g. an L2's L1 data fee): the ledger follows the chain.
+        record_note(session, tx, "fee_exceeded_reserve", f"paid {status.fee_paid} > reserved {tx.fee_reserved}")
     fee_debit = (tx.fee_asset_id or "", "FEE", status.fee_paid)
     if status.state is TxState.INCLUDED:
         ledger.settle(session, tx.transaction_id, locked_amounts(tx), [(tx.asset_id or "", "DEBIT", tx.amount), fee_debit])

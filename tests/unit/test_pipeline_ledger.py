@@ -154,8 +154,6 @@ def test_releasing_more_than_is_locked_is_refused_and_changes_nothing(db: Databa
     assert read(db, ids["ETH"]) == (100, 10)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: ledger.release (and settle) accept a negative amount and silently "
-                                       "grow locked_balance; lock refuses negatives")
 def test_a_negative_release_is_refused(db: Database, registry: Registry) -> None:
     ids = seed_assets(db, registry, {"ETH": 100})
     with db.unit_of_work() as s:

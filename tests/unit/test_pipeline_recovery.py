@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from pipeline.models import Transaction, utcnow
-from pipeline.recovery import Redrive, claim_for_replay, claim_stalled
+from pipeline.recovery import Redrive, claim_for_replay, claim_stalled, hold
 from pipeline.stages import Stage
 from tests.unit.fakes import World, included
 
@@ -82,7 +82,7 @@ def test_final_transfers_are_never_claimed(world: World) -> None:
 def test_the_oldest_are_claimed_first_up_to_the_limit(world: World) -> None:
     alice = world.onboard(balances={"ETH": ETH})
     tx_ids = [world.transfer(alice, "0.1") for _ in range(3)]
-    for tx_id, seconds in zip(tx_ids, (300, 900, 600)):
+    for tx_id, seconds in zip(tx_ids, (300, 900, 600), strict=True):
         age(world, tx_id, seconds)
     assert [r.transaction_id for r in sweep(world, limit=2)] == [tx_ids[1], tx_ids[2]]
     assert [r.transaction_id for r in sweep(world, limit=2)] == [tx_ids[0]]
@@ -97,3 +97,21 @@ def test_replay_claims_a_pending_transfer_and_refuses_a_final_one(world: World) 
         assert claim_for_replay(s, s.get(Transaction, failed)) is None
     assert world.events(pending)[-1].reason == "replayed"
     assert world.events(failed)[-1].to_stage == "FAILED"
+
+
+def test_a_held_transfer_is_left_to_ops_until_replayed(world: World) -> None:
+    # Given a transfer held after an error no retry can cure, long without progress
+    alice = world.onboard(balances={"ETH": ETH})
+    tx_id = world.transfer(alice, "0.1")
+    with world.db.unit_of_work() as s:
+        hold(s, s.get(Transaction, tx_id), "request_signature: ChainMismatch: node serves chain 1")
+    age(world, tx_id, 600)
+    # Then the sweeper never claims it
+    assert sweep(world) == []
+    assert world.tx(tx_id).last_error.startswith("request_signature: ChainMismatch")
+    # When ops replays it, it is released from hold and re-driven from its stage
+    with world.db.unit_of_work() as s:
+        redrive = claim_for_replay(s, s.get(Transaction, tx_id))
+    assert redrive == Redrive(tx_id, Stage.RECEIVED, "resolve_source")
+    assert world.tx(tx_id).held_at is None
+    assert [e.reason for e in world.events(tx_id)][-2:] == ["held", "replayed"]

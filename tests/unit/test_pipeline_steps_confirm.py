@@ -168,8 +168,6 @@ def test_given_no_confirmation_within_the_timeout_then_stalled_with_last_error(w
     assert world.balances(alice, "ETH") == (ETH, ETH // 10 + RESERVE)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: confirm records a rebroadcast (note + broadcast_count) and then "
-                                       "returns STALLED on timeout before sending it: the audit trail lies")
 def test_given_a_forgotten_tx_past_the_timeout_then_a_recorded_rebroadcast_is_really_sent(world: World) -> None:
     alice, tx_id = broadcast_transfer(world)
     adapter = world.adapter()

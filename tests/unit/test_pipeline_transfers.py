@@ -142,8 +142,6 @@ def test_the_128_char_key_is_the_longest_accepted(world: World, alice: Party) ->
     assert created
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: create_transfer accepts a from_address of up to 256 characters but "
-                                       "transactions.from_address is String(128): PostgreSQL raises a DataError")
 def test_an_accepted_from_address_fits_its_column(world: World, alice: Party) -> None:
     long_from = "T" * 200
     try:
@@ -169,8 +167,6 @@ def test_get_transfer_is_scoped_to_its_client(world: World, alice: Party) -> Non
             get_transfer(s, "tx_nope")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the validation regexes end in `$`, which also matches before a trailing "
-                                       "newline, so 'key\\n', 'address\\n' and 'cli_…\\n' pass the format checks")
 @pytest.mark.parametrize(
     ("field", "error"),
     [("idempotency_key", InvalidInput), ("to_address", InvalidInput), ("from_address", InvalidInput), ("client_id", InvalidId)],

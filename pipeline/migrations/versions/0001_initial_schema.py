@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 09:59:18.836343
+Create Date: 2026-11-25 10:14:04.779228
 """
 from __future__ import annotations
 
@@ -57,6 +57,7 @@ def upgrade() -> None:
     sa.Column('failure_reason', sa.String(length=64), nullable=True),
     sa.Column('failure_detail', sa.Text(), nullable=True),
     sa.Column('last_error', sa.Text(), nullable=True),
+    sa.Column('held_at', sa.DateTime(), nullable=True),
     sa.Column('wallet_id', sa.String(length=40), nullable=True),
     sa.Column('account_id', sa.String(length=40), nullable=True),
     sa.Column('asset_id', sa.String(length=40), nullable=True),
