@@ -1,16 +1,20 @@
 # Two commands for a newcomer: `make demo` and `make test`. Both create .venv and install first.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-unit bench clean
+.PHONY: install demo test test-unit clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	@echo "installing paratro-pipeline and its pinned dependencies into $(VENV) ..."
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]' 2>&1 \
+	  | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 	$(BIN)/python -m pip check
 	@touch $(STAMP)
 

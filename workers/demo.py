@@ -236,5 +236,6 @@ def _print_summary(rows: list[tuple], result: DemoResult, spec: object, database
         recon.add_row(row["asset"], row["db"], row["chain"], row["locked"], row["ok"])
     console.print(recon)
     example = rows[0][0] if rows else "TX_ID"
-    console.print(f"inspect a transfer (the demo's database stays in its work folder):\n"
-                  f"  PARATRO_DATABASE_URL={database_url} PARATRO_CHAIN_REGISTRY=devnet .venv/bin/paratro show {example}")
+    console.print("inspect a transfer (the demo's database stays in its work folder):")
+    console.print(f"  PARATRO_DATABASE_URL={database_url} PARATRO_CHAIN_REGISTRY=devnet .venv/bin/paratro show {example}",
+                  soft_wrap=True, highlight=False)

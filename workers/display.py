@@ -11,7 +11,9 @@ from rich.table import Table
 
 from pipeline.stages import Stage
 
-console = Console(stderr=False)
+console = Console()
+if not console.is_terminal:
+    console = Console(width=132)  # a log file or CI: wide enough that ids and reasons are not cut
 
 
 def print_transfer(data: dict[str, Any]) -> None:
