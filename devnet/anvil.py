@@ -23,11 +23,11 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from devnet.ports import LOOPBACK, free_port
 from devnet.processes import ManagedProcess
+from devnet.service import Service
 
 ANVIL_NPM_PACKAGE = "@foundry-rs/anvil"
 ANVIL_VERSION = "1.7.1"
@@ -150,12 +150,14 @@ def rpc_call(url: str, method: str, params: list[Any] | None = None, timeout: fl
     return reply.get("result")
 
 
-class AnvilNode:
+class AnvilNode(Service):
     """An anvil process on a free loopback port. Use as a context manager.
 
     ``block_time=None`` means instant automine (a block per transaction); a number means a
     block every that many seconds.
     """
+
+    name = "anvil"
 
     def __init__(
         self,
@@ -172,6 +174,7 @@ class AnvilNode:
         extra_args: list[str] | None = None,
         timeout: float = 30.0,
     ) -> None:
+        super().__init__()
         self.root = Path(root) if root is not None else Path(__file__).resolve().parent.parent
         self.chain_id = chain_id
         self.block_time = block_time
@@ -183,19 +186,12 @@ class AnvilNode:
         self.binary = binary
         self.extra_args = list(extra_args or [])
         self.timeout = timeout
-        self._process: ManagedProcess | None = None
 
     @property
     def rpc_url(self) -> str:
         if self.port is None:
             raise RuntimeError("anvil is not started")
         return f"http://{LOOPBACK}:{self.port}"
-
-    @property
-    def process(self) -> ManagedProcess:
-        if self._process is None:
-            raise RuntimeError("anvil is not started")
-        return self._process
 
     def _argv(self, binary: Path, port: int) -> list[str]:
         argv = [
@@ -230,22 +226,6 @@ class AnvilNode:
         )
         self._process.start()
         return self
-
-    def stop(self) -> None:
-        if self._process is not None:
-            self._process.stop()
-            self._process = None
-
-    def __enter__(self) -> "AnvilNode":
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- JSON-RPC helpers --------------------------------------------------------------------
     def rpc(self, method: str, params: list[Any] | None = None, timeout: float = 10.0) -> Any:

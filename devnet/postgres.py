@@ -19,10 +19,10 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from types import TracebackType
 
 from devnet.ports import LOOPBACK, free_port
 from devnet.processes import ManagedProcess
+from devnet.service import Service
 
 SUPERUSER = "paratro"
 DATABASE = "paratro"
@@ -83,11 +83,13 @@ def ensure_postgres() -> Path:
     return bindir
 
 
-class PostgresServer:
+class PostgresServer(Service):
     """A PostgreSQL cluster with superuser ``paratro`` and database ``paratro``.
 
     ``.url`` is the SQLAlchemy URL (``postgresql+psycopg://...``), ``.dsn`` the libpq one.
     """
+
+    name = "postgres"
 
     def __init__(
         self,
@@ -98,13 +100,12 @@ class PostgresServer:
         max_connections: int = 300,
         extra_settings: dict[str, str] | None = None,
     ) -> None:
+        super().__init__()
         self.port = port
         self.bindir = bindir
         self.timeout = timeout
         self.max_connections = max_connections
         self.extra_settings = dict(extra_settings or {})
-        self.dir: Path | None = None
-        self._process: ManagedProcess | None = None
         self._as_root = os.geteuid() == 0
 
     # -- addresses ---------------------------------------------------------------------------
@@ -126,12 +127,6 @@ class PostgresServer:
         if self.dir is None:
             raise RuntimeError("postgres is not started")
         return self.dir / "data"
-
-    @property
-    def process(self) -> ManagedProcess:
-        if self._process is None:
-            raise RuntimeError("postgres is not started")
-        return self._process
 
     # -- helpers -----------------------------------------------------------------------------
     def _cmd(self, binary: str, *args: str) -> list[str]:
@@ -237,32 +232,14 @@ class PostgresServer:
             conn.execute(f'CREATE DATABASE "{DATABASE}"')
 
     def stop(self) -> None:
-        if self._process is not None:
-            if self._process.is_running():
-                try:
-                    self._run(
-                        self._cmd("pg_ctl", "stop", "-D", str(self.data_dir), "-m", "immediate",
-                                  "-w", "-t", "10"),
-                        "pg_ctl stop",
-                    )
-                except (PostgresError, subprocess.TimeoutExpired):
-                    pass  # ManagedProcess.stop below signals the whole group anyway
-            self._process.stop()
-            self._process = None
-        self._remove_dir()
-
-    def _remove_dir(self) -> None:
-        if self.dir is not None:
-            shutil.rmtree(self.dir, ignore_errors=True)
-            self.dir = None
-
-    def __enter__(self) -> "PostgresServer":
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        """``pg_ctl stop`` first (a clean, quick shutdown), then the base stop."""
+        if self._process is not None and self._process.is_running():
+            try:
+                self._run(
+                    self._cmd("pg_ctl", "stop", "-D", str(self.data_dir), "-m", "immediate",
+                              "-w", "-t", "10"),
+                    "pg_ctl stop",
+                )
+            except (PostgresError, subprocess.TimeoutExpired):
+                pass  # ManagedProcess.stop below signals the whole group anyway
+        super().stop()

@@ -13,10 +13,10 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from types import TracebackType
 
 from devnet.ports import LOOPBACK, free_port
 from devnet.processes import ManagedProcess
+from devnet.service import Service
 
 INSTALL_HINT = (
     "redis-server is not on PATH. On Debian/Ubuntu run "
@@ -55,8 +55,10 @@ def ensure_redis_server() -> Path:
     return find_redis_server()
 
 
-class RedisServer:
+class RedisServer(Service):
     """A redis-server process; ``.url`` is ``redis://127.0.0.1:PORT/0``."""
+
+    name = "redis-server"
 
     def __init__(
         self,
@@ -66,24 +68,17 @@ class RedisServer:
         timeout: float = 15.0,
         extra_args: list[str] | None = None,
     ) -> None:
+        super().__init__()
         self.port = port
         self.binary = binary
         self.timeout = timeout
         self.extra_args = list(extra_args or [])
-        self.dir: Path | None = None
-        self._process: ManagedProcess | None = None
 
     @property
     def url(self) -> str:
         if self.port is None:
             raise RuntimeError("redis-server is not started")
         return f"redis://{LOOPBACK}:{self.port}/0"
-
-    @property
-    def process(self) -> ManagedProcess:
-        if self._process is None:
-            raise RuntimeError("redis-server is not started")
-        return self._process
 
     def start(self) -> "RedisServer":
         binary = self.binary or find_redis_server()
@@ -128,29 +123,7 @@ class RedisServer:
             raise
         return self
 
-    def stop(self) -> None:
-        if self._process is not None:
-            self._process.stop()
-            self._process = None
-        self._remove_dir()
-
     def restart(self) -> None:
         """Stop and start again on the same port (data is lost: there is no persistence)."""
         self.stop()
         self.start()
-
-    def _remove_dir(self) -> None:
-        if self.dir is not None:
-            shutil.rmtree(self.dir, ignore_errors=True)
-            self.dir = None
-
-    def __enter__(self) -> "RedisServer":
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
