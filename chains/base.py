@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from chains.registry import ChainSpec, TokenSpec
@@ -33,27 +34,47 @@ class TransferIntent:
 
 
 @dataclass(frozen=True)
+class Utxo:
+    """An unspent output the source address can spend (UTXO chains)."""
+
+    txid: str
+    vout: int
+    value: int  # base units (satoshi)
+    script_pubkey: str = ""  # hex
+    confirmations: int = 0
+
+    @property
+    def outpoint(self) -> str:
+        return f"{self.txid}:{self.vout}"
+
+
+@dataclass(frozen=True)
 class FeeQuote:
     """Fee parameters fixed at lock time; `max_fee` (native base units) is what gets reserved.
 
     `params` is JSON-serialisable and is stored on the transaction, so the transaction built later
-    uses exactly these parameters and can never spend more than the reserve.
+    uses exactly these parameters and can never spend more than the reserve. On UTXO chains
+    `inputs` are the outputs the quote selected; the pipeline reserves them in the same DB
+    transaction as the funds, so two transfers never spend the same output.
     """
 
     max_fee: int
     params: dict[str, Any] = field(default_factory=dict)
+    inputs: tuple[Utxo, ...] = ()
 
 
 @dataclass(frozen=True)
 class UnsignedTransaction:
-    """A built transaction waiting for a signature.
+    """A built transaction waiting for signatures.
 
     `payload` is the adapter's own serialisation (stored in the DB, handed back to
-    `attach_signature`); `digest` is the 32-byte hash the signer signs.
+    `attach_signature`); `digests` are what the signer signs, one signature each, in order:
+    secp256k1 families give 32-byte hashes (EVM: one; Bitcoin: one per input; TRON: the txID),
+    ed25519 (Solana) gives the message bytes themselves.
     """
 
     payload: bytes
-    digest: bytes
+    digests: tuple[bytes, ...]
 
 
 @dataclass(frozen=True)
@@ -69,6 +90,9 @@ class TxState(str, enum.Enum):
     PENDING = "PENDING"  # in the mempool, not in a block
     INCLUDED = "INCLUDED"  # in a canonical block and succeeded
     REVERTED = "REVERTED"  # in a canonical block and failed (fee paid, value not moved)
+    # Proven never to land: not on chain and no longer includable (TRON expiration passed,
+    # Solana blockhash no longer valid). The pipeline re-signs, as a recorded replacement.
+    EXPIRED = "EXPIRED"
 
 
 @dataclass(frozen=True)
@@ -83,10 +107,19 @@ class TxStatus:
 
 
 class ChainAdapter(Protocol):
-    """One chain (one registry entry) reached through its family's SDK."""
+    """One chain (one registry entry) reached through its family's SDK.
+
+    Attributes say how the family works, so the pipeline needs no per-family branches:
+    `curve` and `key_name` pick the signer key ("evm" is shared by every EVM chain),
+    `uses_account_nonce` (EVM) asks the pipeline to allocate nonces, `uses_utxos` (Bitcoin)
+    asks it to list and reserve outputs.
+    """
 
     spec: ChainSpec
-    curve: Curve  # the key curve this family signs with (the signer keeps one key per curve)
+    curve: Curve
+    key_name: str
+    uses_account_nonce: bool
+    uses_utxos: bool
 
     def validate_address(self, address: str) -> str:
         """Return the normalized address, or raise InvalidAddress with the reason."""
@@ -98,23 +131,33 @@ class ChainAdapter(Protocol):
     def address_from_public_key(self, public_key: bytes) -> str:
         """Derive the account address for a wallet public key of this family's curve."""
 
-    def quote_fee(self, intent: TransferIntent) -> FeeQuote:
-        """Price the transfer now; a transfer the node already knows must fail raises TransactionRejected."""
+    def list_utxos(self, address: str) -> list[Utxo]:
+        """Spendable outputs of `address` (UTXO families; others return [])."""
+
+    def quote_fee(self, intent: TransferIntent, utxos: Sequence[Utxo] = ()) -> FeeQuote:
+        """Price the transfer now (UTXO families also select inputs from `utxos`, which excludes
+        outputs reserved by other transfers). A transfer the chain would refuse raises
+        TransactionRejected (reason "insufficient_funds", ...)."""
 
     def next_nonce(self, address: str) -> int:
         """The chain's next nonce for `address` counting pending transactions (EVM-like only)."""
 
-    def build(self, intent: TransferIntent, fee: FeeQuote, nonce: int | None) -> UnsignedTransaction:
+    def build_context(self, intent: TransferIntent) -> dict[str, Any]:
+        """Fresh chain data the build needs (TRON ref block, Solana recent blockhash; EVM: {}).
+        Called before the DB transaction that builds, so no RPC runs under a row lock."""
+
+    def build(self, intent: TransferIntent, fee: FeeQuote, nonce: int | None,
+              context: dict[str, Any]) -> UnsignedTransaction:
         """Build the unsigned transaction offline from stored parameters."""
 
-    def attach_signature(self, payload: bytes, signature: bytes) -> SignedTransaction:
-        """Combine the payload with the signer's 65-byte r||s||recovery_id (secp256k1)."""
+    def attach_signature(self, payload: bytes, signatures: Sequence[bytes]) -> SignedTransaction:
+        """Combine the payload with the signer's signatures (one per digest, in order)."""
 
     def broadcast(self, signed: SignedTransaction) -> str:
         """Send the bytes; sending bytes the node already has is success. Returns the tx hash."""
 
-    def get_status(self, tx_hash: str) -> TxStatus:
-        """Inclusion, canonical block, confirmations and fee paid."""
+    def get_status(self, signed: SignedTransaction) -> TxStatus:
+        """Inclusion, canonical block, confirmations, fee paid; EXPIRED once provably dead."""
 
     def balance_of(self, address: str, token: TokenSpec) -> int:
         """On-chain balance in base units (for reconciliation)."""

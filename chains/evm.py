@@ -19,6 +19,7 @@ decisions that need a node:
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from chains import evm_address, evm_tx
@@ -30,11 +31,13 @@ from chains.base import (
     TxState,
     TxStatus,
     UnsignedTransaction,
+    Utxo,
 )
 from chains.errors import (
     ChainError,
     ChainMismatch,
     ChainRpcError,
+    InvalidSignature,
     MalformedTransaction,
     TransactionRejected,
 )
@@ -61,6 +64,9 @@ class EvmAdapter:
     """ChainAdapter for one EVM chain of the registry (family "evm")."""
 
     curve = Curve.SECP256K1
+    key_name = "evm"  # every EVM chain signs with the wallet's one EVM key: one address everywhere
+    uses_account_nonce = True
+    uses_utxos = False
 
     def __init__(self, spec: ChainSpec, *, timeout: float = REQUEST_TIMEOUT_S) -> None:
         if spec.family != "evm":
@@ -106,7 +112,10 @@ class EvmAdapter:
 
     # --- fees and nonces -------------------------------------------------------------------
 
-    def quote_fee(self, intent: TransferIntent) -> FeeQuote:
+    def list_utxos(self, address: str) -> list[Utxo]:
+        return []  # account-based: balances, not outputs
+
+    def quote_fee(self, intent: TransferIntent, utxos: Sequence[Utxo] = ()) -> FeeQuote:
         if not isinstance(intent.amount, int) or isinstance(intent.amount, bool) or intent.amount < 0:
             raise MalformedTransaction(f"amount must be a non-negative integer of base units, got {intent.amount!r}")
         token = self._registry_token(intent.token)
@@ -163,7 +172,11 @@ class EvmAdapter:
 
     # --- offline build and signature -------------------------------------------------------
 
-    def build(self, intent: TransferIntent, fee: FeeQuote, nonce: int | None) -> UnsignedTransaction:
+    def build_context(self, intent: TransferIntent) -> dict[str, Any]:
+        return {}  # an EVM transaction needs nothing fresh from the node: nonce and fees are fixed
+
+    def build(self, intent: TransferIntent, fee: FeeQuote, nonce: int | None,
+              context: dict[str, Any] | None = None) -> UnsignedTransaction:
         token = self._registry_token(intent.token)
         sender = self.validate_address(intent.from_address)
         to = self.validate_address(intent.to_address)
@@ -176,7 +189,10 @@ class EvmAdapter:
         tx = evm_tx.transfer_tx(intent, to, self.spec.chain_id, nonce, fields, self.spec.eip1559)
         return evm_tx.build_unsigned(sender, tx)
 
-    def attach_signature(self, payload: bytes, signature: bytes) -> SignedTransaction:
+    def attach_signature(self, payload: bytes, signatures: Sequence[bytes]) -> SignedTransaction:
+        if len(signatures) != 1:
+            raise InvalidSignature(f"an EVM transaction takes one signature, got {len(signatures)}")
+        signature = signatures[0]
         _, tx = evm_tx.decode_payload(payload)
         if tx.get("chainId") != self.spec.chain_id:
             raise MalformedTransaction(
@@ -222,7 +238,8 @@ class EvmAdapter:
         found = self._call("eth_getTransactionByHash", [tx_hash])
         return found if isinstance(found, dict) else None
 
-    def get_status(self, tx_hash: str) -> TxStatus:
+    def get_status(self, signed: SignedTransaction) -> TxStatus:
+        tx_hash = signed.tx_hash
         if not isinstance(tx_hash, str) or not _TX_HASH.match(tx_hash):
             raise MalformedTransaction(f"not an EVM transaction hash: {tx_hash!r}"[:200])
         receipt = self._call("eth_getTransactionReceipt", [tx_hash])

@@ -144,7 +144,7 @@ def signing_digest(tx: dict[str, Any]) -> bytes:
 
 
 def build_unsigned(sender: str, tx: dict[str, Any]) -> UnsignedTransaction:
-    return UnsignedTransaction(payload=encode_payload(sender, tx), digest=signing_digest(tx))
+    return UnsignedTransaction(payload=encode_payload(sender, tx), digests=(signing_digest(tx),))
 
 
 def split_signature(signature: bytes) -> tuple[int, int, int]:

@@ -157,7 +157,9 @@ class Transaction(Base):
     nonce: Mapped[int | None] = mapped_column(BigInteger)
     signature_request_id: Mapped[str | None] = mapped_column(String(64))
     unsigned_payload: Mapped[bytes | None] = mapped_column(LargeBinary)
-    signing_digest: Mapped[bytes | None] = mapped_column(LargeBinary)
+    signing_payloads: Mapped[str | None] = mapped_column(Text)  # JSON list of hex: what the signer signs
+    build_context: Mapped[str | None] = mapped_column(Text)  # JSON: fresh chain data the build used
+    replacement_count: Mapped[int] = mapped_column(Integer, default=0)  # explicit re-signs (expiry)
     signed_payload: Mapped[bytes | None] = mapped_column(LargeBinary)
     tx_hash: Mapped[str | None] = mapped_column(String(128))
     block_number: Mapped[int | None] = mapped_column(BigInteger)
@@ -201,6 +203,19 @@ class LedgerEntry(Base):
     amount: Mapped[int] = mapped_column(BaseUnits)  # signed: credits > 0, debits < 0
     reference: Mapped[str | None] = mapped_column(String(128))
     at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class UtxoReservation(Base):
+    """An output a pending transfer will spend. The primary key makes a second claim on the same
+    output fail inside the DB transaction, so two transfers never select the same UTXO."""
+
+    __tablename__ = "utxo_reservations"
+
+    chain: Mapped[str] = mapped_column(String(32), primary_key=True)
+    outpoint: Mapped[str] = mapped_column(String(80), primary_key=True)  # txid:vout
+    transaction_id: Mapped[str] = mapped_column(String(40), index=True)
+    value: Mapped[int] = mapped_column(BaseUnits)
+    reserved_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
 class NonceCursor(Base):

@@ -42,6 +42,7 @@ class FailureReason(str, enum.Enum):
     SIGNATURE_REFUSED = "signature_refused"
     REJECTED_BY_NODE = "rejected_by_node"
     REVERTED = "reverted"
+    EXPIRED = "expired"  # used as the reason of a replacement, never a final failure
 
 
 FINAL = frozenset({Stage.CONFIRMED, Stage.FAILED})
@@ -52,8 +53,10 @@ TRANSITIONS: dict[Stage, frozenset[Stage]] = {
     Stage.DESTINATION_VALID: frozenset({Stage.FUNDS_LOCKED, Stage.FAILED}),
     Stage.FUNDS_LOCKED: frozenset({Stage.SIGNATURE_REQUESTED, Stage.FAILED}),
     Stage.SIGNATURE_REQUESTED: frozenset({Stage.SIGNED, Stage.FAILED}),
-    Stage.SIGNED: frozenset({Stage.BROADCAST, Stage.FAILED}),
-    Stage.BROADCAST: frozenset({Stage.CONFIRMING, Stage.CONFIRMED, Stage.FAILED}),
+    # Back to FUNDS_LOCKED = an explicit, recorded replacement: the signed transaction expired
+    # (TRON expiration, Solana blockhash) and is proven not on chain; locks stay, it is re-signed.
+    Stage.SIGNED: frozenset({Stage.BROADCAST, Stage.FAILED, Stage.FUNDS_LOCKED}),
+    Stage.BROADCAST: frozenset({Stage.CONFIRMING, Stage.CONFIRMED, Stage.FAILED, Stage.FUNDS_LOCKED}),
     # A receipt whose block left the canonical chain sends the transfer back to BROADCAST.
     Stage.CONFIRMING: frozenset({Stage.CONFIRMED, Stage.FAILED, Stage.BROADCAST}),
     Stage.CONFIRMED: frozenset(),

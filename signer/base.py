@@ -7,6 +7,7 @@ parties, not within a call. A local signer simply has the answer ready at once.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -34,20 +35,33 @@ class SignatureRefused(SignerError):
 
 
 @dataclass(frozen=True)
+class KeyRef:
+    """Which key: a wallet has one key per chain family (`key_name`: "evm", "tron", "bitcoin",
+    "solana"), as an HD wallet derives one path per coin type; all EVM chains share "evm"."""
+
+    wallet_id: str
+    key_name: str
+    curve: Curve
+
+
+@dataclass(frozen=True)
 class PublicKey:
     curve: Curve
     key: bytes  # secp256k1: 64-byte uncompressed X||Y (no 0x04 prefix); ed25519: 32 bytes
 
 
 class Signer(Protocol):
-    def create_key(self, wallet_id: str, curve: Curve) -> PublicKey:
-        """Generate (or return the existing) key of `wallet_id` on `curve`; idempotent."""
+    def create_key(self, ref: KeyRef) -> PublicKey:
+        """Generate (or return the existing) key; idempotent."""
 
-    def public_key(self, wallet_id: str, curve: Curve) -> PublicKey:
-        """The wallet's public key; raises UnknownKey."""
+    def public_key(self, ref: KeyRef) -> PublicKey:
+        """The key's public half; raises UnknownKey."""
 
-    def request_signature(self, request_id: str, wallet_id: str, curve: Curve, digest: bytes) -> None:
-        """Ask for a signature over `digest`; asking twice with the same id and digest is a no-op."""
+    def request_signature(self, request_id: str, ref: KeyRef, payloads: Sequence[bytes]) -> None:
+        """Ask for one signature per payload, as one request (a Bitcoin transaction signs every
+        input at once). secp256k1 payloads are 32-byte digests; ed25519 payloads are the message.
+        Asking twice with the same id and payloads is a no-op; other payloads -> SignatureRefused."""
 
-    def fetch_signature(self, request_id: str) -> bytes | None:
-        """The signature once ready (secp256k1: 65 bytes r||s||recovery_id), else None."""
+    def fetch_signature(self, request_id: str) -> list[bytes] | None:
+        """The signatures in payload order once ready (secp256k1: 65 bytes r||s||recovery_id;
+        ed25519: 64 bytes), else None."""

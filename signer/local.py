@@ -10,8 +10,11 @@ Plaintext keys exist only inside `_sign`; they are never logged, returned or put
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 import os
 import secrets
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from cryptography.exceptions import InvalidTag
@@ -19,12 +22,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from eth_keys import keys as eth_keys
-from sqlalchemy import DateTime, Engine, LargeBinary, String
+from sqlalchemy import DateTime, Engine, LargeBinary, String, Text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from chains.base import Curve
-from signer.base import PublicKey, SignatureRefused, SignerError, SignerUnavailable, UnknownKey
+from signer.base import KeyRef, PublicKey, SignatureRefused, SignerError, SignerUnavailable, UnknownKey
 
 _SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
@@ -41,7 +44,8 @@ class SignerKey(SignerBase):
     __tablename__ = "signer_keys"
 
     wallet_id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    curve: Mapped[str] = mapped_column(String(16), primary_key=True)
+    key_name: Mapped[str] = mapped_column(String(16), primary_key=True)
+    curve: Mapped[str] = mapped_column(String(16))
     sealed_private_key: Mapped[bytes] = mapped_column(LargeBinary)  # nonce(12) || AES-GCM ciphertext
     public_key: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=_now)
@@ -52,9 +56,9 @@ class SignatureRequest(SignerBase):
 
     request_id: Mapped[str] = mapped_column(String(80), primary_key=True)
     wallet_id: Mapped[str] = mapped_column(String(40))
-    curve: Mapped[str] = mapped_column(String(16))
-    digest: Mapped[bytes] = mapped_column(LargeBinary)
-    signature: Mapped[bytes | None] = mapped_column(LargeBinary)
+    key_name: Mapped[str] = mapped_column(String(16))
+    payloads_sha256: Mapped[str] = mapped_column(String(64))  # what was asked, to refuse a reused id
+    signatures: Mapped[str | None] = mapped_column(Text)  # JSON list of hex, in payload order
     created_at: Mapped[datetime] = mapped_column(DateTime, default=_now)
 
 
@@ -85,76 +89,94 @@ class LocalKeySigner:
         SignerBase.metadata.create_all(self._engine)
 
     # -- Signer protocol -------------------------------------------------------------------------
-    def create_key(self, wallet_id: str, curve: Curve) -> PublicKey:
-        curve = Curve(curve)
-        private, public = _generate(curve)
-        row = SignerKey(wallet_id=wallet_id, curve=curve.value, public_key=public,
-                        sealed_private_key=self._seal(private, wallet_id, curve))
+    def create_key(self, ref: KeyRef) -> PublicKey:
+        private, public = _generate(ref.curve)
+        row = SignerKey(wallet_id=ref.wallet_id, key_name=ref.key_name, curve=ref.curve.value, public_key=public,
+                        sealed_private_key=self._seal(private, ref))
         try:
             with self._session() as session:
                 session.add(row)
         except IntegrityError:
             pass  # created before (a retried request): the existing key stands
-        return self.public_key(wallet_id, curve)
+        return self.public_key(ref)
 
-    def public_key(self, wallet_id: str, curve: Curve) -> PublicKey:
+    def public_key(self, ref: KeyRef) -> PublicKey:
         with self._session() as session:
-            row = session.get(SignerKey, (wallet_id, Curve(curve).value))
-            if row is None:
-                raise UnknownKey(f"no {Curve(curve).value} key for wallet {wallet_id}")
-            return PublicKey(Curve(curve), row.public_key)
+            row = session.get(SignerKey, (ref.wallet_id, ref.key_name))
+            if row is None or row.curve != ref.curve.value:
+                raise UnknownKey(f"no {ref.curve.value} key {ref.key_name!r} for wallet {ref.wallet_id}")
+            return PublicKey(ref.curve, row.public_key)
 
-    def request_signature(self, request_id: str, wallet_id: str, curve: Curve, digest: bytes) -> None:
-        curve = Curve(curve)
-        if len(digest) != 32 and curve is Curve.SECP256K1:
-            raise SignatureRefused("secp256k1 signing takes a 32-byte digest")
-        if self._known_request(request_id, wallet_id, digest):
+    def request_signature(self, request_id: str, ref: KeyRef, payloads: Sequence[bytes]) -> None:
+        if not payloads:
+            raise SignatureRefused("nothing to sign")
+        if ref.curve is Curve.SECP256K1 and any(len(p) != 32 for p in payloads):
+            raise SignatureRefused("secp256k1 signing takes 32-byte digests")
+        fingerprint = _fingerprint(payloads)
+        if self._known_request(request_id, ref, fingerprint):
             return
         try:
             with self._session() as session:
-                key = session.get(SignerKey, (wallet_id, curve.value))
-                if key is None:
-                    raise UnknownKey(f"no {curve.value} key for wallet {wallet_id}")
-                signature = self._sign(key, digest)
-                session.add(SignatureRequest(request_id=request_id, wallet_id=wallet_id, curve=curve.value,
-                                             digest=digest, signature=signature))
+                key = session.get(SignerKey, (ref.wallet_id, ref.key_name))
+                if key is None or key.curve != ref.curve.value:
+                    raise UnknownKey(f"no {ref.curve.value} key {ref.key_name!r} for wallet {ref.wallet_id}")
+                signatures = self._sign(key, payloads)
+                session.add(SignatureRequest(request_id=request_id, wallet_id=ref.wallet_id, key_name=ref.key_name,
+                                             payloads_sha256=fingerprint,
+                                             signatures=json.dumps([sig.hex() for sig in signatures])))
         except IntegrityError:
             # The same request arrived twice at once; the one that was stored decides.
-            if not self._known_request(request_id, wallet_id, digest):
+            if not self._known_request(request_id, ref, fingerprint):
                 raise SignerUnavailable(f"request {request_id} could not be stored; ask again") from None
 
-    def _known_request(self, request_id: str, wallet_id: str, digest: bytes) -> bool:
-        """True if this exact request exists; SignatureRefused if the id was used for another payload."""
+    def _known_request(self, request_id: str, ref: KeyRef, fingerprint: str) -> bool:
+        """True if this exact request exists; SignatureRefused if the id was used for other payloads."""
         with self._session() as session:
             existing = session.get(SignatureRequest, request_id)
             if existing is None:
                 return False
-            if existing.digest != digest or existing.wallet_id != wallet_id:
-                raise SignatureRefused(f"request {request_id} was already made for a different payload")
+            if (existing.payloads_sha256, existing.wallet_id, existing.key_name) != (fingerprint, ref.wallet_id, ref.key_name):
+                raise SignatureRefused(f"request {request_id} was already made for different payloads")
             return True
 
-    def fetch_signature(self, request_id: str) -> bytes | None:
+    def fetch_signature(self, request_id: str) -> list[bytes] | None:
         with self._session() as session:
             row = session.get(SignatureRequest, request_id)
-            return None if row is None else row.signature
+            if row is None or row.signatures is None:
+                return None
+            return [bytes.fromhex(sig) for sig in json.loads(row.signatures)]
 
     # -- internals -------------------------------------------------------------------------------
     def _session(self) -> "_SignerSession":
         return _SignerSession(self._engine)
 
-    def _seal(self, private: bytes, wallet_id: str, curve: Curve) -> bytes:
+    def _seal(self, private: bytes, ref: KeyRef) -> bytes:
         nonce = os.urandom(12)
-        return nonce + self._aead.encrypt(nonce, private, f"{wallet_id}|{curve.value}".encode())
+        return nonce + self._aead.encrypt(nonce, private, _associated_data(ref.wallet_id, ref.key_name, ref.curve.value))
 
-    def _sign(self, key: SignerKey, digest: bytes) -> bytes:
+    def _sign(self, key: SignerKey, payloads: Sequence[bytes]) -> list[bytes]:
         try:
             private = self._aead.decrypt(key.sealed_private_key[:12], key.sealed_private_key[12:],
-                                         f"{key.wallet_id}|{key.curve}".encode())
+                                         _associated_data(key.wallet_id, key.key_name, key.curve))
         except InvalidTag:
             raise SignatureRefused(f"sealed key of wallet {key.wallet_id} does not open with this master key") from None
         if key.curve == Curve.SECP256K1.value:
-            return eth_keys.PrivateKey(private).sign_msg_hash(digest).to_bytes()
-        return Ed25519PrivateKey.from_private_bytes(private).sign(digest)
+            signer = eth_keys.PrivateKey(private)
+            return [signer.sign_msg_hash(digest).to_bytes() for digest in payloads]
+        ed_key = Ed25519PrivateKey.from_private_bytes(private)
+        return [ed_key.sign(message) for message in payloads]
+
+
+def _associated_data(wallet_id: str, key_name: str, curve: str) -> bytes:
+    """Binds a sealed key to its row: moved to another wallet, family or curve, it will not open."""
+    return f"{wallet_id}|{key_name}|{curve}".encode()
+
+
+def _fingerprint(payloads: Sequence[bytes]) -> str:
+    digest = hashlib.sha256()
+    for payload in payloads:
+        digest.update(len(payload).to_bytes(4, "big") + payload)
+    return digest.hexdigest()
 
 
 class _SignerSession:

@@ -11,13 +11,13 @@ from typing import Any
 
 from sqlalchemy import select
 
-from chains.base import Curve
 from pipeline import onboarding
 from pipeline.amounts import format_amount
 from pipeline.models import Account, Asset, Transaction, TransactionEvent
 from pipeline.recovery import claim_for_replay
 from pipeline.steps import StepContext
 from pipeline.transfers import TransferRequest, create_transfer, get_transfer
+from signer.base import KeyRef
 from workers.routing import enqueue
 
 
@@ -30,19 +30,24 @@ class OnboardedWallet:
 
 
 def onboard_wallet(ctx: StepContext, client_id: str, name: str, chains: dict[str, list[str]]) -> OnboardedWallet:
-    """Create a wallet, generate its key in the signer, and add accounts and assets per chain.
+    """Create a wallet, generate its keys in the signer, and add accounts and assets per chain.
 
-    EVM chains share one key and therefore one address; each chain still gets its own account row.
+    One key per chain family (the adapter's key_name): EVM chains share one key and therefore one
+    address; each chain still gets its own account row.
     """
     with ctx.db.unit_of_work() as session:
         wallet_id = onboarding.create_wallet(session, client_id, name).wallet_id
-    public = ctx.signer.create_key(wallet_id, Curve.SECP256K1)
+    addresses: dict[str, str] = {}
+    for chain in chains:
+        adapter = ctx.adapter_for(chain)
+        public = ctx.signer.create_key(KeyRef(wallet_id, adapter.key_name, adapter.curve))
+        addresses[chain] = adapter.address_from_public_key(public.key)
     accounts: dict[str, str] = {}
     assets: dict[tuple[str, str], str] = {}
     with ctx.db.unit_of_work() as session:
         onboarding.activate_wallet(session, wallet_id)
         for chain, symbols in chains.items():
-            address = ctx.adapter_for(chain).address_from_public_key(public.key)
+            address = addresses[chain]
             account = onboarding.create_account(session, ctx.registry, wallet_id, chain, address)
             accounts[chain] = account.address
             for symbol in symbols:

@@ -95,6 +95,9 @@ def run_step(task: Task, step: str, transaction_id: str, errors: int) -> str:
     if outcome.kind is OutcomeKind.WAIT:
         raise task.retry(args=(transaction_id,), kwargs={"errors": errors}, max_retries=None,
                          countdown=min(outcome.countdown, settings.max_countdown_s))
+    if outcome.kind is OutcomeKind.RESTART and outcome.step:
+        task.request.chain = None
+        enqueue(transaction_id, outcome.step)
     if outcome.kind in (OutcomeKind.FINAL, OutcomeKind.STALLED):
         task.request.chain = None
     return transaction_id

@@ -9,18 +9,18 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from chains.base import ChainAdapter, FeeQuote, TransferIntent
+from chains.base import ChainAdapter, FeeQuote, TransferIntent, Utxo
 from chains.registry import Registry
 from pipeline.db import Database
 from pipeline.errors import NotFound
 from pipeline.lifecycle import advance, stage_of
 from pipeline.ids import check_id
-from pipeline.models import ReleasedNonce, Transaction, utcnow
+from pipeline.models import ReleasedNonce, Transaction, UtxoReservation, utcnow
 from pipeline.stages import FailureReason, Stage
 from pipeline import ledger
 from signer.base import Signer
@@ -32,6 +32,7 @@ class OutcomeKind(str, enum.Enum):
     FINAL = "final"  # the transfer reached CONFIRMED or FAILED
     WAIT = "wait"  # not yet (signature pending, confirmations short): run this step again later
     STALLED = "stalled"  # gave up polling for now; the sweeper or `paratro replay` takes over
+    RESTART = "restart"  # re-run the chain from `Outcome.step` (an expired transaction is re-signed)
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class Outcome:
     kind: OutcomeKind
     stage: Stage
     countdown: float = 0.0
+    step: str | None = None  # for RESTART
 
     @classmethod
     def of(cls, kind: OutcomeKind, tx: Transaction, countdown: float = 0.0) -> "Outcome":
@@ -77,9 +79,16 @@ def intent_of(ctx: StepContext, tx: Transaction, from_address: str) -> TransferI
                           amount=tx.amount, token=token)
 
 
+def fee_params_json(quote: FeeQuote) -> str:
+    """The quote as stored on the transfer (inputs included), so the build reuses it exactly."""
+    return json.dumps({"max_fee": quote.max_fee, "params": quote.params,
+                       "inputs": [asdict(utxo) for utxo in quote.inputs]}, sort_keys=True)
+
+
 def fee_quote_of(tx: Transaction) -> FeeQuote:
     data = json.loads(tx.fee_params or "{}")
-    return FeeQuote(max_fee=int(data["max_fee"]), params=data["params"])
+    return FeeQuote(max_fee=int(data["max_fee"]), params=data["params"],
+                    inputs=tuple(Utxo(**item) for item in data.get("inputs", [])))
 
 
 def locked_amounts(tx: Transaction) -> dict[str, int]:
@@ -90,6 +99,31 @@ def locked_amounts(tx: Transaction) -> dict[str, int]:
     if tx.fee_asset_id and tx.fee_reserved:
         held[tx.fee_asset_id] = held.get(tx.fee_asset_id, 0) + tx.fee_reserved
     return {asset_id: amount for asset_id, amount in held.items() if amount}
+
+
+def release_utxos(session: Session, tx: Transaction) -> None:
+    """Drop the transfer's output reservations: it failed before spending them, or it is final
+    (then they are spent on chain and no node lists them any more)."""
+    session.execute(delete(UtxoReservation).where(UtxoReservation.transaction_id == tx.transaction_id))
+
+
+def signing_payloads_of(tx: Transaction) -> list[bytes]:
+    return [bytes.fromhex(item) for item in json.loads(tx.signing_payloads or "[]")]
+
+
+def replace_expired(session: Session, tx: Transaction, detail: str) -> None:
+    """The signed transaction is provably dead (expired, not on chain): forget it and go back to
+    FUNDS_LOCKED, keeping locks, nonce and reserved inputs, so it is re-signed under a new request
+    id. Recorded as its own event; this is the only way a transfer is ever signed twice."""
+    old_hash = tx.tx_hash
+    tx.unsigned_payload = tx.signing_payloads = tx.build_context = None
+    tx.signed_payload = None
+    tx.tx_hash = tx.block_hash = None
+    tx.block_number = None
+    tx.confirmations = 0
+    tx.replacement_count += 1
+    advance(session, tx, Stage.FUNDS_LOCKED, reason=FailureReason.EXPIRED.value,
+            detail=f"replacing {old_hash}: {detail}"[:1000])
 
 
 HOLDS_LOCKS = frozenset({Stage.FUNDS_LOCKED, Stage.SIGNATURE_REQUESTED, Stage.SIGNED, Stage.BROADCAST, Stage.CONFIRMING})
@@ -103,6 +137,7 @@ def fail(session: Session, tx: Transaction, reason: FailureReason, detail: str, 
         ledger.release(session, locked_amounts(tx))
     if stage in NONCE_UNSPENT and tx.nonce is not None and tx.account_id and not nonce_spent:
         session.add(ReleasedNonce(account_id=tx.account_id, nonce=tx.nonce))
+    release_utxos(session, tx)
     tx.failure_reason = reason.value
     tx.failure_detail = detail[:1000]
     advance(session, tx, Stage.FAILED, reason=reason.value, detail=detail[:1000])

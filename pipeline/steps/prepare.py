@@ -5,16 +5,18 @@ Nothing here signs or sends: a transfer failed in these steps never touched the 
 
 from __future__ import annotations
 
-import json
-
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
+from chains.base import ChainAdapter, FeeQuote, Utxo
 from chains.errors import InvalidAddress, TransactionRejected
 from pipeline import ledger
+from pipeline.errors import TransientError
 from pipeline.lifecycle import advance, stage_of
-from pipeline.models import Account, Asset, Wallet
+from pipeline.models import Account, Asset, UtxoReservation, Wallet
 from pipeline.stages import FailureReason, Stage
-from pipeline.steps.context import Outcome, OutcomeKind, StepContext, fail, intent_of, load_tx
+from pipeline.steps.context import Outcome, OutcomeKind, StepContext, fail, fee_params_json, intent_of, load_tx
 
 
 def resolve_source(ctx: StepContext, tx_id: str) -> Outcome:
@@ -72,7 +74,9 @@ def lock_funds(ctx: StepContext, tx_id: str) -> Outcome:
     """DESTINATION_VALID -> FUNDS_LOCKED: price the fee, then lock amount + fee reserve atomically.
 
     The fee is quoted before the DB transaction (no RPC while holding row locks) and fixed on the
-    transfer, so the transaction signed later can never spend more than what was reserved.
+    transfer, so the transaction signed later can never spend more than what was reserved. On
+    UTXO chains the quote also selects inputs among outputs no other transfer has reserved, and
+    they are reserved in the same DB transaction as the funds.
     """
     with ctx.db.unit_of_work() as session:
         tx = load_tx(session, tx_id, for_update=False)
@@ -86,8 +90,9 @@ def lock_funds(ctx: StepContext, tx_id: str) -> Outcome:
         intent = intent_of(ctx, tx, tx.from_address)
         chain = tx.chain
 
+    adapter = ctx.adapter_for(chain)
     try:
-        quote = ctx.adapter_for(chain).quote_fee(intent)
+        quote = adapter.quote_fee(intent, _spendable_utxos(ctx, adapter, chain, intent.from_address))
     except TransactionRejected as exc:
         with ctx.db.unit_of_work() as session:
             tx = load_tx(session, tx_id)
@@ -114,10 +119,30 @@ def lock_funds(ctx: StepContext, tx_id: str) -> Outcome:
                 reason = FailureReason.INSUFFICIENT_FUNDS_FOR_FEE
             fail(session, tx, reason, str(short))
             return Outcome.of(OutcomeKind.FINAL, tx)
-        tx.fee_params = json.dumps({"max_fee": quote.max_fee, "params": quote.params}, sort_keys=True)
+        _reserve_inputs(session, tx.chain, tx_id, quote)
+        tx.fee_params = fee_params_json(quote)
         tx.fee_reserved = quote.max_fee
         advance(session, tx, Stage.FUNDS_LOCKED)
         return Outcome.of(OutcomeKind.ADVANCED, tx)
+
+
+def _spendable_utxos(ctx: StepContext, adapter: ChainAdapter, chain: str, address: str) -> list[Utxo]:
+    """The address's outputs that no other pending transfer has reserved (UTXO chains only)."""
+    if not adapter.uses_utxos:
+        return []
+    listed = adapter.list_utxos(address)
+    with ctx.db.unit_of_work() as session:
+        reserved = set(session.scalars(select(UtxoReservation.outpoint).where(UtxoReservation.chain == chain)))
+    return [utxo for utxo in listed if utxo.outpoint not in reserved]
+
+
+def _reserve_inputs(session: Session, chain: str, tx_id: str, quote: FeeQuote) -> None:
+    try:
+        with session.begin_nested():
+            for utxo in quote.inputs:
+                session.add(UtxoReservation(chain=chain, outpoint=utxo.outpoint, transaction_id=tx_id, value=utxo.value))
+    except IntegrityError:
+        raise TransientError("an input was reserved by another transfer meanwhile; quote again") from None
 
 
 def _reason(code: str, default: FailureReason) -> FailureReason:

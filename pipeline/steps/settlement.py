@@ -3,12 +3,15 @@
 An RPC error is never a transfer failure: it is retried. FAILED here means the node refused the
 bytes for good, or the transaction was mined and reverted (then its fee was still paid). A receipt
 whose block is no longer canonical sends the transfer back to BROADCAST and the same bytes go out
-again; nothing is re-signed implicitly.
+again. Nothing is re-signed implicitly: only a transaction the adapter proves dead (EXPIRED: past
+its TRON expiration or Solana blockhash, and not on chain) is replaced, as a recorded event.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
+
+from sqlalchemy.orm import Session
 
 from chains.base import SignedTransaction, TxState, TxStatus
 from chains.errors import TransactionRejected
@@ -16,8 +19,17 @@ from pipeline import ledger
 from pipeline.lifecycle import advance, record_note, stage_of
 from pipeline.models import Transaction, utcnow
 from pipeline.stages import FailureReason, Stage
-from pipeline.steps.context import Outcome, OutcomeKind, StepContext, fail, load_tx, locked_amounts, touch
-from sqlalchemy.orm import Session
+from pipeline.steps.context import (
+    Outcome,
+    OutcomeKind,
+    StepContext,
+    fail,
+    load_tx,
+    locked_amounts,
+    release_utxos,
+    replace_expired,
+    touch,
+)
 
 _FOLLOWING = (Stage.BROADCAST, Stage.CONFIRMING)
 
@@ -37,6 +49,9 @@ def broadcast(ctx: StepContext, tx_id: str) -> Outcome:
             tx = load_tx(session, tx_id)
             if stage_of(tx) is not Stage.SIGNED:
                 return Outcome.of(OutcomeKind.NOOP, tx)
+            if exc.reason == FailureReason.EXPIRED.value:
+                replace_expired(session, tx, exc.detail)
+                return Outcome(OutcomeKind.RESTART, Stage.FUNDS_LOCKED, step="request_signature")
             fail(session, tx, _reason(exc.reason), exc.detail, nonce_spent=getattr(exc, "nonce_consumed", False))
             return Outcome.of(OutcomeKind.FINAL, tx)
     with ctx.db.unit_of_work() as session:
@@ -56,10 +71,11 @@ def confirm(ctx: StepContext, tx_id: str) -> Outcome:
         if stage_of(tx) not in _FOLLOWING:
             return Outcome.of(OutcomeKind.NOOP, tx)
         chain, tx_hash = tx.chain, tx.tx_hash or ""
+        sent = SignedTransaction(raw=tx.signed_payload or b"", tx_hash=tx_hash)
     spec = ctx.registry.chain(chain)
     adapter = ctx.adapter_for(chain)
     poll = min(spec.poll_interval_ms / 1000.0, ctx.max_countdown_s)
-    status = adapter.get_status(tx_hash)
+    status = adapter.get_status(sent)
 
     rebroadcast: SignedTransaction | None = None
     with ctx.db.unit_of_work() as session:
@@ -75,12 +91,15 @@ def confirm(ctx: StepContext, tx_id: str) -> Outcome:
                 advance(session, tx, Stage.BROADCAST, reason="reorg",
                         detail=f"block {tx.block_number} {tx.block_hash} left the canonical chain")
                 tx.block_number, tx.block_hash, tx.confirmations = None, None, 0
+            if status.state is TxState.EXPIRED:
+                replace_expired(session, tx, "the chain can no longer include it and does not have it")
+                return Outcome(OutcomeKind.RESTART, Stage.FUNDS_LOCKED, step="request_signature")
             if tx.broadcast_at and utcnow() - tx.broadcast_at > timedelta(seconds=ctx.confirm_timeout_s):
                 tx.last_error = f"not confirmed within {int(ctx.confirm_timeout_s)} s of broadcast"
                 record_note(session, tx, "confirmation_timeout", tx.last_error)
                 return Outcome.of(OutcomeKind.STALLED, tx)
             if status.state is TxState.NOT_FOUND and _due_for_rebroadcast(tx, poll):
-                rebroadcast = SignedTransaction(raw=tx.signed_payload or b"", tx_hash=tx_hash)
+                rebroadcast = sent
                 tx.broadcast_count += 1
                 tx.last_broadcast_at = utcnow()
                 record_note(session, tx, "rebroadcast", "node does not know the transaction; same bytes sent again")
@@ -109,6 +128,7 @@ def _record_inclusion(session: Session, tx: Transaction, status: TxStatus, depth
         # The chain charged more than we reserved (e.g. an L2's L1 data fee): the ledger follows the chain.
         record_note(session, tx, "fee_exceeded_reserve", f"paid {status.fee_paid} > reserved {tx.fee_reserved}")
     fee_debit = (tx.fee_asset_id or "", "FEE", status.fee_paid)
+    release_utxos(session, tx)  # spent on chain now
     if status.state is TxState.INCLUDED:
         ledger.settle(session, tx.transaction_id, locked_amounts(tx), [(tx.asset_id or "", "DEBIT", tx.amount), fee_debit])
         advance(session, tx, Stage.CONFIRMED, detail=f"{status.confirmations} confirmations")

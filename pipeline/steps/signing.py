@@ -1,23 +1,33 @@
 """Step 4: allocate the nonce, build the transaction, get it signed, store the signed bytes.
 
-Sign once: the unsigned payload, its digest and the nonce are committed before the signer is
+Sign once: the unsigned payload, its digests and the nonce are committed before the signer is
 asked, and the signed bytes and hash are committed before anything is broadcast. A redelivered
 task re-asks the signer with the same request id (a no-op) and collects the same signature.
 """
 
 from __future__ import annotations
 
+import json
+
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from chains.base import Curve
 from pipeline.errors import TransientError
 from pipeline.lifecycle import advance, stage_of
 from pipeline.models import NonceCursor, ReleasedNonce
 from pipeline.stages import FailureReason, Stage
-from pipeline.steps.context import Outcome, OutcomeKind, StepContext, fail, fee_quote_of, intent_of, load_tx
-from signer.base import SignerError
+from pipeline.steps.context import (
+    Outcome,
+    OutcomeKind,
+    StepContext,
+    fail,
+    fee_quote_of,
+    intent_of,
+    load_tx,
+    signing_payloads_of,
+)
+from signer.base import KeyRef, SignerError
 
 
 def request_signature(ctx: StepContext, tx_id: str) -> Outcome:
@@ -28,35 +38,38 @@ def request_signature(ctx: StepContext, tx_id: str) -> Outcome:
         if stage not in (Stage.FUNDS_LOCKED, Stage.SIGNATURE_REQUESTED):
             return Outcome.of(OutcomeKind.NOOP, tx)
         adapter = ctx.adapter_for(tx.chain)
-        account_id = tx.account_id
-        needs_cursor = (stage is Stage.FUNDS_LOCKED and getattr(adapter, "uses_account_nonce", True)
-                        and session.get(NonceCursor, account_id) is None)
-        from_address = tx.from_address
+        needs_cursor = (stage is Stage.FUNDS_LOCKED and adapter.uses_account_nonce and tx.nonce is None
+                        and session.get(NonceCursor, tx.account_id) is None)
+        intent = intent_of(ctx, tx, tx.from_address)
 
-    chain_nonce = adapter.next_nonce(from_address) if needs_cursor else None
     if stage is Stage.FUNDS_LOCKED:
+        # Chain data first (no RPC under row locks): the pending nonce on first use, a fresh
+        # reference block or blockhash where the family needs one.
+        chain_nonce = adapter.next_nonce(intent.from_address) if needs_cursor else None
+        context = adapter.build_context(intent)
         with ctx.db.unit_of_work() as session:
             tx = load_tx(session, tx_id)
             if stage_of(tx) is not Stage.FUNDS_LOCKED:
                 return Outcome.of(OutcomeKind.NOOP, tx)
-            nonce = _allocate_nonce(session, account_id, chain_nonce) if getattr(adapter, "uses_account_nonce", True) else None
-            unsigned = adapter.build(intent_of(ctx, tx, tx.from_address), fee_quote_of(tx), nonce)
-            tx.nonce = nonce
+            if adapter.uses_account_nonce and tx.nonce is None:
+                tx.nonce = _allocate_nonce(session, tx.account_id, chain_nonce)
+            unsigned = adapter.build(intent, fee_quote_of(tx), tx.nonce, context)
             tx.unsigned_payload = unsigned.payload
-            tx.signing_digest = unsigned.digest
-            tx.signature_request_id = f"{tx.transaction_id}.0"
-            advance(session, tx, Stage.SIGNATURE_REQUESTED, detail=f"nonce={nonce}")
+            tx.signing_payloads = json.dumps([item.hex() for item in unsigned.digests])
+            tx.build_context = json.dumps(context, sort_keys=True)
+            tx.signature_request_id = f"{tx.transaction_id}.{tx.replacement_count}"
+            advance(session, tx, Stage.SIGNATURE_REQUESTED, detail=f"nonce={tx.nonce}")
 
     with ctx.db.unit_of_work() as session:
         tx = load_tx(session, tx_id, for_update=False)
         if stage_of(tx) is not Stage.SIGNATURE_REQUESTED:
             return Outcome.of(OutcomeKind.NOOP, tx)
-        request_id, wallet_id, digest, payload = tx.signature_request_id, tx.wallet_id, tx.signing_digest, tx.unsigned_payload
+        request_id, payload, to_sign = tx.signature_request_id, tx.unsigned_payload, signing_payloads_of(tx)
+        key = KeyRef(tx.wallet_id, adapter.key_name, adapter.curve)
 
-    curve: Curve = getattr(adapter, "curve", Curve.SECP256K1)
     try:
-        ctx.signer.request_signature(request_id, wallet_id, curve, digest)
-        signature = ctx.signer.fetch_signature(request_id)
+        ctx.signer.request_signature(request_id, key, to_sign)
+        signatures = ctx.signer.fetch_signature(request_id)
     except SignerError as exc:
         if exc.transient:
             raise TransientError(f"signer: {exc}") from exc
@@ -66,10 +79,10 @@ def request_signature(ctx: StepContext, tx_id: str) -> Outcome:
                 return Outcome.of(OutcomeKind.NOOP, tx)
             fail(session, tx, FailureReason.SIGNATURE_REFUSED, str(exc))
             return Outcome.of(OutcomeKind.FINAL, tx)
-    if signature is None:
+    if signatures is None:
         return Outcome(OutcomeKind.WAIT, Stage.SIGNATURE_REQUESTED, ctx.signature_poll_s)
 
-    signed = adapter.attach_signature(payload, signature)
+    signed = adapter.attach_signature(payload, signatures)
     with ctx.db.unit_of_work() as session:
         tx = load_tx(session, tx_id)
         if stage_of(tx) is not Stage.SIGNATURE_REQUESTED:

@@ -89,15 +89,15 @@ def adapter(spec: ChainSpec, token_deployed: str) -> EvmAdapter:
 def _sign_and_attach(adapter: EvmAdapter, secret: bytes, intent: TransferIntent, fee: FeeQuote | None = None) -> tuple[SignedTransaction, FeeQuote]:
     fee = fee or adapter.quote_fee(intent)
     unsigned = adapter.build(intent, fee, adapter.next_nonce(intent.from_address))
-    signature = keys.PrivateKey(secret).sign_msg_hash(unsigned.digest).to_bytes()
-    return adapter.attach_signature(unsigned.payload, signature), fee
+    signature = keys.PrivateKey(secret).sign_msg_hash(unsigned.digests[0]).to_bytes()
+    return adapter.attach_signature(unsigned.payload, [signature]), fee
 
 
-def _settled(adapter: EvmAdapter, tx_hash: str) -> TxStatus:
+def _settled(adapter: EvmAdapter, signed: SignedTransaction) -> TxStatus:
     """Status once the node has mined it (anvil automines, but answers the send first)."""
     deadline = time.monotonic() + 10
-    while (status := adapter.get_status(tx_hash)).state in (TxState.PENDING, TxState.NOT_FOUND):
-        assert time.monotonic() < deadline, f"{tx_hash} still {status.state}"
+    while (status := adapter.get_status(signed)).state in (TxState.PENDING, TxState.NOT_FOUND):
+        assert time.monotonic() < deadline, f"{signed.tx_hash} still {status.state}"
         time.sleep(0.02)
     return status
 
@@ -121,10 +121,10 @@ def test_native_transfer_through_confirmations(node: Node, adapter: EvmAdapter, 
     assert adapter.broadcast(signed) == signed.tx_hash
     assert adapter.broadcast(signed) == signed.tx_hash  # same bytes again: a no-op, not an error
 
-    status = _settled(adapter, signed.tx_hash)
+    status = _settled(adapter, signed)
     assert status.state is TxState.INCLUDED and status.confirmations == 1
     node.rpc("anvil_mine", "0x2")
-    later = adapter.get_status(signed.tx_hash)
+    later = adapter.get_status(signed)
     assert later.confirmations == 3 and later.block_hash == status.block_hash
     assert adapter.broadcast(signed) == signed.tx_hash  # still a no-op once mined ("nonce too low")
 
@@ -140,7 +140,7 @@ def test_legacy_gas_price_transaction(node: Node, spec: ChainSpec, token_deploye
     signed, fee = _sign_and_attach(legacy, ANVIL_KEY, TransferIntent(ANVIL_ADDRESS, recipient, 7, spec.native))
     assert set(fee.params) == {"gas", "gasPrice"} and signed.raw[0] >= 0xC0  # an RLP list: legacy
     legacy.broadcast(signed)
-    status = _settled(legacy, signed.tx_hash)
+    status = _settled(legacy, signed)
     assert status.state is TxState.INCLUDED and status.fee_paid == 21000 * fee.params["gasPrice"]
     assert legacy.balance_of(recipient, spec.native) == 7
 
@@ -155,7 +155,7 @@ def test_erc20_transfer(node: Node, adapter: EvmAdapter, spec: ChainSpec) -> Non
     signed, fee = _sign_and_attach(adapter, ANVIL_KEY, intent)
     assert fee.params["gas"] > 21000
     adapter.broadcast(signed)
-    status = _settled(adapter, signed.tx_hash)
+    status = _settled(adapter, signed)
     assert status.state is TxState.INCLUDED
     assert adapter.balance_of(recipient, usdt) == 2_500_000
     assert adapter.balance_of(ANVIL_ADDRESS, usdt) == tokens_before - 2_500_000
@@ -175,7 +175,7 @@ def test_erc20_that_reverts_on_chain_is_reverted(node: Node, adapter: EvmAdapter
     fee = FeeQuote(max_fee=100_000 * 10**10, params={"gas": 100_000, "maxFeePerGas": 10**10, "maxPriorityFeePerGas": 10**9})
     signed, _ = _sign_and_attach(adapter, secret, TransferIntent(poor, ANVIL_ADDRESS, 1, spec.token("USDT")), fee)
     adapter.broadcast(signed)
-    status = _settled(adapter, signed.tx_hash)
+    status = _settled(adapter, signed)
     assert status.state is TxState.REVERTED and status.fee_paid == 10**18 - node.balance(poor) > 0
 
 
@@ -186,7 +186,7 @@ def test_no_native_for_the_fee_is_rejected_at_broadcast(node: Node, adapter: Evm
     with pytest.raises(TransactionRejected) as info:
         adapter.broadcast(signed)
     assert info.value.reason == "insufficient_funds_for_fee"
-    assert adapter.get_status(signed.tx_hash).state is TxState.NOT_FOUND
+    assert adapter.get_status(signed).state is TxState.NOT_FOUND
 
 
 def test_pending_in_the_pool_then_included(node: Node, adapter: EvmAdapter, spec: ChainSpec) -> None:
@@ -195,9 +195,9 @@ def test_pending_in_the_pool_then_included(node: Node, adapter: EvmAdapter, spec
         signed, _ = _sign_and_attach(adapter, ANVIL_KEY, TransferIntent(ANVIL_ADDRESS, Account.create().address, 1, spec.native))
         adapter.broadcast(signed)
         adapter.broadcast(signed)  # "already known/imported": the node has these bytes
-        assert adapter.get_status(signed.tx_hash).state is TxState.PENDING
+        assert adapter.get_status(signed).state is TxState.PENDING
         node.rpc("anvil_mine", "0x1")
-        assert _settled(adapter, signed.tx_hash).state is TxState.INCLUDED
+        assert _settled(adapter, signed).state is TxState.INCLUDED
     finally:
         node.rpc("evm_setAutomine", True)
 
@@ -205,28 +205,28 @@ def test_pending_in_the_pool_then_included(node: Node, adapter: EvmAdapter, spec
 def test_reorg_takes_the_transaction_out_of_included(node: Node, adapter: EvmAdapter, spec: ChainSpec) -> None:
     signed, _ = _sign_and_attach(adapter, ANVIL_KEY, TransferIntent(ANVIL_ADDRESS, Account.create().address, 5, spec.native))
     adapter.broadcast(signed)
-    _settled(adapter, signed.tx_hash)
+    _settled(adapter, signed)
     node.rpc("anvil_mine", "0x2")
-    included = adapter.get_status(signed.tx_hash)
+    included = adapter.get_status(signed)
     assert included.state is TxState.INCLUDED and included.confirmations == 3
 
     node.rpc("anvil_reorg", 3, [])  # the three blocks are replaced by empty ones
-    gone = adapter.get_status(signed.tx_hash)
+    gone = adapter.get_status(signed)
     assert gone.state is TxState.NOT_FOUND and gone.confirmations == 0
 
     assert adapter.broadcast(signed) == signed.tx_hash  # the stored bytes go out again
-    again = _settled(adapter, signed.tx_hash)
+    again = _settled(adapter, signed)
     assert again.state is TxState.INCLUDED and again.block_hash != included.block_hash
 
 
 def test_reorg_that_reincludes_the_transaction_elsewhere(node: Node, adapter: EvmAdapter, spec: ChainSpec) -> None:
     signed, _ = _sign_and_attach(adapter, ANVIL_KEY, TransferIntent(ANVIL_ADDRESS, Account.create().address, 6, spec.native))
     adapter.broadcast(signed)
-    _settled(adapter, signed.tx_hash)
+    _settled(adapter, signed)
     node.rpc("anvil_mine", "0x2")
-    included = adapter.get_status(signed.tx_hash)
+    included = adapter.get_status(signed)
     node.rpc("anvil_reorg", 3, [["0x" + signed.raw.hex(), 1]])
-    moved = adapter.get_status(signed.tx_hash)
+    moved = adapter.get_status(signed)
     assert moved.state is TxState.INCLUDED
     assert (moved.block_number, moved.block_hash) != (included.block_number, included.block_hash)
     assert moved.confirmations == node.head() - moved.block_number + 1
@@ -236,9 +236,9 @@ def test_snapshot_revert_also_drops_inclusion(node: Node, adapter: EvmAdapter, s
     snapshot = node.rpc("evm_snapshot")
     signed, _ = _sign_and_attach(adapter, ANVIL_KEY, TransferIntent(ANVIL_ADDRESS, Account.create().address, 8, spec.native))
     adapter.broadcast(signed)
-    assert _settled(adapter, signed.tx_hash).state is TxState.INCLUDED
+    assert _settled(adapter, signed).state is TxState.INCLUDED
     assert node.rpc("evm_revert", snapshot) is True
-    assert adapter.get_status(signed.tx_hash).state is not TxState.INCLUDED
+    assert adapter.get_status(signed).state is not TxState.INCLUDED
 
 
 def test_a_node_of_another_chain_is_refused(node: Node, token_deployed: str) -> None:

@@ -280,7 +280,7 @@ def _blocks(canonical_hash: str) -> Callable[[list[Any]], dict[str, Any]]:
 def test_status_included_with_confirmations_and_fee(node) -> None:
     fake, url = node
     fake.answers.update({"eth_getTransactionReceipt": _receipt(), "eth_getBlockByNumber": _blocks(BLOCK_A), "eth_blockNumber": "0x12"})
-    status = _adapter(url).get_status(TX_HASH)
+    status = _adapter(url).get_status(SignedTransaction(b"", TX_HASH))
     assert (status.state, status.block_number, status.block_hash) == (TxState.INCLUDED, 16, BLOCK_A)
     assert status.confirmations == 3 and status.fee_paid == 21000 * 7 * 10**9
     assert ("eth_getBlockByNumber", ["0x10", False]) in fake.calls
@@ -289,7 +289,7 @@ def test_status_included_with_confirmations_and_fee(node) -> None:
 def test_status_reverted_and_op_stack_l1_fee(node) -> None:
     fake, url = node
     fake.answers.update({"eth_getTransactionReceipt": _receipt("0x0", l1Fee=hex(5)), "eth_getBlockByNumber": _blocks(BLOCK_A), "eth_blockNumber": "0x10"})
-    status = _adapter(url).get_status(TX_HASH)
+    status = _adapter(url).get_status(SignedTransaction(b"", TX_HASH))
     assert status.state is TxState.REVERTED and status.confirmations == 1 and status.fee_paid == 21000 * 7 * 10**9 + 5
 
 
@@ -298,7 +298,7 @@ def test_a_receipt_from_a_reorganised_block_does_not_count(node, in_pool, state)
     fake, url = node
     fake.answers.update({"eth_getTransactionReceipt": _receipt(block_hash=BLOCK_A), "eth_getBlockByNumber": _blocks(BLOCK_B),
                          "eth_getTransactionByHash": in_pool, "eth_blockNumber": "0x20"})
-    status = _adapter(url).get_status(TX_HASH)
+    status = _adapter(url).get_status(SignedTransaction(b"", TX_HASH))
     assert status.state is state and status.confirmations == 0 and status.block_hash is None
 
 
@@ -306,7 +306,7 @@ def test_a_receipt_from_a_reorganised_block_does_not_count(node, in_pool, state)
 def test_no_receipt_is_pending_or_not_found(node, in_pool, state) -> None:
     fake, url = node
     fake.answers.update({"eth_getTransactionReceipt": None, "eth_getTransactionByHash": in_pool})
-    assert _adapter(url).get_status(TX_HASH).state is state
+    assert _adapter(url).get_status(SignedTransaction(b"", TX_HASH)).state is state
 
 
 def test_balances(node) -> None:

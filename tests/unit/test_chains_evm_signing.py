@@ -71,12 +71,12 @@ def test_digest_plus_attach_equals_eth_account(secret: bytes, amount: int, nonce
     intent = TransferIntent(sender, DEST.lower(), amount, spec.token(symbol))
 
     unsigned = adapter.build(intent, _quote(fees), nonce)
-    signed = adapter.attach_signature(unsigned.payload, _sign(secret, unsigned.digest))
+    signed = adapter.attach_signature(unsigned.payload, [_sign(secret, unsigned.digests[0])])
 
     reference = Account.sign_transaction(_expected_tx(spec, symbol, DEST, amount, nonce, fees), secret)
     assert signed.raw == bytes(reference.raw_transaction)
     assert signed.tx_hash == "0x" + reference.hash.hex()
-    assert len(unsigned.digest) == 32
+    assert len(unsigned.digests[0]) == 32
     assert adapter._rpc._w3 is None  # offline: no node was needed
 
 
@@ -93,7 +93,7 @@ def test_payload_is_stable_json_and_digest_is_deterministic(spec, symbol, fees) 
     assert doc["from"] == sender and doc["tx"]["chainId"] == spec.chain_id and doc["tx"]["nonce"] == 5
     assert all(isinstance(v, int) for k, v in doc["tx"].items() if k not in {"to", "data", "accessList"})
     assert first.payload == json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
-    assert EvmAdapter(spec).build(intent, _quote(fees), 6).digest != first.digest
+    assert EvmAdapter(spec).build(intent, _quote(fees), 6).digests[0] != first.digests[0]
 
 
 def _built(spec=ETHEREUM, symbol="ETH", fees=FEES_1559):
@@ -106,24 +106,24 @@ def _built(spec=ETHEREUM, symbol="ETH", fees=FEES_1559):
 @pytest.mark.parametrize(("spec", "symbol", "fees"), [(ETHEREUM, "ETH", FEES_1559), (BSC, "BNB", FEES_LEGACY)])
 def test_high_s_and_27_28_signatures_are_normalized(spec, symbol, fees) -> None:
     adapter, secret, unsigned = _built(spec, symbol, fees)
-    expected = adapter.attach_signature(unsigned.payload, _sign(secret, unsigned.digest))
-    sig = keys.PrivateKey(secret).sign_msg_hash(unsigned.digest)
+    expected = adapter.attach_signature(unsigned.payload, [_sign(secret, unsigned.digests[0])])
+    sig = keys.PrivateKey(secret).sign_msg_hash(unsigned.digests[0])
     high_s = sig.r.to_bytes(32, "big") + (SECP256K1_N - sig.s).to_bytes(32, "big") + bytes([sig.v ^ 1])
-    assert adapter.attach_signature(unsigned.payload, high_s) == expected
+    assert adapter.attach_signature(unsigned.payload, [high_s]) == expected
     eth_v = sig.r.to_bytes(32, "big") + sig.s.to_bytes(32, "big") + bytes([sig.v + 27])
-    assert adapter.attach_signature(unsigned.payload, eth_v) == expected
+    assert adapter.attach_signature(unsigned.payload, [eth_v]) == expected
 
 
 def test_a_signature_by_another_key_is_refused() -> None:
     adapter, _, unsigned = _built()
     with pytest.raises(InvalidSignature, match="not by the sender"):
-        adapter.attach_signature(unsigned.payload, _sign(bytes(range(2, 34)), unsigned.digest))
+        adapter.attach_signature(unsigned.payload, [_sign(bytes(range(2, 34)), unsigned.digests[0])])
 
 
 def test_a_signature_over_another_digest_is_refused() -> None:
     adapter, secret, unsigned = _built()
     with pytest.raises(InvalidSignature):
-        adapter.attach_signature(unsigned.payload, _sign(secret, keccak(b"something else")))
+        adapter.attach_signature(unsigned.payload, [_sign(secret, keccak(b"something else"))])
 
 
 @pytest.mark.parametrize(
@@ -133,23 +133,23 @@ def test_a_signature_over_another_digest_is_refused() -> None:
 def test_malformed_signatures_are_refused(signature) -> None:
     adapter, _, unsigned = _built()
     with pytest.raises(InvalidSignature):
-        adapter.attach_signature(unsigned.payload, signature)
+        adapter.attach_signature(unsigned.payload, [signature])
 
 
 def test_payloads_are_checked() -> None:
     adapter, secret, unsigned = _built()
     with pytest.raises(MalformedTransaction):
-        adapter.attach_signature(b"not json", _sign(secret, unsigned.digest))
+        adapter.attach_signature(b"not json", [_sign(secret, unsigned.digests[0])])
     with pytest.raises(MalformedTransaction):
-        adapter.attach_signature(b'{"format": "other"}', _sign(secret, unsigned.digest))
+        adapter.attach_signature(b'{"format": "other"}', [_sign(secret, unsigned.digests[0])])
     with pytest.raises(MalformedTransaction, match="chain id"):
-        EvmAdapter(MAINNET.chain("polygon")).attach_signature(unsigned.payload, _sign(secret, unsigned.digest))
+        EvmAdapter(MAINNET.chain("polygon")).attach_signature(unsigned.payload, [_sign(secret, unsigned.digests[0])])
     # A tampered payload (value changed after signing) no longer matches the signature.
     doc = json.loads(unsigned.payload)
     doc["tx"]["value"] += 1
     tampered = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
     with pytest.raises(InvalidSignature):
-        adapter.attach_signature(tampered, _sign(secret, unsigned.digest))
+        adapter.attach_signature(tampered, [_sign(secret, unsigned.digests[0])])
 
 
 def test_build_refuses_what_it_must_not_sign() -> None:

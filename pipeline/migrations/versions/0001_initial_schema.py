@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 10:14:04.779228
+Create Date: 2026-11-25 10:21:21.683068
 """
 from __future__ import annotations
 
@@ -41,6 +41,17 @@ def upgrade() -> None:
     sa.Column('nonce', sa.BigInteger(), nullable=False),
     sa.PrimaryKeyConstraint('account_id', 'nonce')
     )
+    op.create_table('utxo_reservations',
+    sa.Column('chain', sa.String(length=32), nullable=False),
+    sa.Column('outpoint', sa.String(length=80), nullable=False),
+    sa.Column('transaction_id', sa.String(length=40), nullable=False),
+    sa.Column('value', pipeline.models.BaseUnits(length=80), nullable=False),
+    sa.Column('reserved_at', sa.DateTime(), nullable=False),
+    sa.PrimaryKeyConstraint('chain', 'outpoint')
+    )
+    with op.batch_alter_table('utxo_reservations', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_utxo_reservations_transaction_id'), ['transaction_id'], unique=False)
+
     op.create_table('transactions',
     sa.Column('transaction_id', sa.String(length=40), nullable=False),
     sa.Column('client_id', sa.String(length=40), nullable=False),
@@ -69,7 +80,9 @@ def upgrade() -> None:
     sa.Column('nonce', sa.BigInteger(), nullable=True),
     sa.Column('signature_request_id', sa.String(length=64), nullable=True),
     sa.Column('unsigned_payload', sa.LargeBinary(), nullable=True),
-    sa.Column('signing_digest', sa.LargeBinary(), nullable=True),
+    sa.Column('signing_payloads', sa.Text(), nullable=True),
+    sa.Column('build_context', sa.Text(), nullable=True),
+    sa.Column('replacement_count', sa.Integer(), nullable=False),
     sa.Column('signed_payload', sa.LargeBinary(), nullable=True),
     sa.Column('tx_hash', sa.String(length=128), nullable=True),
     sa.Column('block_number', sa.BigInteger(), nullable=True),
@@ -206,6 +219,10 @@ def downgrade() -> None:
         batch_op.drop_index('ix_tx_hash')
 
     op.drop_table('transactions')
+    with op.batch_alter_table('utxo_reservations', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_utxo_reservations_transaction_id'))
+
+    op.drop_table('utxo_reservations')
     op.drop_table('released_nonces')
     op.drop_table('nonce_cursors')
     op.drop_table('clients')
