@@ -14,6 +14,9 @@ from chains.errors import UnknownChain
 
 ADAPTERS: dict[str, str] = {
     "evm": "chains.evm:EvmAdapter",
+    "tron": "chains.tron:TronAdapter",
+    "bitcoin": "chains.bitcoin:BitcoinAdapter",
+    "solana": "chains.solana:SolanaAdapter",
 }
 
 # Pure address checks: (address, chain_name) -> normalized address, or raise InvalidAddress.

@@ -45,6 +45,9 @@ class ChainSpec:
     eip1559: bool = True
     poll_interval_ms: int = 2000
     tokens: Mapping[str, TokenSpec] = field(default_factory=dict)
+    # Family-specific settings (e.g. bitcoin fee floor, TRON fee limit, Solana commitment); each
+    # adapter documents and validates the keys it reads.
+    options: Mapping[str, Any] = field(default_factory=dict)
 
     def token(self, symbol: str) -> TokenSpec:
         """The native coin or a configured token; raises UnknownToken."""
@@ -181,6 +184,9 @@ def parse_registry(data: Mapping[str, Any], name: str) -> Registry:
         rpc_urls = raw.get("rpc_urls", [])
         if not isinstance(rpc_urls, list) or not all(isinstance(u, str) and u for u in rpc_urls):
             raise ValueError(f"{where}: rpc_urls must be a list of URLs")
+        options = raw.get("options", {})
+        if not isinstance(options, Mapping):
+            raise ValueError(f"{where}.options: must be a table")
         chains[chain_name] = ChainSpec(
             name=chain_name,
             family=family,
@@ -192,6 +198,7 @@ def parse_registry(data: Mapping[str, Any], name: str) -> Registry:
             eip1559=eip1559,
             poll_interval_ms=poll_interval_ms,
             tokens=tokens,
+            options=dict(options),
         )
     return Registry(chains, name)
 
