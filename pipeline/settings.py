@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     confirm_timeout_s: int = Field(1800, description="stop polling a broadcast transfer after this long (replayable)")
     log_level: str = Field("INFO")
     log_json: bool = Field(False, description="JSON log lines instead of key=value console lines")
+    beat_schedule_path: str = Field("var/celerybeat-schedule", description="where beat keeps its last-run times")
 
 
 @lru_cache(maxsize=1)

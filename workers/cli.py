@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
@@ -62,7 +63,7 @@ def worker(
     argv = ["worker", "-Q", queues or ",".join(ALL_QUEUES), "-c", str(concurrency), "--pool", "prefork",
             "--loglevel", get_settings().log_level, "--without-gossip", "--without-mingle"]
     if beat:
-        argv.append("-B")
+        argv += ["-B", "--schedule", _beat_schedule_path()]
     if hostname:
         argv += ["-n", hostname]
     celery_app.worker_main(argv)
@@ -73,7 +74,13 @@ def beat_cmd() -> None:
     """Run Celery beat alone (the sweeper schedule); run exactly one per deployment."""
     from workers.app import app as celery_app
 
-    celery_app.start(["beat", "--loglevel", get_settings().log_level])
+    celery_app.start(["beat", "--loglevel", get_settings().log_level, "--schedule", _beat_schedule_path()])
+
+
+def _beat_schedule_path() -> str:
+    path = Path(get_settings().beat_schedule_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return str(path)
 
 
 @app.command()

@@ -88,6 +88,7 @@ class EmbeddedStack:
             "PARATRO_SIGNER_MASTER_KEY": new_master_key(),
             "PARATRO_SWEEP_INTERVAL_S": "5",
             "PARATRO_STALL_AFTER_S": "20",
+            "PARATRO_BEAT_SCHEDULE_PATH": str(opts.workdir / "celerybeat-schedule"),
             **opts.extra_env,
         }
         activate(self.env)
