@@ -214,6 +214,7 @@ class UtxoReservation(Base):
     chain: Mapped[str] = mapped_column(String(32), primary_key=True)
     outpoint: Mapped[str] = mapped_column(String(80), primary_key=True)  # txid:vout
     transaction_id: Mapped[str] = mapped_column(String(40), index=True)
+    address: Mapped[str] = mapped_column(String(128))  # the spending address
     value: Mapped[int] = mapped_column(BaseUnits)
     reserved_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 

@@ -14,7 +14,7 @@ from chains.errors import InvalidAddress, TransactionRejected
 from pipeline import ledger
 from pipeline.errors import TransientError
 from pipeline.lifecycle import advance, stage_of
-from pipeline.models import Account, Asset, UtxoReservation, Wallet
+from pipeline.models import Account, Asset, Transaction, UtxoReservation, Wallet
 from pipeline.stages import FailureReason, Stage
 from pipeline.steps.context import Outcome, OutcomeKind, StepContext, fail, fee_params_json, intent_of, load_tx
 
@@ -94,6 +94,10 @@ def lock_funds(ctx: StepContext, tx_id: str) -> Outcome:
     try:
         quote = adapter.quote_fee(intent, _spendable_utxos(ctx, adapter, chain, intent.from_address))
     except TransactionRejected as exc:
+        if exc.reason == FailureReason.INSUFFICIENT_FUNDS.value and _outputs_in_flight(ctx, chain, intent.from_address):
+            # The ledger has the funds but other pending transfers hold the outputs; their change
+            # comes back to this address. Wait for it rather than fail a transfer that can be paid.
+            raise TransientError("outputs are reserved by pending transfers; waiting for their change") from None
         with ctx.db.unit_of_work() as session:
             tx = load_tx(session, tx_id)
             if stage_of(tx) is not Stage.DESTINATION_VALID:
@@ -119,7 +123,7 @@ def lock_funds(ctx: StepContext, tx_id: str) -> Outcome:
                 reason = FailureReason.INSUFFICIENT_FUNDS_FOR_FEE
             fail(session, tx, reason, str(short))
             return Outcome.of(OutcomeKind.FINAL, tx)
-        _reserve_inputs(session, tx.chain, tx_id, quote)
+        _reserve_inputs(session, tx, quote)
         tx.fee_params = fee_params_json(quote)
         tx.fee_reserved = quote.max_fee
         advance(session, tx, Stage.FUNDS_LOCKED)
@@ -136,11 +140,18 @@ def _spendable_utxos(ctx: StepContext, adapter: ChainAdapter, chain: str, addres
     return [utxo for utxo in listed if utxo.outpoint not in reserved]
 
 
-def _reserve_inputs(session: Session, chain: str, tx_id: str, quote: FeeQuote) -> None:
+def _outputs_in_flight(ctx: StepContext, chain: str, address: str) -> bool:
+    with ctx.db.unit_of_work() as session:
+        return session.scalar(select(UtxoReservation.outpoint).where(
+            UtxoReservation.chain == chain, UtxoReservation.address == address).limit(1)) is not None
+
+
+def _reserve_inputs(session: Session, tx: Transaction, quote: FeeQuote) -> None:
     try:
         with session.begin_nested():
             for utxo in quote.inputs:
-                session.add(UtxoReservation(chain=chain, outpoint=utxo.outpoint, transaction_id=tx_id, value=utxo.value))
+                session.add(UtxoReservation(chain=tx.chain, outpoint=utxo.outpoint, transaction_id=tx.transaction_id,
+                                            address=tx.from_address, value=utxo.value))
     except IntegrityError:
         raise TransientError("an input was reserved by another transfer meanwhile; quote again") from None
 

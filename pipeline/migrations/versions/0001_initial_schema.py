@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 10:21:21.683068
+Create Date: 2026-11-25 10:24:56.332758
 """
 from __future__ import annotations
 
@@ -45,6 +45,7 @@ def upgrade() -> None:
     sa.Column('chain', sa.String(length=32), nullable=False),
     sa.Column('outpoint', sa.String(length=80), nullable=False),
     sa.Column('transaction_id', sa.String(length=40), nullable=False),
+    sa.Column('address', sa.String(length=128), nullable=False),
     sa.Column('value', pipeline.models.BaseUnits(length=80), nullable=False),
     sa.Column('reserved_at', sa.DateTime(), nullable=False),
     sa.PrimaryKeyConstraint('chain', 'outpoint')
