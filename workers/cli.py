@@ -212,17 +212,23 @@ def new_master_key() -> None:
 
 @app.command()
 def demo(
-    transfers: Annotated[int, typer.Option(help="distinct transfers to submit (>= 6)")] = 20,
+    transfers: Annotated[int, typer.Option(help="distinct transfers to submit (all chains together)")] = 20,
+    chains: Annotated[Optional[str], typer.Option(help="comma-separated chains (default: every devnet chain)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print only the final JSON line")] = False,
     block_time: Annotated[float, typer.Option(help="devnet block interval in seconds")] = 0.5,
     concurrency: Annotated[int, typer.Option(help="worker processes")] = 4,
 ) -> None:
     """Run the embedded stack (redis, devnet, worker) and real transfers end to end."""
-    from workers.demo import DemoOptions, run_demo
+    from workers.demo import DemoOptions, default_chains, run_demo
+    from workers.demo_plan import distribute
 
-    if transfers < 6:
-        _fail("--transfers must be at least 6 (the mix includes the expected failures)")
-    ok = run_demo(DemoOptions(transfers=transfers, json_only=as_json, block_time=block_time, concurrency=concurrency))
+    selected = tuple(c.strip() for c in chains.split(",") if c.strip()) if chains else default_chains()
+    try:
+        distribute(selected, transfers)
+    except (ValueError, KeyError) as exc:
+        _fail(f"{exc} (demo chains: {', '.join(default_chains())})")
+    ok = run_demo(DemoOptions(transfers=transfers, json_only=as_json, block_time=block_time, concurrency=concurrency,
+                              chains=selected))
     sys.exit(0 if ok else 1)
 
 

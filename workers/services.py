@@ -6,6 +6,7 @@ the database before any message about it exists.
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,7 @@ from pipeline.models import Account, Asset, Transaction, TransactionEvent
 from pipeline.recovery import claim_for_replay
 from pipeline.steps import StepContext
 from pipeline.transfers import TransferRequest, create_transfer, get_transfer
+from chains.base import Curve
 from signer.base import KeyRef
 from workers.routing import enqueue
 
@@ -53,6 +55,21 @@ def onboard_wallet(ctx: StepContext, client_id: str, name: str, chains: dict[str
             for symbol in symbols:
                 assets[(chain, symbol)] = onboarding.add_asset(session, ctx.registry, account.account_id, symbol).asset_id
     return OnboardedWallet(client_id, wallet_id, accounts, assets)
+
+
+def fresh_destination(ctx: StepContext, chain: str) -> str:
+    """A brand-new valid address on `chain` (a random key nobody keeps): demo and test recipients."""
+    adapter = ctx.adapter_for(chain)
+    if adapter.curve is Curve.ED25519:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+        public = Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    else:
+        from eth_keys import keys
+
+        public = keys.PrivateKey(secrets.token_bytes(32)).public_key.to_bytes()
+    return adapter.address_from_public_key(public)
 
 
 def submit_transfer(ctx: StepContext, req: TransferRequest) -> tuple[str, bool]:

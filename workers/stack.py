@@ -1,4 +1,4 @@
-"""The embedded stack: redis-server, one anvil per EVM chain (token deployed), a migrated
+"""The embedded stack: redis-server, one devnet node per chain (tokens deployed), a migrated
 database and real Celery worker processes, all on loopback, all stopped on exit.
 
 The demo and the integration tests use the same stack so that what the demo shows is what the
@@ -16,12 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from devnet.anvil import AnvilNode
+from devnet.nodes import DevnetNode, start_node
 from devnet.processes import ManagedProcess
 from devnet.redis_server import RedisServer
-from devnet.token import deploy_token
-
-DEVNET_TOKEN_NAME = {"USDT": "Tether USD (devnet)", "USDC": "USD Coin (devnet)"}
 
 
 def project_home() -> Path:
@@ -46,7 +43,7 @@ class EmbeddedStack:
     def __init__(self, options: StackOptions) -> None:
         self.options = options
         self.env: dict[str, str] = {}
-        self.nodes: dict[str, AnvilNode] = {}
+        self.nodes: dict[str, DevnetNode] = {}
         self.redis: RedisServer | None = None
         self.workers: dict[str, ManagedProcess] = {}
         self._exit = ExitStack()
@@ -72,12 +69,7 @@ class EmbeddedStack:
         self.redis = self._exit.enter_context(RedisServer())
         rpc_urls: dict[str, str] = {}
         for chain in opts.chains:
-            spec = registry.chain(chain)
-            node = self._exit.enter_context(AnvilNode(project_home(), chain_id=spec.chain_id or 31337,
-                                                      block_time=opts.block_time))
-            for token in spec.tokens.values():
-                deploy_token(node.rpc_url, DEVNET_TOKEN_NAME.get(token.symbol, token.symbol), token.symbol,
-                             token.decimals, expected_address=token.contract)
+            node = start_node(registry.chain(chain), project_home(), opts.block_time, self._exit)
             self.nodes[chain] = node
             rpc_urls[chain] = node.rpc_url
         self.env = {

@@ -45,17 +45,14 @@ def fresh_address() -> str:
 
 def funded_wallet(stack: EmbeddedStack, eth: str = "10", usdt: str = "1000") -> Funded:
     """A new client and wallet whose devnet balances are credited to the ledger exactly."""
-    from devnet.token import mint
-
     c = ctx()
     with c.db.unit_of_work() as session:
         client_id = onboarding.create_client(session, f"client {secrets.token_hex(3)}")[0].client_id
     wallet = onboard_wallet(c, client_id, "test wallet", {CHAIN: ["ETH", "USDT"]})
     address = wallet.accounts[CHAIN]
-    node = stack.nodes[CHAIN]
-    node.set_balance(address, parse_amount(eth, 18) if eth != "0" else 0)
-    if usdt != "0":
-        mint(node.rpc_url, token("USDT").contract, address, parse_amount(usdt, 6))
+    for symbol, amount in (("ETH", eth), ("USDT", usdt)):
+        if amount != "0":
+            stack.nodes[CHAIN].fund(address, token(symbol), parse_amount(amount, token(symbol).decimals))
     assets = {symbol: wallet.assets[(CHAIN, symbol)] for symbol in ("ETH", "USDT")}
     with c.db.unit_of_work() as session:
         for symbol, asset_id in assets.items():

@@ -3,10 +3,15 @@
 `FakeAdapter` implements the `ChainAdapter` protocol (plus `check_destination`, which the steps
 call) with simple, checkable rules: EVM-looking addresses, a fixed fee quote, a scripted sequence
 of `TxStatus` answers, and a `broadcast` that records every call and can be told to raise.
-Its `attach_signature` recovers the signer of the digest, so a happy path proves the signature
-really came from the source wallet's key.
+Its `attach_signature` recovers the signer of every digest, so a happy path proves each signature
+really came from the source wallet's key. By default it behaves like an EVM chain (one digest,
+account nonces, key "evm"); `digest_count` makes it ask for several signatures, and `utxos=[...]`
+turns it into a UTXO chain (no nonces, key "bitcoin", scripted outputs, greedy input selection,
+one digest per selected input). `build_context` hands out a fresh "reference block" on every call,
+so a re-signed (replaced) transaction differs from the one it replaces.
 
-`FakeSigner` holds one real secp256k1 key, but answers only when told to (`ready`), or refuses.
+`FakeSigner` holds one real secp256k1 key per wallet and key name, but answers only when told to
+(`ready`), or refuses.
 
 `World` seeds clients, wallets, accounts and assets through `pipeline.onboarding` and the ledger,
 and reads rows back in fresh units of work, so assertions see what was committed.
@@ -16,7 +21,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from eth_keys import keys as eth_keys
@@ -31,15 +36,16 @@ from chains.base import (
     TxState,
     TxStatus,
     UnsignedTransaction,
+    Utxo,
 )
-from chains.errors import InvalidAddress, InvalidSignature
+from chains.errors import InvalidAddress, InvalidSignature, TransactionRejected
 from chains.registry import ChainSpec, Registry, TokenSpec
 from pipeline import ledger, onboarding
 from pipeline.db import Database
 from pipeline.models import Asset, LedgerEntry, Transaction, TransactionEvent
 from pipeline.steps import STEP_FUNCTIONS, Outcome, StepContext
 from pipeline.transfers import TransferRequest, create_transfer
-from signer.base import PublicKey, SignatureRefused, SignerError, UnknownKey
+from signer.base import KeyRef, PublicKey, SignatureRefused, SignerError, UnknownKey
 
 _HEX_ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
 
@@ -65,24 +71,49 @@ def reverted(confirmations: int, *, block: int = 100, block_hash: str = "0xb100"
 
 PENDING = TxStatus(TxState.PENDING)
 NOT_FOUND = TxStatus(TxState.NOT_FOUND)
+EXPIRED = TxStatus(TxState.EXPIRED)
+
+# What a UTXO-mode adapter reserves for the fee (satoshi), unless told otherwise.
+UTXO_FEE = FeeQuote(max_fee=2_000, params={"sat_per_vbyte": 10})
+
+
+def utxo(n: int, value: int, txid: str | None = None) -> Utxo:
+    """A scripted unspent output: `txid` defaults to a distinct fake id per `n`, output index n."""
+    return Utxo(txid=txid or f"{n:064x}", vout=n, value=value, script_pubkey="0014" + "00" * 20, confirmations=6)
+
+
+def digests_for(payload: bytes, count: int) -> tuple[bytes, ...]:
+    """The fake's digests of a payload: keccak(payload), then keccak(payload || i) for i >= 1."""
+    return tuple(keccak(payload) if i == 0 else keccak(payload + i.to_bytes(4, "big")) for i in range(count))
 
 
 class FakeAdapter:
     """A ChainAdapter for one registry chain, entirely in memory."""
 
     curve = Curve.SECP256K1
-    uses_account_nonce = True
 
-    def __init__(self, spec: ChainSpec, *, fee: FeeQuote = DEFAULT_FEE, chain_nonce: int = 0) -> None:
+    def __init__(self, spec: ChainSpec, *, fee: FeeQuote | None = None, chain_nonce: int = 0,
+                 digest_count: int = 1, utxos: list[Utxo] | None = None, key_name: str | None = None) -> None:
         self.spec = spec
-        self.fee = fee
+        # UTXO mode: outputs to spend, no account nonce, one signature per selected input
+        self.uses_utxos = utxos is not None
+        self.uses_account_nonce = not self.uses_utxos
+        self.key_name = key_name or ("bitcoin" if self.uses_utxos else "evm")
+        self.fee = fee or (UTXO_FEE if self.uses_utxos else DEFAULT_FEE)
+        self.utxos: list[Utxo] = list(utxos or [])
         self.chain_nonce = chain_nonce
+        self.digest_count = digest_count
         self.quote_error: Exception | None = None
+        self.after_quote: Callable[[FeeQuote], None] | None = None  # runs between the quote and the lock
         self.broadcast_errors: list[Exception] = []  # raised one per broadcast call, in order
         self.statuses: list[TxStatus] = []  # answered in order; the last one repeats
         self.broadcasts: list[SignedTransaction] = []
         self.nonce_calls: list[str] = []
+        self.utxo_calls: list[str] = []
+        self.quoted_utxos: list[list[Utxo]] = []  # what each quote_fee call was offered
+        self.contexts: list[dict] = []  # what each build_context call returned
         self.built: list[tuple[TransferIntent, FeeQuote, int | None]] = []
+        self.built_contexts: list[dict] = []  # the context each build was given
         self.status_calls: list[str] = []
 
     # -- addresses --------------------------------------------------------------------------
@@ -102,33 +133,69 @@ class FakeAdapter:
     def address_from_public_key(self, public_key: bytes) -> str:
         return address_of(public_key)
 
-    # -- fees, nonces, building -------------------------------------------------------------
-    def quote_fee(self, intent: TransferIntent) -> FeeQuote:
+    # -- outputs, fees, nonces, building ----------------------------------------------------
+    def list_utxos(self, address: str) -> list[Utxo]:
+        self.utxo_calls.append(address)
+        return list(self.utxos) if self.uses_utxos else []
+
+    def quote_fee(self, intent: TransferIntent, utxos: Sequence[Utxo] = ()) -> FeeQuote:
+        self.quoted_utxos.append(list(utxos))
         if self.quote_error is not None:
             raise self.quote_error
-        return self.fee
+        quote = self.fee
+        if self.uses_utxos:
+            quote = FeeQuote(max_fee=self.fee.max_fee, params=self.fee.params, inputs=self._select(intent, utxos))
+        if self.after_quote is not None:
+            self.after_quote(quote)
+        return quote
+
+    def _select(self, intent: TransferIntent, utxos: Sequence[Utxo]) -> tuple[Utxo, ...]:
+        """Greedy, in the order offered, until amount + fee reserve are covered."""
+        needed, chosen, total = intent.amount + self.fee.max_fee, [], 0
+        for candidate in utxos:
+            if total >= needed:
+                break
+            chosen.append(candidate)
+            total += candidate.value
+        if total < needed:
+            raise TransactionRejected("insufficient_funds",
+                                      f"unreserved outputs hold {total} base units, the transfer needs {needed}")
+        return tuple(chosen)
 
     def next_nonce(self, address: str) -> int:
         self.nonce_calls.append(address)
         return self.chain_nonce
 
-    def build(self, intent: TransferIntent, fee: FeeQuote, nonce: int | None) -> UnsignedTransaction:
+    def build_context(self, intent: TransferIntent) -> dict:
+        context = {"ref_block": f"0xref{len(self.contexts) + 1}"}  # fresh chain data on every call
+        self.contexts.append(context)
+        return dict(context)
+
+    def build(self, intent: TransferIntent, fee: FeeQuote, nonce: int | None, context: dict) -> UnsignedTransaction:
         self.built.append((intent, fee, nonce))
+        self.built_contexts.append(context)
         payload = json.dumps(
             {"chain": self.spec.name, "from": intent.from_address, "to": intent.to_address,
              "amount": str(intent.amount), "token": intent.token.symbol, "fee": fee.params,
-             "max_fee": fee.max_fee, "nonce": nonce},
+             "max_fee": fee.max_fee, "nonce": nonce, "inputs": [u.outpoint for u in fee.inputs],
+             "context": context},
             sort_keys=True,
         ).encode()
-        return UnsignedTransaction(payload=payload, digest=keccak(payload))
+        count = len(fee.inputs) if self.uses_utxos else self.digest_count
+        return UnsignedTransaction(payload=payload, digests=digests_for(payload, count))
 
-    def attach_signature(self, payload: bytes, signature: bytes) -> SignedTransaction:
-        if len(signature) != 65:
-            raise InvalidSignature(f"expected 65 bytes, got {len(signature)}")
-        signer_key = eth_keys.Signature(signature).recover_public_key_from_msg_hash(keccak(payload))
-        if address_of(signer_key.to_bytes()) != json.loads(payload)["from"]:
-            raise InvalidSignature("signature is not by the sender")
-        raw = payload + b"|" + signature
+    def attach_signature(self, payload: bytes, signatures: Sequence[bytes]) -> SignedTransaction:
+        data = json.loads(payload)
+        digests = digests_for(payload, len(data["inputs"]) if self.uses_utxos else self.digest_count)
+        if len(signatures) != len(digests):
+            raise InvalidSignature(f"expected {len(digests)} signatures, got {len(signatures)}")
+        for index, (signature, digest) in enumerate(zip(signatures, digests, strict=True)):
+            if len(signature) != 65:
+                raise InvalidSignature(f"signature {index}: expected 65 bytes, got {len(signature)}")
+            signer_key = eth_keys.Signature(signature).recover_public_key_from_msg_hash(digest)
+            if address_of(signer_key.to_bytes()) != data["from"]:
+                raise InvalidSignature(f"signature {index} is not by the sender")
+        raw = payload + b"|" + b"".join(signatures)
         return SignedTransaction(raw=raw, tx_hash="0x" + keccak(raw).hex())
 
     # -- the node ---------------------------------------------------------------------------
@@ -138,8 +205,8 @@ class FakeAdapter:
             raise self.broadcast_errors.pop(0)
         return signed.tx_hash
 
-    def get_status(self, tx_hash: str) -> TxStatus:
-        self.status_calls.append(tx_hash)
+    def get_status(self, signed: SignedTransaction) -> TxStatus:
+        self.status_calls.append(signed.tx_hash)
         if not self.statuses:
             return NOT_FOUND
         return self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
@@ -149,39 +216,46 @@ class FakeAdapter:
 
 
 class FakeSigner:
-    """A Signer with one real key per wallet that answers only when `ready`, or refuses."""
+    """A Signer with one real secp256k1 key per wallet and key name that answers only when
+    `ready`, or refuses."""
 
     def __init__(self, *, ready: bool = True, refuse: SignerError | None = None) -> None:
         self.ready = ready
         self.refuse = refuse
-        self._keys: dict[str, eth_keys.PrivateKey] = {}
-        self.requests: dict[str, tuple[str, bytes]] = {}
+        self._keys: dict[tuple[str, str], eth_keys.PrivateKey] = {}
+        self.requests: dict[str, tuple[KeyRef, tuple[bytes, ...]]] = {}
         self.request_calls: list[str] = []
 
-    def create_key(self, wallet_id: str, curve: Curve) -> PublicKey:
-        if wallet_id not in self._keys:
-            self._keys[wallet_id] = eth_keys.PrivateKey(keccak(wallet_id.encode()))
-        return self.public_key(wallet_id, curve)
+    def create_key(self, ref: KeyRef) -> PublicKey:
+        if Curve(ref.curve) is not Curve.SECP256K1:
+            raise UnknownKey(f"the fake signer has no {ref.curve} keys")
+        slot = (ref.wallet_id, ref.key_name)
+        if slot not in self._keys:
+            self._keys[slot] = eth_keys.PrivateKey(keccak(f"{ref.wallet_id}|{ref.key_name}".encode()))
+        return self.public_key(ref)
 
-    def public_key(self, wallet_id: str, curve: Curve) -> PublicKey:
-        if wallet_id not in self._keys:
-            raise UnknownKey(f"no key for {wallet_id}")
-        return PublicKey(Curve(curve), self._keys[wallet_id].public_key.to_bytes())
+    def public_key(self, ref: KeyRef) -> PublicKey:
+        key = self._keys.get((ref.wallet_id, ref.key_name))
+        if key is None or Curve(ref.curve) is not Curve.SECP256K1:
+            raise UnknownKey(f"no {ref.key_name} key for {ref.wallet_id}")
+        return PublicKey(Curve(ref.curve), key.public_key.to_bytes())
 
-    def request_signature(self, request_id: str, wallet_id: str, curve: Curve, digest: bytes) -> None:
+    def request_signature(self, request_id: str, ref: KeyRef, payloads: Sequence[bytes]) -> None:
         self.request_calls.append(request_id)
         if self.refuse is not None:
             raise self.refuse
+        asked = (ref, tuple(payloads))
         known = self.requests.get(request_id)
-        if known is not None and known != (wallet_id, digest):
-            raise SignatureRefused(f"request {request_id} reused for another payload")
-        self.requests[request_id] = (wallet_id, digest)
+        if known is not None and known != asked:
+            raise SignatureRefused(f"request {request_id} reused for other payloads")
+        self.requests[request_id] = asked
 
-    def fetch_signature(self, request_id: str) -> bytes | None:
+    def fetch_signature(self, request_id: str) -> list[bytes] | None:
         if not self.ready or request_id not in self.requests:
             return None
-        wallet_id, digest = self.requests[request_id]
-        return self._keys[wallet_id].sign_msg_hash(digest).to_bytes()
+        ref, payloads = self.requests[request_id]
+        key = self._keys[(ref.wallet_id, ref.key_name)]
+        return [key.sign_msg_hash(digest).to_bytes() for digest in payloads]
 
 
 @dataclass
@@ -223,13 +297,14 @@ class World:
                 client_id: str | None = None, signer: object | None = None) -> Party:
         """A client (new unless given), an ACTIVE wallet whose key is in `signer`, an account and assets."""
         key_holder = signer or self.signer
+        adapter = self.adapters[chain]
         with self.db.unit_of_work() as s:
             if client_id is None:
                 client, _ = onboarding.create_client(s, "Acme Custody")
                 client_id = client.client_id
             wallet_id = onboarding.create_wallet(s, client_id, "treasury").wallet_id
-        public = key_holder.create_key(wallet_id, Curve.SECP256K1)  # type: ignore[attr-defined]
-        address = address_of(public.key)
+        public = key_holder.create_key(KeyRef(wallet_id, adapter.key_name, adapter.curve))  # type: ignore[attr-defined]
+        address = adapter.address_from_public_key(public.key)
         with self.db.unit_of_work() as s:
             account = onboarding.create_account(s, self.registry, wallet_id, chain, address)
             party = Party(client_id, wallet_id, account.account_id, address)
