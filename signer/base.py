@@ -43,6 +43,9 @@ class KeyRef:
     key_name: str
     curve: Curve
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "curve", Curve(self.curve))  # also accept the curve by value ("ed25519")
+
 
 @dataclass(frozen=True)
 class PublicKey:

@@ -12,6 +12,8 @@ from chains.errors import UnknownChain, UnknownToken
 from chains.registry import load_registry, parse_registry
 
 EVM_CHAINS = {"ethereum", "bsc", "polygon", "base", "arbitrum", "optimism", "avalanche"}
+# The other families, by chain: family, native symbol and decimals.
+OTHER_CHAINS = {"tron": ("tron", "TRX", 6), "bitcoin": ("bitcoin", "BTC", 8), "solana": ("solana", "SOL", 9)}
 MAINNET_IDS = {"ethereum": 1, "bsc": 56, "polygon": 137, "base": 8453, "arbitrum": 42161, "optimism": 10, "avalanche": 43114}
 DEVNET_IDS = {"ethereum": 31337, "bsc": 31338, "polygon": 31339, "base": 31340, "arbitrum": 31341, "optimism": 31342, "avalanche": 31343}
 NATIVE = {"ethereum": "ETH", "bsc": "BNB", "polygon": "MATIC", "base": "ETH", "arbitrum": "ETH", "optimism": "ETH", "avalanche": "AVAX"}
@@ -37,7 +39,12 @@ DEVNET_USDT = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
 def test_bundled_registries_load_with_every_evm_chain(name: str) -> None:
     registry = load_registry(name)
     assert registry.name == name
-    assert set(registry.names()) == EVM_CHAINS
+    assert set(registry.names()) == EVM_CHAINS | set(OTHER_CHAINS)
+    for chain, (family, symbol, decimals) in OTHER_CHAINS.items():
+        spec = registry.chain(chain)
+        assert (spec.family, spec.native.symbol, spec.native.decimals) == (family, symbol, decimals)
+        assert spec.native.asset_type == "NATIVE" and spec.native.contract is None
+        assert spec.rpc_urls and all(u.startswith(("http://", "https://")) for u in spec.rpc_urls)
     for chain in EVM_CHAINS:
         spec = registry.chain(chain)
         assert spec.family == "evm"
@@ -81,7 +88,7 @@ def test_devnet_has_distinct_chain_ids_and_the_test_token() -> None:
 def test_lookups_fail_with_the_known_names() -> None:
     registry = load_registry("mainnet")
     with pytest.raises(UnknownChain, match="known: arbitrum"):
-        registry.chain("tron")
+        registry.chain("cosmos")
     with pytest.raises(UnknownToken, match="known: ETH, USDC"):
         registry.chain("base").token("USDT")
     assert registry.chain("ethereum").token("ETH") == registry.chain("ethereum").native

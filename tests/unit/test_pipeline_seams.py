@@ -58,7 +58,20 @@ def test_the_steps_only_ask_the_signer_for_protocol_methods() -> None:
 def test_the_steps_only_call_adapter_methods_the_protocol_declares() -> None:
     used = calls_on("adapter") | calls_on("adapter_for")
     assert {"validate_address", "quote_fee", "build", "broadcast", "get_status"} <= used  # the scan works
+    assert {"list_utxos", "build_context", "next_nonce", "attach_signature"} <= used
     assert used - protocol_methods(ChainAdapter) == set()
+
+
+@pytest.mark.parametrize("utxos", [None, []], ids=["account", "utxo"])
+def test_the_fake_adapter_has_every_attribute_the_chain_adapter_protocol_declares(
+    world: World, utxos: list | None
+) -> None:
+    adapter = FakeAdapter(world.registry.chain("bitcoin" if utxos is not None else "ethereum"), utxos=utxos)
+    declared = set(ChainAdapter.__annotations__)
+    assert {"spec", "curve", "key_name", "uses_account_nonce", "uses_utxos"} <= declared
+    for name in declared:
+        assert hasattr(adapter, name), name
+    assert (adapter.uses_utxos, adapter.uses_account_nonce) == (utxos is not None, utxos is None)
 
 
 @pytest.mark.parametrize("step", list(pipeline.steps.STEP_FUNCTIONS))

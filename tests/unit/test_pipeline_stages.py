@@ -106,5 +106,13 @@ def test_status_for_keeps_the_public_status_pending_until_the_end(stage: Stage, 
 def test_failure_reasons_are_the_documented_codes() -> None:
     assert {r.value for r in FailureReason} == {
         "source_not_found", "invalid_destination", "insufficient_funds", "insufficient_funds_for_fee",
-        "wallet_not_active", "signature_refused", "rejected_by_node", "reverted",
+        "wallet_not_active", "signature_refused", "rejected_by_node", "reverted", "expired",
     }
+
+
+def test_an_expired_transaction_can_only_be_replaced_from_signed_or_broadcast() -> None:
+    # the recorded replacement goes back to FUNDS_LOCKED (locks kept, re-signed); nothing else does
+    check_transition(Stage.SIGNED, Stage.FUNDS_LOCKED)
+    check_transition(Stage.BROADCAST, Stage.FUNDS_LOCKED)
+    assert {s for s, exits in TRANSITIONS.items() if Stage.FUNDS_LOCKED in exits} == {
+        Stage.DESTINATION_VALID, Stage.SIGNED, Stage.BROADCAST}

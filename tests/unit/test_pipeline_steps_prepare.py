@@ -198,6 +198,6 @@ def test_the_fee_quote_is_fixed_on_the_transfer_at_lock_time(world: World) -> No
     world.run_until(tx_id, "lock_funds")
     tx = world.tx(tx_id)
     assert tx.fee_reserved == RESERVE
-    assert tx.fee_params == '{"max_fee": 21000000000000, "params": {"gas": 21000, "gasPrice": 1000000000}}'
+    assert tx.fee_params == '{"inputs": [], "max_fee": 21000000000000, "params": {"gas": 21000, "gasPrice": 1000000000}}'
     world.step("request_signature", tx_id)
     assert world.adapter().built[0][1] == DEFAULT_FEE  # built with exactly the stored quote

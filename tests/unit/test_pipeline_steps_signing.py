@@ -3,19 +3,23 @@ back locks and the unspent nonce when the signer or the node says no."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from eth_keys import keys as eth_keys
 from sqlalchemy import select
 
-from chains.errors import ChainRpcError, TransactionRejected
+from chains.base import Curve
+from chains.errors import ChainRpcError, InvalidSignature, TransactionRejected
 from pipeline.db import Database
 from pipeline.errors import TransientError
 from pipeline.models import ReleasedNonce
 from pipeline.steps import OutcomeKind
+from pipeline.steps.context import signing_payloads_of
 from pipeline.stages import Stage
-from signer.base import SignatureRefused, SignerUnavailable, UnknownKey
+from signer.base import KeyRef, SignatureRefused, SignerUnavailable, UnknownKey
 from signer.local import LocalKeySigner, new_master_key
-from tests.unit.fakes import DEFAULT_FEE, FakeSigner, World
+from tests.unit.fakes import DEFAULT_FEE, FakeAdapter, FakeSigner, World, digests_for, included
 
 ETH = 10**18
 RESERVE = DEFAULT_FEE.max_fee
@@ -40,12 +44,15 @@ def test_given_locked_funds_when_signed_then_the_payload_digest_and_signed_bytes
     assert (outcome.kind, outcome.stage) == (OutcomeKind.ADVANCED, Stage.SIGNED)
     tx = world.tx(tx_id)
     assert tx.signature_request_id == f"{tx_id}.0"
-    assert len(tx.signing_digest) == 32 and tx.unsigned_payload
+    digests = signing_payloads_of(tx)
+    assert len(digests) == 1 and len(digests[0]) == 32 and tx.unsigned_payload
+    assert json.loads(tx.build_context) == world.adapter().built_contexts[0]  # the chain data the build used
     assert tx.signed_payload.startswith(tx.unsigned_payload) and tx.tx_hash.startswith("0x")
     # the signature inside the stored bytes recovers to Alice's wallet key
-    signature = local_signer.fetch_signature(tx.signature_request_id)
-    recovered = eth_keys.Signature(signature).recover_public_key_from_msg_hash(tx.signing_digest)
-    assert recovered.to_bytes() == local_signer.public_key(alice.wallet_id, "secp256k1").key
+    signatures = local_signer.fetch_signature(tx.signature_request_id)
+    assert signatures is not None and len(signatures) == 1 and tx.signed_payload.endswith(signatures[0])
+    recovered = eth_keys.Signature(signatures[0]).recover_public_key_from_msg_hash(digests[0])
+    assert recovered.to_bytes() == local_signer.public_key(KeyRef(alice.wallet_id, "evm", Curve.SECP256K1)).key
     assert world.stage_changes(tx_id)[-2:] == [("FUNDS_LOCKED", "SIGNATURE_REQUESTED"), ("SIGNATURE_REQUESTED", "SIGNED")]
     assert world.balances(alice, "ETH") == (ETH, ETH // 10 + RESERVE)  # still locked until settled
 
@@ -194,3 +201,52 @@ def test_given_the_node_is_unreachable_then_the_rpc_error_propagates_and_the_ret
     assert tx.broadcast_count == 1 and tx.broadcast_at == tx.last_broadcast_at is not None
     assert world.events(tx_id)[-1].detail == tx.tx_hash
     assert len(adapter.built) == 1  # never re-signed
+
+
+# -- several payloads ------------------------------------------------------------------------------
+
+def test_given_an_adapter_with_three_digests_then_three_signatures_in_order_each_by_the_wallet_key(
+    world: World, local_signer: LocalKeySigner
+) -> None:
+    # Given a chain whose transactions need three signatures (as a Bitcoin tx with three inputs)
+    adapter = FakeAdapter(world.registry.chain("ethereum"), digest_count=3)
+    world.adapters["ethereum"] = adapter
+    alice = world.onboard(balances={"ETH": ETH})
+    adapter.statuses = [included(3)]
+    tx_id = world.transfer(alice, "0.1")
+
+    outcome = world.run_until(tx_id, "request_signature")[-1]
+
+    # Then the three digests were stored and asked for in one request...
+    assert (outcome.kind, outcome.stage) == (OutcomeKind.ADVANCED, Stage.SIGNED)
+    tx = world.tx(tx_id)
+    digests = signing_payloads_of(tx)
+    assert digests == list(digests_for(tx.unsigned_payload, 3)) and len(set(digests)) == 3
+    signatures = local_signer.fetch_signature(tx.signature_request_id)
+    assert signatures is not None and len(signatures) == 3
+    # ...and the i-th signature is over the i-th digest, by Alice's key
+    wallet_key = local_signer.public_key(KeyRef(alice.wallet_id, "evm", Curve.SECP256K1)).key
+    for signature, digest in zip(signatures, digests, strict=True):
+        assert eth_keys.Signature(signature).recover_public_key_from_msg_hash(digest).to_bytes() == wallet_key
+    assert eth_keys.Signature(signatures[0]).recover_public_key_from_msg_hash(digests[1]).to_bytes() != wallet_key
+    # and they were attached in that order
+    assert tx.signed_payload == tx.unsigned_payload + b"|" + b"".join(signatures)
+    assert world.run_until(tx_id, "confirm")[-1].stage is Stage.CONFIRMED
+
+
+def test_signatures_handed_back_out_of_order_are_refused_by_the_adapter(world: World) -> None:
+    class ShufflingSigner(FakeSigner):
+        def fetch_signature(self, request_id: str) -> list[bytes] | None:
+            signatures = super().fetch_signature(request_id)
+            return None if signatures is None else list(reversed(signatures))
+
+    adapter = FakeAdapter(world.registry.chain("ethereum"), digest_count=2)
+    world.adapters["ethereum"] = adapter
+    signer = ShufflingSigner()
+    alice = world.onboard(balances={"ETH": ETH}, signer=signer)
+    tx_id = world.transfer(alice, "0.1")
+    world.run_until(tx_id, "lock_funds", world.ctx(signer=signer))
+
+    with pytest.raises(InvalidSignature, match="signature 0"):
+        world.step("request_signature", tx_id, world.ctx(signer=signer))
+    assert world.tx(tx_id).stage == "SIGNATURE_REQUESTED" and world.tx(tx_id).signed_payload is None

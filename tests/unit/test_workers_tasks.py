@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from celery.exceptions import Retry
 
-from chains.errors import ChainMismatch, ChainRpcError
+from chains.errors import ChainMismatch, ChainRpcError, TransactionRejected
 from pipeline.steps import Outcome, OutcomeKind
 from pipeline.stages import Stage
-from tests.unit.fakes import World
+from tests.unit.fakes import EXPIRED, World
 from workers import tasks
 
 ETH = 10**18
@@ -115,3 +115,73 @@ def test_backoff_never_exceeds_the_step_cap_or_the_global_cap(attempt: int) -> N
     budget = tasks.RETRY_BUDGETS["confirm"]
     for _ in range(50):
         assert 0 <= tasks.backoff(budget, attempt, cap=30) <= min(30, budget.cap_s)
+
+
+# -- RESTART: an expired transaction is re-signed from request_signature ---------------------------
+
+@pytest.fixture
+def enqueued(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """Record what run_step hands to the queue instead of sending it."""
+    calls: list[tuple[str, str]] = []
+    monkeypatch.setattr(tasks, "enqueue", lambda transaction_id, from_step="resolve_source": calls.append(
+        (transaction_id, from_step)))
+    return calls
+
+
+def test_a_restart_ends_the_current_chain_and_enqueues_a_new_one_from_its_step(
+    wired: World, monkeypatch: pytest.MonkeyPatch, enqueued: list[tuple[str, str]]
+) -> None:
+    restart = Outcome(OutcomeKind.RESTART, Stage.FUNDS_LOCKED, step="request_signature")
+    monkeypatch.setitem(tasks.STEP_FUNCTIONS, "confirm", step_returning(restart))
+    task = StandInTask()
+    tx_id = "tx_01JAAAAAAAAAAAAAAAAAAAAAAA"
+    assert tasks.run_step(task, "confirm", tx_id, 2) == tx_id
+    assert task.request.chain is None and not task.retried
+    assert enqueued == [(tx_id, "request_signature")]
+
+
+@pytest.mark.parametrize(
+    "outcome",
+    [Outcome(OutcomeKind.ADVANCED, Stage.SIGNED), Outcome(OutcomeKind.NOOP, Stage.SIGNED),
+     Outcome(OutcomeKind.FINAL, Stage.FAILED), Outcome(OutcomeKind.STALLED, Stage.BROADCAST)],
+    ids=lambda o: o.kind.value,
+)
+def test_no_other_outcome_enqueues_anything(
+    wired: World, monkeypatch: pytest.MonkeyPatch, enqueued: list[tuple[str, str]], outcome: Outcome
+) -> None:
+    monkeypatch.setitem(tasks.STEP_FUNCTIONS, "broadcast", step_returning(outcome))
+    task = StandInTask()
+    tasks.run_step(task, "broadcast", "tx_01JAAAAAAAAAAAAAAAAAAAAAAA", 0)
+    assert enqueued == []
+    assert (task.request.chain is None) is (outcome.kind in (OutcomeKind.FINAL, OutcomeKind.STALLED))
+
+
+def test_an_expired_transaction_found_by_confirm_is_re_driven_from_request_signature(
+    wired: World, enqueued: list[tuple[str, str]]
+) -> None:
+    alice = wired.onboard(balances={"ETH": ETH})
+    tx_id = wired.transfer(alice, "0.1")
+    wired.run_until(tx_id, "broadcast")
+    wired.adapter().statuses = [EXPIRED]
+    task = StandInTask()
+
+    assert tasks.run_step(task, "confirm", tx_id, 0) == tx_id
+
+    assert (wired.tx(tx_id).stage, wired.tx(tx_id).replacement_count) == ("FUNDS_LOCKED", 1)
+    assert task.request.chain is None and not task.retried
+    assert enqueued == [(tx_id, "request_signature")]
+
+
+def test_a_broadcast_refused_as_expired_is_re_driven_from_request_signature(
+    wired: World, enqueued: list[tuple[str, str]]
+) -> None:
+    alice = wired.onboard(balances={"ETH": ETH})
+    tx_id = wired.transfer(alice, "0.1")
+    wired.run_until(tx_id, "request_signature")
+    wired.adapter().broadcast_errors = [TransactionRejected("expired", "blockhash not found")]
+    task = StandInTask()
+
+    tasks.run_step(task, "broadcast", tx_id, 0)
+
+    assert wired.tx(tx_id).stage == "FUNDS_LOCKED"
+    assert task.request.chain is None and enqueued == [(tx_id, "request_signature")]
