@@ -46,11 +46,23 @@ class EvmDevnet:
         return self._node.rpc(method, params)
 
 
-SUPPORTED_FAMILIES = frozenset({"evm"})
+SUPPORTED_FAMILIES = frozenset({"evm", "tron"})
 
 
 def start_node(spec: ChainSpec, home: Path, block_time: float | None, stack: ExitStack) -> DevnetNode:
     """Start the devnet node for `spec` inside `stack` (stopped when the stack closes)."""
     if spec.family == "evm":
         return EvmDevnet(spec, home, block_time, stack)
+    if spec.family == "tron":
+        from devnet.tron_node import TronNode
+
+        return stack.enter_context(TronNode.for_spec(spec, block_time=block_time))
+    if spec.family == "bitcoin":
+        from devnet.bitcoin_node import BitcoinNode
+
+        return stack.enter_context(BitcoinNode(block_interval=block_time))
+    if spec.family == "solana":
+        from devnet.solana_node import SolanaNode
+
+        return stack.enter_context(SolanaNode(chain=spec.name))
     raise NotImplementedError(f"no devnet node for the {spec.family} family yet")

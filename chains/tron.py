@@ -1,0 +1,391 @@
+"""`TronAdapter`: the ChainAdapter for TRON (TRX and TRC20 tokens) over the node's HTTP wallet API.
+
+Offline parts (addresses, raw_data, txID, signatures) live in `chains.tron_address` and
+`chains.tron_tx`; node access and error mapping in `chains.tron_rpc`. This module holds the
+decisions that need a node:
+
+- fees: TRON burns TRX for bandwidth (bytes of the signed transaction x `bandwidth_price_sun`,
+  unless the account's free or staked bandwidth covers it), for activating a new account (a TRX
+  transfer to an address that does not exist yet: 1 TRX + 0.1 TRX on mainnet,
+  `activation_fee_sun`), and for a TRC20 call's energy, capped by the transaction's `fee_limit`
+  (`fee_limit_sun`). `FeeQuote.max_fee` is the sum of the caps that apply; the receipt's `fee`
+  is what was actually burnt (0 when free bandwidth covered a TRX transfer);
+- TaPoS and expiry: a transaction names a recent reference block and expires
+  `expiration_s` after the head block it was built on. It is *provably dead* once the latest
+  solidified block is at or past its expiration and no block has it: only then is it EXPIRED (and
+  a broadcast refused as expired becomes TransactionRejected("expired"), so the pipeline re-signs).
+  The solidified head is read before the transaction is looked up, so a transaction included
+  between the two reads is always found;
+- confirmations count from the head, but reach the registry's depth only once the block is
+  solidified (irreversible), whatever the count says;
+- broadcast is idempotent: the node already having this txID (DUP_TRANSACTION_ERROR, or an
+  "expired"/TaPoS refusal for a transaction that is in fact on chain) is success.
+
+Options (`[chains.<name>.options]` in the registry), all optional:
+    fee_limit_sun        most TRX (sun) a TRC20 transfer may burn for energy (default 100 TRX)
+    expiration_s         how long a built transaction stays valid (default 60, at most 86400)
+    bandwidth_price_sun  sun burnt per byte when no bandwidth is left (default 1000, mainnet's)
+    activation_fee_sun   reserved for a TRX transfer to an unactivated address (default 1.1 TRX)
+    genesis_block_id     if set, the node's block 0 must have this blockID (else ChainMismatch)
+    solidity_port        a self-hosted java-tron serves /walletsolidity/* on its own HTTP port
+                         (node.http.solidityPort, 8091 by default); hosted APIs such as TronGrid
+                         serve both on one endpoint, which is the default (option unset)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+from chains import tron_address, tron_tx
+from chains.base import (
+    Curve,
+    FeeQuote,
+    SignedTransaction,
+    TransferIntent,
+    TxState,
+    TxStatus,
+    UnsignedTransaction,
+    Utxo,
+)
+from chains.errors import (
+    ChainError,
+    ChainMismatch,
+    ChainRpcError,
+    InvalidSignature,
+    MalformedTransaction,
+    TransactionRejected,
+)
+from chains.registry import ChainSpec, TokenSpec
+from chains.tron_rpc import REQUEST_TIMEOUT_S, TronHttpClient, node_message, to_int, with_port
+
+# Far-future but realistic times (6-byte varints, like real ms timestamps until ~2109): the
+# bandwidth estimate of a transaction must not depend on the clock.
+_ESTIMATE_CONTEXT = {"ref_block_bytes": "0000", "ref_block_hash": "00" * 8, "expiration": 4_000_000_060_000,
+                     "timestamp": 4_000_000_000_000}
+_PERMANENT_CODES = {
+    "SIGERROR": "rejected_by_node",  # signed by a key the account's permissions do not accept
+    "BANDWITH_ERROR": "insufficient_funds_for_fee",  # (sic) no bandwidth and no TRX to burn for it
+    "CONTRACT_VALIDATE_ERROR": "rejected_by_node",  # refined by message below
+    "CONTRACT_EXE_ERROR": "rejected_by_node",
+    "TOO_BIG_TRANSACTION_ERROR": "rejected_by_node",
+}
+_NOT_YET_DEAD_CODES = ("TRANSACTION_EXPIRATION_ERROR", "TAPOS_ERROR")
+_NO_FUNDS = ("balance is not sufficient", "no owneraccount", "does not exist", "not enough")
+
+
+@dataclass(frozen=True)
+class TronOptions:
+    """The registry's `options` for a TRON chain, checked once when the adapter is made."""
+
+    fee_limit_sun: int = 100_000_000
+    expiration_s: int = 60
+    bandwidth_price_sun: int = 1_000
+    activation_fee_sun: int = 1_100_000
+    genesis_block_id: str | None = None
+    solidity_port: int | None = None
+
+    @classmethod
+    def from_spec(cls, spec: ChainSpec) -> "TronOptions":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(spec.options) - known)
+        if unknown:
+            raise ChainError(f"{spec.name}: unknown TRON option(s) {unknown} (known: {sorted(known)})")
+        values: dict[str, Any] = dict(spec.options)
+        for name in known - {"genesis_block_id", "solidity_port"}:
+            value = values.get(name, getattr(cls, name))
+            if not isinstance(value, int) or isinstance(value, bool) or value < (1 if name != "activation_fee_sun" else 0):
+                raise ChainError(f"{spec.name}: option {name} must be a positive integer, got {value!r}")
+        if not values.get("expiration_s", cls.expiration_s) <= 86_400:
+            raise ChainError(f"{spec.name}: option expiration_s must be at most 86400 (the node refuses more)")
+        genesis = values.get("genesis_block_id")
+        if genesis is not None and not tron_tx.is_txid(genesis):
+            raise ChainError(f"{spec.name}: option genesis_block_id must be 64 lowercase hex digits")
+        port = values.get("solidity_port")
+        if port is not None and (not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536):
+            raise ChainError(f"{spec.name}: option solidity_port must be a TCP port, got {port!r}")
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class _Block:
+    number: int
+    block_id: str
+    timestamp: int  # ms
+
+
+class TronAdapter:
+    """ChainAdapter for one TRON chain of the registry (family "tron")."""
+
+    curve = Curve.SECP256K1
+    key_name = "tron"
+    uses_account_nonce = False  # TaPoS + expiration instead of nonces
+    uses_utxos = False
+
+    def __init__(self, spec: ChainSpec, *, timeout: float = REQUEST_TIMEOUT_S) -> None:
+        if spec.family != "tron":
+            raise ChainError(f"TronAdapter cannot serve {spec.name!r} of family {spec.family!r}")
+        self.spec = spec
+        self.options = TronOptions.from_spec(spec)
+        self._api = TronHttpClient(spec.rpc_url, timeout)
+        port = self.options.solidity_port
+        self._solidity_api = TronHttpClient(with_port(spec.rpc_url, port), timeout) if port else self._api
+        self._chain_checked = self.options.genesis_block_id is None
+
+    def __repr__(self) -> str:
+        return f"TronAdapter({self.spec.name!r}, {self.spec.network!r}, {self._api.endpoint})"
+
+    # --- node access -----------------------------------------------------------------------
+
+    def _post(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        if not self._chain_checked:
+            self.verify_chain()
+        api = self._solidity_api if path.startswith("walletsolidity/") else self._api
+        return api.post(path, body)
+
+    def verify_chain(self) -> None:
+        """Raise ChainMismatch unless the node's block 0 is the registry's genesis_block_id."""
+        expected = self.options.genesis_block_id
+        if expected is not None:
+            served = self._api.post("wallet/getblockbynum", {"num": 0}).get("blockID")
+            if served != expected:
+                raise ChainMismatch(
+                    f"{self.spec.name} ({self.spec.network}) has genesis block {expected}, but the node at "
+                    f"{self._api.endpoint} serves {served!r}; refusing to use it"
+                )
+        self._chain_checked = True
+
+    def _block(self, path: str) -> _Block:
+        answer = self._post(path)
+        block_header = answer.get("block_header")
+        header = block_header.get("raw_data") if isinstance(block_header, dict) else None
+        block_id = answer.get("blockID")
+        if not tron_tx.is_txid(block_id) or not isinstance(header, dict):
+            raise ChainRpcError(f"{self.spec.name}: {path} answered no usable block")
+        # protobuf JSON omits zero fields: block 0 has no "number"
+        return _Block(to_int(header.get("number", 0), "block number"), str(block_id),
+                      to_int(header.get("timestamp", 0), "block timestamp"))
+
+    def _head(self) -> _Block:
+        return self._block("wallet/getnowblock")
+
+    def _solid_head(self) -> _Block:
+        return self._block("walletsolidity/getnowblock")
+
+    # --- addresses (offline) ---------------------------------------------------------------
+
+    def validate_address(self, address: str) -> str:
+        return tron_address.validate_address(address, self.spec.name)
+
+    def check_destination(self, address: str, token: TokenSpec | None = None) -> str:
+        """validate_address plus the destination policy (no zero address, no token contract)."""
+        contract = token.contract if token is not None else None
+        return tron_address.check_destination(address, self.spec.name, contract)
+
+    def address_from_public_key(self, public_key: bytes) -> str:
+        return tron_address.address_from_public_key(public_key)
+
+    # --- fees ------------------------------------------------------------------------------
+
+    def list_utxos(self, address: str) -> list[Utxo]:
+        return []  # account-based
+
+    def next_nonce(self, address: str) -> int:
+        raise ChainError("TRON has no account nonce (uses_account_nonce is False)")
+
+    def quote_fee(self, intent: TransferIntent, utxos: Sequence[Utxo] = ()) -> FeeQuote:
+        token, sender, to = self._checked_intent(intent)
+        if token.asset_type == "NATIVE":
+            held = self._trx_balance(sender)
+            if held < intent.amount:
+                raise TransactionRejected(
+                    "insufficient_funds", f"{sender} holds {held} sun on {self.spec.name}, the transfer needs {intent.amount}")
+            raw = tron_tx.trx_transfer_raw_data(sender, to, intent.amount, _ESTIMATE_CONTEXT)
+            activation = 0 if self._account(to) else self.options.activation_fee_sun
+            params = {"kind": "TRX", "bandwidth_sun": self._bandwidth_fee(raw), "activation_sun": activation}
+        else:
+            held = self._trc20_balance(sender, token)
+            if held < intent.amount:
+                raise TransactionRejected(
+                    "insufficient_funds",
+                    f"{sender} holds {held} {token.symbol} base units on {self.spec.name}, the transfer needs {intent.amount}")
+            fee_limit = self.options.fee_limit_sun
+            raw = tron_tx.trc20_transfer_raw_data(sender, token.contract or "", to, intent.amount, fee_limit,
+                                                  _ESTIMATE_CONTEXT)
+            params = {"kind": "TRC20", "bandwidth_sun": self._bandwidth_fee(raw), "fee_limit": fee_limit}
+        return FeeQuote(max_fee=_max_fee(params), params=params)
+
+    def _bandwidth_fee(self, raw_data: dict[str, Any]) -> int:
+        return tron_tx.bandwidth_bytes(raw_data) * self.options.bandwidth_price_sun
+
+    def _checked_intent(self, intent: TransferIntent) -> tuple[TokenSpec, str, str]:
+        if not isinstance(intent.amount, int) or isinstance(intent.amount, bool) or intent.amount <= 0:
+            raise MalformedTransaction(f"amount must be a positive integer of base units, got {intent.amount!r}")
+        known = self.spec.token(intent.token.symbol)
+        if known != intent.token:
+            raise MalformedTransaction(f"token {intent.token.symbol} does not match the {self.spec.name} registry entry")
+        if known.asset_type not in ("NATIVE", "TRC20"):
+            raise MalformedTransaction(f"{self.spec.name} cannot move {known.asset_type} token {known.symbol}")
+        return known, self.validate_address(intent.from_address), self.validate_address(intent.to_address)
+
+    # --- offline build and signature -------------------------------------------------------
+
+    def build_context(self, intent: TransferIntent) -> dict[str, Any]:
+        """The head block as TaPoS reference; expiration `expiration_s` after its timestamp."""
+        head = self._head()
+        return {
+            "ref_block_bytes": head.block_id[12:16],  # bytes 6..8 of the block number
+            "ref_block_hash": head.block_id[16:32],  # bytes 8..16 of the block hash
+            "expiration": head.timestamp + self.options.expiration_s * 1000,
+            "timestamp": head.timestamp,
+        }
+
+    def build(self, intent: TransferIntent, fee: FeeQuote, nonce: int | None,
+              context: dict[str, Any] | None = None) -> UnsignedTransaction:
+        token, sender, to = self._checked_intent(intent)
+        params = _fee_params(fee.params, token)
+        if _max_fee(params) > fee.max_fee:
+            raise MalformedTransaction("the fee parameters could spend more than the reserved max_fee")
+        if context is None:
+            raise MalformedTransaction("a TRON transaction needs the build context (reference block, expiration)")
+        if token.asset_type == "NATIVE":
+            raw = tron_tx.trx_transfer_raw_data(sender, to, intent.amount, context)
+        else:
+            raw = tron_tx.trc20_transfer_raw_data(sender, token.contract or "", to, intent.amount,
+                                                  params["fee_limit"], context)
+        return tron_tx.build_unsigned(raw)
+
+    def attach_signature(self, payload: bytes, signatures: Sequence[bytes]) -> SignedTransaction:
+        if len(signatures) != 1:
+            raise InvalidSignature(f"a TRON transaction takes one signature, got {len(signatures)}")
+        return tron_tx.attach(payload, signatures[0])
+
+    # --- broadcast and status --------------------------------------------------------------
+
+    def broadcast(self, signed: SignedTransaction) -> str:
+        doc = tron_tx.decode_signed(signed.raw)
+        if doc["txID"] != signed.tx_hash:
+            raise MalformedTransaction(f"signed bytes are transaction {doc['txID']}, not {signed.tx_hash}")
+        answer = self._post("wallet/broadcasttransaction", doc)
+        if answer.get("result") is True:
+            if answer.get("txid", signed.tx_hash) != signed.tx_hash:
+                raise ChainRpcError(f"{self.spec.name}: the node answered txid {str(answer['txid'])[:80]!r} for {signed.tx_hash}")
+            return signed.tx_hash
+        return self._classify_refusal(answer, signed, int(doc["raw_data"]["expiration"]))
+
+    def _classify_refusal(self, answer: dict[str, Any], signed: SignedTransaction, expiration: int) -> str:
+        code, message = str(answer.get("code", "")), node_message(answer)
+        detail = f"{code}: {message}"[:500]
+        if code == "DUP_TRANSACTION_ERROR":
+            return signed.tx_hash  # the node has these very bytes
+        if code in _NOT_YET_DEAD_CODES:
+            status = self.get_status(signed)
+            if status.state in (TxState.INCLUDED, TxState.REVERTED, TxState.PENDING):
+                return signed.tx_hash  # it made it after all: a repeated broadcast
+            if status.state is TxState.EXPIRED:
+                raise TransactionRejected("expired", f"{signed.tx_hash} can no longer be included ({detail})")
+            # Refused, but not yet provably dead (the solidified head has not passed its
+            # expiration): ask again later rather than re-sign a transaction that may still land.
+            raise ChainRpcError(f"{self.spec.name}: {detail}; waiting until its expiration is solidified")
+        if code in _PERMANENT_CODES:
+            reason = _PERMANENT_CODES[code]
+            if code == "CONTRACT_VALIDATE_ERROR" and any(k in message.lower() for k in _NO_FUNDS):
+                reason = "insufficient_funds"
+            raise TransactionRejected(reason, detail)
+        # SERVER_BUSY, NO_CONNECTION, NOT_ENOUGH_EFFECTIVE_CONNECTION, BLOCK_UNSOLIDIFIED,
+        # OTHER_ERROR, or something new: about the node, not the transaction.
+        raise ChainRpcError(f"{self.spec.name}: broadcast not accepted ({detail or answer!r})"[:500])
+
+    def get_status(self, signed: SignedTransaction) -> TxStatus:
+        txid = signed.tx_hash
+        if not tron_tx.is_txid(txid):
+            raise MalformedTransaction(f"not a TRON txID: {txid!r}"[:200])
+        expiration = tron_tx.expiration_of(signed.raw) if signed.raw else None
+        solid = self._solid_head()  # first: see the module docstring
+        info = self._post("wallet/gettransactioninfobyid", {"value": txid})
+        if info.get("id") == txid:
+            return self._included(txid, info, solid)
+        if expiration is not None and solid.timestamp >= expiration:
+            return TxStatus(TxState.EXPIRED)
+        pending = self._post("wallet/gettransactionfrompending", {"value": txid})
+        return TxStatus(TxState.PENDING if pending.get("txID") == txid else TxState.NOT_FOUND)
+
+    def _included(self, txid: str, info: dict[str, Any], solid: _Block) -> TxStatus:
+        number = to_int(info.get("blockNumber"), "receipt block number")
+        head = self._head()
+        block = self._post("wallet/getblockbynum", {"num": number})
+        listed = block.get("transactions", [])
+        if not isinstance(listed, list) or not any(isinstance(t, dict) and t.get("txID") == txid for t in listed):
+            return TxStatus(TxState.PENDING)  # the receipt's block is being replaced (a fork switch)
+        depth = self.spec.confirmations
+        confirmations = max(head.number - number + 1, 1)
+        # Irreversible only once solidified: the count alone never reaches the depth before that.
+        confirmations = max(confirmations, depth) if number <= solid.number else min(confirmations, depth - 1)
+        receipt = info.get("receipt") if isinstance(info.get("receipt"), dict) else {}
+        failed = info.get("result") == "FAILED" or receipt.get("result", "SUCCESS") != "SUCCESS"
+        return TxStatus(
+            state=TxState.REVERTED if failed else TxState.INCLUDED,
+            block_number=number,
+            block_hash=str(block.get("blockID")),
+            confirmations=confirmations,
+            fee_paid=to_int(info.get("fee", 0), "receipt fee"),  # absent = 0: free bandwidth paid
+        )
+
+    # --- balances ----------------------------------------------------------------------------
+
+    def _account(self, address: str) -> dict[str, Any]:
+        """The account, or {} if it was never activated."""
+        return self._post("wallet/getaccount", {"address": address, "visible": True})
+
+    def _trx_balance(self, address: str) -> int:
+        return to_int(self._account(address).get("balance", 0), "balance")
+
+    def _trc20_balance(self, owner: str, token: TokenSpec) -> int:
+        answer = self._post("wallet/triggerconstantcontract", {
+            "owner_address": owner, "contract_address": token.contract,
+            "function_selector": "balanceOf(address)", "parameter": tron_tx.trc20_balance_of_parameter(owner),
+            "visible": True,
+        })
+        result = answer.get("result") if isinstance(answer.get("result"), dict) else {}
+        outputs = answer.get("constant_result")
+        if result.get("result") is not True or not isinstance(outputs, list) or not outputs:
+            why = node_message(result) or str(result.get("code", "")) or "no result"
+            raise ChainError(f"{self.spec.name}: balanceOf on {token.symbol} {token.contract} failed: {why}"[:300])
+        value = outputs[0]
+        if not isinstance(value, str) or len(value) < 64:
+            raise ChainError(f"{self.spec.name}: {token.symbol} contract {token.contract} returned no balance")
+        try:
+            return int(value[:64], 16)
+        except ValueError:
+            raise ChainRpcError(f"{self.spec.name}: unusable balanceOf answer {value[:80]!r}") from None
+
+    def balance_of(self, address: str, token: TokenSpec) -> int:
+        owner = self.validate_address(address)
+        if token.asset_type == "NATIVE":
+            return self._trx_balance(owner)
+        if not token.contract:
+            raise MalformedTransaction(f"token {token.symbol} has no contract")
+        return self._trc20_balance(owner, token)
+
+
+def _fee_params(params: Mapping[str, Any], token: TokenSpec) -> dict[str, int]:
+    """A stored FeeQuote.params, checked against the token it is used for."""
+    kind = "TRX" if token.asset_type == "NATIVE" else "TRC20"
+    if params.get("kind") != kind:
+        raise MalformedTransaction(f"fee parameters are for {params.get('kind')!r}, not a {kind} transfer")
+    keys = ("bandwidth_sun", "activation_sun") if kind == "TRX" else ("bandwidth_sun", "fee_limit")
+    checked: dict[str, int] = {}
+    for key in keys:
+        value = params.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0 or value > 2**63 - 1:
+            raise MalformedTransaction(f"fee parameter {key!r} must be a non-negative integer, got {value!r}")
+        checked[key] = value
+    if kind == "TRC20" and checked["fee_limit"] < 1:
+        raise MalformedTransaction("fee_limit must be positive")
+    return checked
+
+
+def _max_fee(params: Mapping[str, Any]) -> int:
+    """Most sun the transaction can burn: bandwidth + activation (TRX) or + fee_limit (TRC20)."""
+    return sum(int(value) for key, value in params.items() if key != "kind")
