@@ -46,7 +46,7 @@ class EvmDevnet:
         return self._node.rpc(method, params)
 
 
-SUPPORTED_FAMILIES = frozenset({"evm", "tron"})
+SUPPORTED_FAMILIES = frozenset({"evm", "tron", "solana"})
 
 
 def start_node(spec: ChainSpec, home: Path, block_time: float | None, stack: ExitStack) -> DevnetNode:
@@ -64,5 +64,5 @@ def start_node(spec: ChainSpec, home: Path, block_time: float | None, stack: Exi
     if spec.family == "solana":
         from devnet.solana_node import SolanaNode
 
-        return stack.enter_context(SolanaNode(chain=spec.name))
+        return stack.enter_context(SolanaNode.for_spec(spec))
     raise NotImplementedError(f"no devnet node for the {spec.family} family yet")

@@ -1,0 +1,447 @@
+"""`SolanaAdapter`: the ChainAdapter for the Solana family (SOL and SPL tokens).
+
+One adapter per registry entry; it talks to that entry's first RPC endpoint. Offline parts live in
+`chains.solana_address` (addresses, destination policy) and `chains.solana_tx` (message, payload,
+signature); node access and transport errors in `chains.solana_rpc`. This module holds the
+decisions that need a node:
+
+- fees: 5000 lamports per signature (`options.lamports_per_signature`); an SPL transfer to an
+  owner without an associated token account also pays that account's rent, so the quote reserves
+  it (`params.create_ata`, `params.ata_rent`). The sender's balances are checked at quote time:
+  tokens short -> TransactionRejected("insufficient_funds"), SOL short of the fee and rent ->
+  "insufficient_funds_for_fee";
+- expiry instead of nonces: a transaction is tied to a recent blockhash (`build_context`) and can
+  only land until `lastValidBlockHeight`. It is EXPIRED once the blockhash is invalid at the
+  registry commitment *and* the signature is still unknown (checked again after the blockhash, so
+  a transaction landing in between is not declared dead); the pipeline then re-signs;
+- broadcast with preflight: "already processed" is success, "blockhash not found" is expired
+  only after the same proof, insufficient lamports and other simulation failures are refusals,
+  everything else (node unhealthy, transport) is transient;
+- finality: INCLUDED/REVERTED count confirmations only once the status reaches the registry's
+  commitment (`options.commitment`, "finalized" or "confirmed"); the fee then reported is the
+  sender's real balance drop (fee + rent of any account it created), so the ledger matches the
+  chain to the lamport.
+
+Registry options read (all optional): commitment ("finalized"), preflight_commitment
+("confirmed"), lamports_per_signature (5000), allow_off_curve_destinations (false),
+genesis_hash (when set, the node must serve that cluster: ChainMismatch otherwise).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from chains import solana_address, solana_tx
+from chains.base import (
+    Curve,
+    FeeQuote,
+    SignedTransaction,
+    TransferIntent,
+    TxState,
+    TxStatus,
+    UnsignedTransaction,
+    Utxo,
+)
+from chains.errors import (
+    ChainError,
+    ChainMismatch,
+    ChainRpcError,
+    InvalidSignature,
+    MalformedTransaction,
+    TransactionRejected,
+)
+from chains.registry import ChainSpec, TokenSpec
+from chains.solana_rpc import REQUEST_TIMEOUT_S, NodeRpcError, SolanaRpc, to_int, value_of
+
+LAMPORTS_PER_SIGNATURE = 5000
+COMMITMENTS = ("processed", "confirmed", "finalized")
+_OPTIONS = frozenset({"commitment", "preflight_commitment", "lamports_per_signature",
+                      solana_address.OFF_CURVE_OPTION, "genesis_hash"})
+# JSON-RPC codes: -32002 preflight simulation failed, -32003 signature verification failed,
+# -32602 invalid params (bytes the node cannot decode). Anything else is about the node.
+_REFUSAL_CODES = (-32002, -32003, -32602)
+_FEE_ERRORS = ("InsufficientFundsForFee", "AccountNotFound", "InvalidAccountForFee")
+_INSUFFICIENT = 1  # custom error 1: SystemError::ResultWithNegativeLamports / TokenError::InsufficientFunds
+
+
+class SolanaAdapter:
+    """ChainAdapter for one Solana cluster of the registry (family "solana")."""
+
+    curve = Curve.ED25519
+    key_name = "solana"
+    uses_account_nonce = False  # recent blockhashes, not nonces, order and expire transactions
+    uses_utxos = False
+
+    def __init__(self, spec: ChainSpec, *, timeout: float = REQUEST_TIMEOUT_S) -> None:
+        if spec.family != "solana":
+            raise ChainError(f"SolanaAdapter cannot serve {spec.name!r} of family {spec.family!r}")
+        self.spec = spec
+        options = _options(spec)
+        self.commitment: str = options["commitment"]
+        self.preflight_commitment: str = options["preflight_commitment"]
+        self.lamports_per_signature: int = options["lamports_per_signature"]
+        self.allow_off_curve: bool = options["allow_off_curve"]
+        self.genesis_hash: str | None = options["genesis_hash"]
+        self._rpc = SolanaRpc(spec.rpc_url, timeout)
+        self._cluster_checked = self.genesis_hash is None
+        self._rent: dict[int, int] = {}
+
+    def __repr__(self) -> str:
+        return f"SolanaAdapter({self.spec.name!r}, {self.spec.network!r}, {self._rpc.endpoint})"
+
+    # --- node access -----------------------------------------------------------------------
+
+    def _call(self, method: str, params: list[Any]) -> Any:
+        if not self._cluster_checked:
+            self.verify_cluster()
+        return self._rpc.call(method, params)
+
+    def verify_cluster(self) -> None:
+        """Raise ChainMismatch unless the node's genesis hash is the registry's `genesis_hash`."""
+        served = self._rpc.call("getGenesisHash", [])
+        if served != self.genesis_hash:
+            raise ChainMismatch(
+                f"{self.spec.name} ({self.spec.network}) has genesis hash {self.genesis_hash}, but the node at "
+                f"{self._rpc.endpoint} serves {str(served)[:60]!r}; refusing to use it"
+            )
+        self._cluster_checked = True
+
+    def _balance(self, address: str) -> int:
+        return to_int(value_of(self._call("getBalance", [address, {"commitment": self.commitment}]), "balance"), "balance")
+
+    def _account(self, address: str) -> dict[str, Any] | None:
+        """getAccountInfo (base64) at the commitment: None when the account does not exist."""
+        answer = value_of(self._call("getAccountInfo", [address, {"encoding": "base64", "commitment": self.commitment}]),
+                          "account")
+        if answer is not None and not isinstance(answer, dict):
+            raise ChainRpcError(f"{self.spec.name}: unusable account info for {address}")
+        return answer
+
+    def _token_account(self, address: str, mint: str) -> int | None:
+        """The amount held by token account `address` of `mint`, None if there is no account."""
+        account = self._account(address)
+        if account is None:
+            return None
+        try:
+            data = base64.b64decode(account["data"][0], validate=True)
+            held_mint, _, amount = solana_tx.parse_token_account(data)
+        except (KeyError, IndexError, TypeError, ValueError, binascii.Error):
+            raise ChainError(f"{self.spec.name}: {address} exists but is not an SPL token account") from None
+        if account.get("owner") != solana_tx.TOKEN_PROGRAM or held_mint != mint:
+            raise ChainError(f"{self.spec.name}: {address} is not a token account of mint {mint}")
+        return amount
+
+    def _rent_exempt_minimum(self, size: int) -> int:
+        """Lamports an account of `size` bytes must hold; the rent schedule is fixed, so asked once."""
+        if size not in self._rent:
+            self._rent[size] = to_int(self._call("getMinimumBalanceForRentExemption", [size]), "rent-exempt minimum")
+        return self._rent[size]
+
+    # --- addresses (offline) ---------------------------------------------------------------
+
+    def validate_address(self, address: str) -> str:
+        return solana_address.validate_address(address, self.spec.name)
+
+    def check_destination(self, address: str, token: TokenSpec | None = None) -> str:
+        """validate_address plus the policy: no program/sysvar, no token mint, off-curve only by opt-in."""
+        mint = token.contract if token is not None else None
+        return solana_address.check_destination(address, self.spec.name, mint, allow_off_curve=self.allow_off_curve)
+
+    def address_from_public_key(self, public_key: bytes) -> str:
+        return solana_address.address_from_public_key(public_key)
+
+    # --- fees ------------------------------------------------------------------------------
+
+    def list_utxos(self, address: str) -> list[Utxo]:
+        return []  # account-based
+
+    def next_nonce(self, address: str) -> int:
+        raise ChainError("Solana transactions have no account nonce (uses_account_nonce is False)")
+
+    def quote_fee(self, intent: TransferIntent, utxos: Sequence[Utxo] = ()) -> FeeQuote:
+        token, sender, to = self._checked_intent(intent)
+        fee = self.lamports_per_signature  # one signature: the sender's
+        params: dict[str, Any] = {"lamports_per_signature": self.lamports_per_signature, "signatures": 1}
+        if token.asset_type == "NATIVE":
+            self._check_sol_transfer(sender, to, intent.amount, fee)
+            return FeeQuote(max_fee=fee, params={**params, "create_ata": False, "ata_rent": 0})
+        mint = str(token.contract)
+        held = self._token_account(solana_tx.associated_token_address(sender, mint), mint) or 0
+        if held < intent.amount:
+            raise TransactionRejected(
+                "insufficient_funds",
+                f"{sender} holds {held} {token.symbol} base units on {self.spec.name}, the transfer needs {intent.amount}",
+            )
+        create_ata = self._token_account(solana_tx.associated_token_address(to, mint), mint) is None
+        rent = self._rent_exempt_minimum(solana_tx.TOKEN_ACCOUNT_SIZE) if create_ata else 0
+        self._check_fee_payer(sender, fee + rent)
+        return FeeQuote(max_fee=fee + rent, params={**params, "create_ata": create_ata, "ata_rent": rent})
+
+    def _check_sol_transfer(self, sender: str, to: str, amount: int, fee: int) -> None:
+        """The chain would refuse it: balance short, or an account left below the rent-exempt minimum."""
+        balance = self._balance(sender)
+        if balance < amount + fee:
+            raise TransactionRejected(
+                "insufficient_funds", f"{sender} has {balance} lamports, the transfer needs {amount} + fee {fee}"
+            )
+        rent = self._rent_exempt_minimum(0)
+        left = balance - amount - fee
+        if 0 < left < rent:
+            raise TransactionRejected(
+                "insufficient_funds",
+                f"the transfer would leave {sender} with {left} lamports, below the rent-exempt minimum {rent} "
+                "(send everything, or leave at least the minimum)",
+            )
+        if to != sender and 0 < amount < rent and self._balance(to) == 0:
+            raise TransactionRejected(
+                "rejected_by_node",
+                f"{to} does not exist yet and {amount} lamports is below the rent-exempt minimum {rent} it needs",
+            )
+
+    def _check_fee_payer(self, sender: str, cost: int) -> None:
+        balance = self._balance(sender)
+        rent = self._rent_exempt_minimum(0)
+        if balance < cost or 0 < balance - cost < rent:
+            raise TransactionRejected(
+                "insufficient_funds_for_fee",
+                f"{sender} has {balance} lamports: the fee and account rent need {cost}, and the account must "
+                f"keep 0 or at least {rent}",
+            )
+
+    def _checked_intent(self, intent: TransferIntent) -> tuple[TokenSpec, str, str]:
+        if not isinstance(intent.amount, int) or isinstance(intent.amount, bool) or intent.amount < 0:
+            raise MalformedTransaction(f"amount must be a non-negative integer of base units, got {intent.amount!r}")
+        token = self._registry_token(intent.token)
+        return token, self.validate_address(intent.from_address), self.validate_address(intent.to_address)
+
+    def _registry_token(self, token: TokenSpec) -> TokenSpec:
+        """The token as the registry has it: mint and decimals never come from the caller."""
+        known = self.spec.token(token.symbol)
+        if known != token:
+            raise MalformedTransaction(f"token {token.symbol} does not match the {self.spec.name} registry entry")
+        if known.asset_type not in ("NATIVE", "SPL"):
+            raise MalformedTransaction(f"token {token.symbol} is {known.asset_type}, not SPL")
+        return known
+
+    # --- offline build and signature -------------------------------------------------------
+
+    def build_context(self, intent: TransferIntent) -> dict[str, Any]:
+        """A recent blockhash at the registry commitment: it fixes the transaction's expiry."""
+        latest = value_of(self._call("getLatestBlockhash", [{"commitment": self.commitment}]), "latest blockhash")
+        if not isinstance(latest, dict) or not isinstance(latest.get("blockhash"), str):
+            raise ChainRpcError(f"{self.spec.name}: unusable latest blockhash {latest!r}"[:200])
+        height = to_int(latest.get("lastValidBlockHeight"), "last valid block height")
+        return {"blockhash": latest["blockhash"], "last_valid_block_height": height}
+
+    def build(self, intent: TransferIntent, fee: FeeQuote, nonce: int | None,
+              context: dict[str, Any]) -> UnsignedTransaction:
+        token, sender, to = self._checked_intent(intent)
+        if nonce is not None:
+            raise MalformedTransaction("a Solana transaction takes no nonce")
+        blockhash, height = _context(context)
+        create_ata, rent = self._fee_params(fee, token)
+        instructions = solana_tx.transfer_instructions(
+            sender, to, intent.amount, token.contract if token.asset_type == "SPL" else None, token.decimals, create_ata
+        )
+        return solana_tx.build_unsigned(sender, instructions, blockhash, height)
+
+    def _fee_params(self, fee: FeeQuote, token: TokenSpec) -> tuple[bool, int]:
+        """(create_ata, ata_rent) of a stored quote, checked: the build may never spend more than max_fee."""
+        params = fee.params
+        per_signature, signatures = params.get("lamports_per_signature"), params.get("signatures")
+        create_ata, rent = params.get("create_ata", False), params.get("ata_rent", 0)
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (per_signature, signatures, rent)):
+            raise MalformedTransaction(f"unusable Solana fee parameters {dict(params)!r}"[:200])
+        if signatures != 1 or not isinstance(create_ata, bool) or (create_ata and token.asset_type != "SPL"):
+            raise MalformedTransaction(f"unusable Solana fee parameters {dict(params)!r}"[:200])
+        if per_signature * signatures + (rent if create_ata else 0) > fee.max_fee:
+            raise MalformedTransaction("the fee parameters could spend more than the reserved max_fee")
+        return create_ata, rent
+
+    def attach_signature(self, payload: bytes, signatures: Sequence[bytes]) -> SignedTransaction:
+        if len(signatures) != 1:
+            raise InvalidSignature(f"a Solana transfer takes one signature, got {len(signatures)}")
+        return solana_tx.attach(payload, signatures[0])
+
+    # --- broadcast ---------------------------------------------------------------------------
+
+    def broadcast(self, signed: SignedTransaction) -> str:
+        tx = solana_tx.decode_signed(signed.raw)
+        if str(tx.signatures[0]) != signed.tx_hash:
+            raise MalformedTransaction(f"signed bytes carry signature {tx.signatures[0]}, not {signed.tx_hash}")
+        config = {"encoding": "base64", "skipPreflight": False, "preflightCommitment": self.preflight_commitment}
+        try:
+            answered = self._call("sendTransaction", [base64.b64encode(signed.raw).decode(), config])
+        except NodeRpcError as exc:
+            return self._classify_send_error(exc, signed)
+        if answered != signed.tx_hash:
+            raise ChainRpcError(f"{self.spec.name}: the node answered signature {str(answered)[:100]!r} for {signed.tx_hash}")
+        return signed.tx_hash
+
+    def _classify_send_error(self, exc: NodeRpcError, signed: SignedTransaction) -> str:
+        err = exc.data.get("err") if isinstance(exc.data, dict) else None
+        message = exc.node_message.lower()
+        if err == "AlreadyProcessed" or "already been processed" in message:
+            return signed.tx_hash  # the node has these very bytes: a repeated broadcast
+        if err == "BlockhashNotFound" or "blockhash not found" in message:
+            return self._blockhash_not_found(exc, signed)
+        if err in _FEE_ERRORS or "insufficient funds for fee" in message:
+            raise TransactionRejected("insufficient_funds_for_fee", exc.node_message) from None
+        if isinstance(err, dict) and "InstructionError" in err:
+            raise TransactionRejected(self._instruction_failure(err["InstructionError"], exc, signed), exc.node_message) from None
+        if exc.code in _REFUSAL_CODES:
+            raise TransactionRejected("rejected_by_node", exc.node_message) from None
+        raise exc  # about the node (unhealthy, overloaded, internal error): an RPC error, retried
+
+    def _instruction_failure(self, failure: Any, exc: NodeRpcError, signed: SignedTransaction) -> str:
+        """Reason code of a failed instruction: which program said "insufficient"."""
+        index, error = (failure if isinstance(failure, list) and len(failure) == 2 else (None, None))
+        logs = exc.data.get("logs") if isinstance(exc.data, dict) else None
+        lamports_short = any("insufficient lamports" in str(line) for line in logs or ())
+        program = solana_tx.instruction_program(signed.raw, index) if isinstance(index, int) else None
+        custom = error.get("Custom") if isinstance(error, dict) else None
+        if program == solana_tx.SYSTEM_PROGRAM and (custom == _INSUFFICIENT or lamports_short):
+            return "insufficient_funds"  # the SOL transfer itself: the amount is not there
+        if program == solana_tx.TOKEN_PROGRAM and custom == _INSUFFICIENT:
+            return "insufficient_funds"  # the token transfer: the tokens are not there
+        if lamports_short:
+            return "insufficient_funds_for_fee"  # lamports for the rent of the account being created
+        return "rejected_by_node"
+
+    def _blockhash_not_found(self, exc: NodeRpcError, signed: SignedTransaction) -> str:
+        """Expired only with proof: the blockhash is dead and the transaction is not on chain."""
+        if self._signature_status(signed.tx_hash) is None:
+            if self._blockhash_valid(signed):
+                raise exc  # the node does not know a blockhash that is still valid: a lagging node, retry
+            if self._signature_status(signed.tx_hash) is None:
+                raise TransactionRejected(
+                    "expired", f"the blockhash of {signed.tx_hash} is no longer valid and it is not on chain"
+                ) from None
+        return signed.tx_hash  # it landed before its blockhash expired: this broadcast was a repeat
+
+    # --- status ------------------------------------------------------------------------------
+
+    def get_status(self, signed: SignedTransaction) -> TxStatus:
+        solana_tx.signature_bytes(signed.tx_hash)
+        status = self._signature_status(signed.tx_hash)
+        if status is None:
+            if self._blockhash_valid(signed):
+                return TxStatus(TxState.NOT_FOUND)  # may still land: the pipeline keeps polling/rebroadcasting
+            # Asked again *after* the blockhash check: a transaction that landed in between is not dead.
+            status = self._signature_status(signed.tx_hash)
+            if status is None:
+                return TxStatus(TxState.EXPIRED)
+        return self._landed(signed, status)
+
+    def _blockhash_valid(self, signed: SignedTransaction) -> bool:
+        """Whether the signed transaction's blockhash can still be used, judged at the registry
+        commitment: invalid there means no block built on that bank can include it, ever."""
+        blockhash = solana_tx.blockhash_of(signed.raw)
+        valid = value_of(self._call("isBlockhashValid", [blockhash, {"commitment": self.commitment}]), "blockhash validity")
+        if not isinstance(valid, bool):
+            raise ChainRpcError(f"{self.spec.name}: unusable isBlockhashValid answer {valid!r}"[:200])
+        return valid
+
+    def _signature_status(self, signature: str) -> dict[str, Any] | None:
+        answer = value_of(self._call("getSignatureStatuses", [[signature], {"searchTransactionHistory": True}]),
+                          "signature statuses")
+        if not isinstance(answer, list) or len(answer) != 1 or not (answer[0] is None or isinstance(answer[0], dict)):
+            raise ChainRpcError(f"{self.spec.name}: unusable signature status {answer!r}"[:200])
+        return answer[0]
+
+    def _landed(self, signed: SignedTransaction, status: dict[str, Any]) -> TxStatus:
+        slot = to_int(status.get("slot"), "slot")
+        state = TxState.REVERTED if status.get("err") is not None else TxState.INCLUDED
+        reached = status.get("confirmationStatus")
+        if reached not in COMMITMENTS or COMMITMENTS.index(reached) < COMMITMENTS.index(self.commitment):
+            return TxStatus(state, block_number=slot, confirmations=0)
+        config = {"encoding": "json", "commitment": self.commitment, "maxSupportedTransactionVersion": 0}
+        found = self._call("getTransaction", [signed.tx_hash, config])
+        if not isinstance(found, dict):
+            return TxStatus(state, block_number=slot, confirmations=0)  # not served at the commitment yet
+        fee_paid = self._fee_paid(found, signed, state)
+        head = to_int(self._call("getSlot", [{"commitment": self.commitment}]), "slot")
+        return TxStatus(state, block_number=slot, block_hash=self._block_hash(slot),
+                        confirmations=max(head - slot + 1, 1), fee_paid=fee_paid)
+
+    def _fee_paid(self, found: dict[str, Any], signed: SignedTransaction, state: TxState) -> int:
+        """The sender's balance drop, less the SOL it sent: the fee plus rent of accounts it created."""
+        try:
+            meta = found["meta"]
+            payer = found["transaction"]["message"]["accountKeys"][0]
+            pre, post, fee = meta["preBalances"][0], meta["postBalances"][0], meta["fee"]
+        except (KeyError, IndexError, TypeError):
+            raise ChainRpcError(f"{self.spec.name}: unusable getTransaction answer for {signed.tx_hash}") from None
+        sender = str(solana_tx.decode_signed(signed.raw).message.account_keys[0])
+        if payer != sender:
+            raise ChainRpcError(f"{self.spec.name}: getTransaction names fee payer {payer}, not {sender}")
+        sent = solana_tx.lamports_sent(signed.raw) if state is TxState.INCLUDED else 0
+        paid = to_int(pre, "pre balance") - to_int(post, "post balance") - sent
+        if paid < to_int(fee, "fee"):
+            raise ChainRpcError(f"{self.spec.name}: {signed.tx_hash} cost {paid} lamports, less than its fee {fee}")
+        return paid
+
+    def _block_hash(self, slot: int) -> str | None:
+        """The hash of the block at `slot`, or None if the node does not serve blocks (it is informative)."""
+        config = {"commitment": self.commitment, "transactionDetails": "none", "rewards": False,
+                  "maxSupportedTransactionVersion": 0}
+        try:
+            block = self._call("getBlock", [slot, config])
+        except NodeRpcError:
+            return None
+        return block.get("blockhash") if isinstance(block, dict) and isinstance(block.get("blockhash"), str) else None
+
+    # --- balances ----------------------------------------------------------------------------
+
+    def balance_of(self, address: str, token: TokenSpec) -> int:
+        owner = self.validate_address(address)
+        if token.asset_type == "NATIVE":
+            return self._balance(owner)
+        if not token.contract:
+            raise MalformedTransaction(f"token {token.symbol} has no mint")
+        return self._token_account(solana_tx.associated_token_address(owner, token.contract), token.contract) or 0
+
+
+def _options(spec: ChainSpec) -> dict[str, Any]:
+    """The registry options this adapter reads, validated; an unknown key is a configuration error."""
+    raw: Mapping[str, Any] = spec.options
+    unknown = set(raw) - _OPTIONS
+    if unknown:
+        raise ChainError(f"{spec.name}: unknown Solana options {sorted(unknown)} (known: {sorted(_OPTIONS)})")
+    commitment = raw.get("commitment", "finalized")
+    preflight = raw.get("preflight_commitment", "confirmed")
+    if commitment not in ("confirmed", "finalized"):
+        raise ChainError(f"{spec.name}: options.commitment must be 'confirmed' or 'finalized' (a processed "
+                         f"transaction can still be rolled back), got {commitment!r}")
+    if preflight not in COMMITMENTS:
+        raise ChainError(f"{spec.name}: options.preflight_commitment must be one of {COMMITMENTS}, got {preflight!r}")
+    per_signature = raw.get("lamports_per_signature", LAMPORTS_PER_SIGNATURE)
+    if not isinstance(per_signature, int) or isinstance(per_signature, bool) or per_signature < 0:
+        raise ChainError(f"{spec.name}: options.lamports_per_signature must be a non-negative integer")
+    genesis = raw.get("genesis_hash")
+    if genesis is not None and not isinstance(genesis, str):
+        raise ChainError(f"{spec.name}: options.genesis_hash must be a base58 string")
+    try:
+        allow_off_curve = solana_address.off_curve_allowed(raw, spec.name)
+    except ValueError as exc:
+        raise ChainError(str(exc)) from None
+    return {"commitment": commitment, "preflight_commitment": preflight, "lamports_per_signature": per_signature,
+            "allow_off_curve": allow_off_curve, "genesis_hash": genesis}
+
+
+def _context(context: Mapping[str, Any] | None) -> tuple[str, int]:
+    """(blockhash, last valid block height) of a stored build context."""
+    if not isinstance(context, Mapping):
+        raise MalformedTransaction("a Solana build needs the context from build_context (a recent blockhash)")
+    blockhash, height = context.get("blockhash"), context.get("last_valid_block_height")
+    if not isinstance(blockhash, str) or not isinstance(height, int) or isinstance(height, bool):
+        raise MalformedTransaction(f"unusable Solana build context {dict(context)!r}"[:200])
+    try:
+        if len(solana_address.b58decode(blockhash)) != 32:
+            raise ValueError(blockhash)
+    except ValueError:
+        raise MalformedTransaction(f"not a blockhash: {blockhash!r}"[:200]) from None
+    return blockhash, height
