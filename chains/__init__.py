@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 import threading
+from dataclasses import replace
+from typing import Any
 
 from chains.base import (
     ChainAdapter,
@@ -42,6 +44,13 @@ from chains.registry import ChainSpec, Registry, TokenSpec, load_registry, parse
 
 REGISTRY_ENV = "PARATRO_CHAIN_REGISTRY"
 DEFAULT_REGISTRY = "mainnet"
+# A bitcoin address names its network (bc1/1/3, tb1/m/n/2, bcrt1), so a caller may check one
+# against another network than the registry entry's; the bitcoin checks take `network=`.
+BITCOIN_NETWORKS = frozenset({"mainnet", "testnet", "signet", "regtest"})
+
+
+def _network_kwargs(spec: ChainSpec) -> dict[str, Any]:
+    return {"network": spec.network} if spec.family == "bitcoin" else {}
 
 __all__ = [
     "ChainAdapter", "ChainError", "ChainMismatch", "ChainRpcError", "ChainSpec", "Curve", "FeeQuote",
@@ -64,6 +73,8 @@ def _chain_spec(chain: str, network: str | None, registry: Registry | None) -> C
     registry = registry if registry is not None else default_registry()
     spec = registry.chain(chain)
     if network is not None and network != spec.network:
+        if spec.family == "bitcoin" and network in BITCOIN_NETWORKS:
+            return replace(spec, network=network)  # bc1 / tb1 / bcrt1: checkable on any network
         raise UnknownChain(
             f"chain {chain!r} is on network {spec.network!r} in registry {registry.name!r}, not {network!r}"
         )
@@ -76,7 +87,7 @@ def validate_address(chain: str, address: str, network: str | None = None, *, re
     UnknownChain if the chain is not in the registry or is on another network than `network`.
     """
     spec = _chain_spec(chain, network, registry)
-    return address_validator(spec.family)(address, spec.name)
+    return address_validator(spec.family)(address, spec.name, **_network_kwargs(spec))
 
 
 def validate_destination(
@@ -93,7 +104,7 @@ def validate_destination(
     """
     spec = _chain_spec(chain, network, registry)
     contract = spec.token(token).contract if token is not None else None
-    return destination_check(spec.family)(address, spec.name, contract)
+    return destination_check(spec.family)(address, spec.name, contract, **_network_kwargs(spec))
 
 
 _adapters: dict[tuple[object, ...], ChainAdapter] = {}

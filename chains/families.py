@@ -22,11 +22,17 @@ ADAPTERS: dict[str, str] = {
 # Pure address checks: (address, chain_name) -> normalized address, or raise InvalidAddress.
 ADDRESS_VALIDATORS: dict[str, str] = {
     "evm": "chains.evm_address:validate_address",
+    "solana": "chains.solana_address:validate_address",
+    "bitcoin": "chains.bitcoin_address:validate_address",
+    "tron": "chains.tron_address:validate_address",
 }
 
 # Destination policy on top of the format check: (address, chain_name, token_contract) -> address.
 DESTINATION_CHECKS: dict[str, str] = {
     "evm": "chains.evm_address:check_destination",
+    "solana": "chains.solana_address:check_destination",
+    "bitcoin": "chains.bitcoin_address:check_destination",
+    "tron": "chains.tron_address:check_destination",
 }
 
 

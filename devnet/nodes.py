@@ -46,7 +46,7 @@ class EvmDevnet:
         return self._node.rpc(method, params)
 
 
-SUPPORTED_FAMILIES = frozenset({"evm", "tron", "solana"})
+SUPPORTED_FAMILIES = frozenset({"evm", "tron", "bitcoin", "solana"})
 
 
 def start_node(spec: ChainSpec, home: Path, block_time: float | None, stack: ExitStack) -> DevnetNode:

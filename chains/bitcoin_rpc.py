@@ -1,0 +1,171 @@
+"""bitcoind JSON-RPC over HTTP (requests), with every failure mapped to chains/errors.
+
+bitcoind takes HTTP basic auth; the credentials ride in the endpoint URL
+(`http://user:password@host:8332/`, or `/wallet/<name>` for wallet calls) and are sent as an
+Authorization header, never shown: messages name only scheme://host:port, and the requests
+exception (whose text can carry the URL) is neither chained nor kept as the context.
+
+Answers are parsed with `Decimal` for every JSON number, because bitcoind reports amounts as BTC
+numbers (`0.00012345`) and a float would lose satoshi. bitcoind answers a failed call with HTTP
+500 (JSON-RPC 1.0) or 200 (2.0) and an error object in the body; both become NodeRpcError with
+the node's code and message. Transport trouble becomes ChainRpcError (transient).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+from decimal import Decimal
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from chains.errors import ChainRpcError
+
+REQUEST_TIMEOUT_S = 10.0
+SATOSHI_PER_BTC = 100_000_000
+
+# bitcoind error codes (src/rpc/protocol.h) the adapter tells apart.
+RPC_MISC_ERROR = -1
+RPC_INVALID_ADDRESS_OR_KEY = -5  # also "No such mempool or blockchain transaction", "Block not found"
+RPC_INVALID_PARAMETER = -8
+RPC_IN_WARMUP = -28
+RPC_VERIFY_ERROR = -25
+RPC_VERIFY_REJECTED = -26
+RPC_VERIFY_ALREADY_IN_CHAIN = -27
+RPC_METHOD_NOT_FOUND = -32601
+
+
+class NodeRpcError(ChainRpcError):
+    """The node answered with a JSON-RPC error object (transient unless the caller classifies it)."""
+
+    def __init__(self, method: str, code: int | None, message: str) -> None:
+        super().__init__(f"{method}: node error {code}: {message}"[:500])
+        self.method = method
+        self.code = code
+        self.node_message = message
+
+
+def redact_endpoint(url: str) -> str:
+    """scheme://host:port only; the user info, path and query may hold secrets."""
+    try:
+        parts = urlsplit(url)
+        port = f":{parts.port}" if parts.port else ""
+        return f"{parts.scheme or '?'}://{parts.hostname or '?'}{port}"
+    except ValueError:
+        return "<endpoint>"
+
+
+def split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
+    """(URL without user info, (user, password) or None)."""
+    from urllib.parse import unquote
+
+    parts = urlsplit(url)
+    if parts.username is None:
+        return url, None
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port:
+        netloc += f":{parts.port}"
+    bare = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return bare, (unquote(parts.username), unquote(parts.password or ""))
+
+
+def transport_error(operation: str, endpoint: str, exc: BaseException) -> ChainRpcError | None:
+    """The ChainRpcError for a requests / decoding exception, naming only scheme://host:port."""
+    import requests
+
+    where = redact_endpoint(endpoint)
+    if isinstance(exc, requests.Timeout):
+        return ChainRpcError(f"{operation}: timed out talking to {where}")
+    if isinstance(exc, (requests.RequestException, OSError)):  # refused, reset, DNS, TLS, ...
+        return ChainRpcError(f"{operation}: cannot reach {where} ({type(exc).__name__})")
+    if isinstance(exc, (ValueError, TypeError, KeyError)):  # a body that is not JSON-RPC
+        return ChainRpcError(f"{operation}: unusable answer from {where} ({type(exc).__name__})")
+    return None
+
+
+class BitcoinRpcClient:
+    """One bitcoind endpoint; one HTTP session per thread (keep-alive, no shared state)."""
+
+    def __init__(self, url: str, timeout: float = REQUEST_TIMEOUT_S) -> None:
+        self._url, self._auth = split_credentials(url)
+        self.timeout = timeout
+        self._local = threading.local()
+        self._ids = itertools.count(1)
+
+    @property
+    def endpoint(self) -> str:
+        return redact_endpoint(self._url)
+
+    def _session(self) -> Any:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            import requests
+
+            session = self._local.session = requests.Session()
+            session.auth = self._auth
+        return session
+
+    def call(self, method: str, params: list[Any] | None = None, timeout: float | None = None) -> Any:
+        """The `result` of a call; NodeRpcError for an error object, ChainRpcError otherwise."""
+        body = json.dumps({"jsonrpc": "1.0", "id": next(self._ids), "method": method, "params": params or []},
+                          default=_json_default)
+        try:
+            response = self._session().post(self._url, data=body, timeout=timeout or self.timeout,
+                                            headers={"Content-Type": "application/json"})
+        except Exception as exc:  # noqa: BLE001 - translated below, or re-raised
+            failure = transport_error(method, self._url, exc)
+            if failure is None:
+                raise
+        else:
+            return self._result(method, response)
+        raise failure  # outside the handler: the requests exception (its text has the URL) is not kept
+
+    def _result(self, method: str, response: Any) -> Any:
+        try:
+            answer = json.loads(response.content, parse_float=Decimal)
+        except ValueError:
+            answer = None
+        if isinstance(answer, dict) and answer.get("error") is not None:
+            error = answer["error"]
+            if isinstance(error, dict):
+                raise NodeRpcError(method, error.get("code"), str(error.get("message", "")))
+            raise NodeRpcError(method, None, str(error))
+        if response.status_code == 401:
+            raise ChainRpcError(f"{method}: {self.endpoint} refused the RPC credentials (HTTP 401)")
+        if response.status_code != 200 or not isinstance(answer, dict) or "result" not in answer:
+            raise ChainRpcError(f"{method}: unusable answer from {self.endpoint} (HTTP {response.status_code})")
+        return answer["result"]
+
+
+def _json_default(value: object) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"cannot send {type(value).__name__} over JSON-RPC")
+
+
+def btc_to_sat(value: Any, what: str = "amount") -> int:
+    """An amount the node gave in BTC (Decimal, int or numeric string) as integer satoshi, exactly."""
+    try:
+        if isinstance(value, bool) or isinstance(value, float):
+            raise TypeError
+        sats = Decimal(value) * SATOSHI_PER_BTC
+    except (TypeError, ValueError, ArithmeticError):
+        raise ChainRpcError(f"node answered an unusable {what}: {value!r}"[:200]) from None
+    if sats != sats.to_integral_value() or sats < 0:
+        raise ChainRpcError(f"node answered a {what} that is not a whole number of satoshi: {value!r}"[:200])
+    return int(sats)
+
+
+def sat_to_btc(sats: int) -> Decimal:
+    return Decimal(sats) / SATOSHI_PER_BTC
+
+
+def to_int(value: Any, what: str) -> int:
+    """An integer the node answered; garbage is a ChainRpcError, not a crash."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, Decimal) and value == value.to_integral_value():
+        return int(value)
+    raise ChainRpcError(f"node answered an unusable {what}: {value!r}"[:200])
