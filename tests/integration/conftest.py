@@ -11,6 +11,7 @@ from workers.stack import EmbeddedStack, StackOptions
 
 pytestmark = pytest.mark.integration
 
+STACK_CHAINS = ("ethereum", "bsc", "tron", "bitcoin", "solana")
 STACK_ENV = {
     # Short deadlines so the sweeper's recovery is observable within a test.
     "PARATRO_SWEEP_INTERVAL_S": "2",
@@ -30,7 +31,7 @@ def postgres_url() -> Iterator[str]:
 def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
     database_url = request.getfixturevalue("postgres_url") if request.param == "postgresql" else None
     options = StackOptions(workdir=tmp_path_factory.mktemp(f"stack-{request.param}"), database_url=database_url,
-                           block_time=0.25, concurrency=4, extra_env=STACK_ENV)
+                           chains=STACK_CHAINS, block_time=0.25, concurrency=4, extra_env=STACK_ENV)
     with EmbeddedStack(options) as running:
         yield running
 

@@ -17,7 +17,7 @@ from pipeline.steps import StepContext
 from pipeline.transfers import TransferRequest, create_transfer
 from workers import runtime
 from workers.app import ALL_QUEUES, app, task_name
-from workers.services import onboard_wallet, submit_transfer
+from workers.services import fresh_destination, onboard_wallet, submit_transfer
 from workers.stack import EmbeddedStack
 
 CHAIN = "ethereum"
@@ -27,6 +27,7 @@ CHAIN = "ethereum"
 class Funded:
     client_id: str
     wallet_id: str
+    chain: str
     address: str
     assets: dict[str, str]  # symbol -> asset_id
 
@@ -35,36 +36,44 @@ def ctx() -> StepContext:
     return runtime.context()
 
 
-def token(symbol: str) -> TokenSpec:
-    return ctx().registry.chain(CHAIN).token(symbol)
+def token(symbol: str, chain: str = CHAIN) -> TokenSpec:
+    return ctx().registry.chain(chain).token(symbol)
 
 
-def fresh_address() -> str:
-    return ctx().adapter_for(CHAIN).validate_address("0x" + secrets.token_hex(20))
+def fresh_address(chain: str = CHAIN) -> str:
+    return fresh_destination(ctx(), chain)
 
 
-def funded_wallet(stack: EmbeddedStack, eth: str = "10", usdt: str = "1000") -> Funded:
-    """A new client and wallet whose devnet balances are credited to the ledger exactly."""
+def funded(stack: EmbeddedStack, chain: str, amounts: dict[str, str], chunks: int = 1) -> Funded:
+    """A new client and wallet on `chain`, given `amounts` by the devnet faucet (in `chunks` payments:
+    several outputs on UTXO chains) and credited to the ledger exactly as the chain shows them."""
     c = ctx()
     with c.db.unit_of_work() as session:
         client_id = onboarding.create_client(session, f"client {secrets.token_hex(3)}")[0].client_id
-    wallet = onboard_wallet(c, client_id, "test wallet", {CHAIN: ["ETH", "USDT"]})
-    address = wallet.accounts[CHAIN]
-    for symbol, amount in (("ETH", eth), ("USDT", usdt)):
-        if amount != "0":
-            stack.nodes[CHAIN].fund(address, token(symbol), parse_amount(amount, token(symbol).decimals))
-    assets = {symbol: wallet.assets[(CHAIN, symbol)] for symbol in ("ETH", "USDT")}
+    wallet = onboard_wallet(c, client_id, "test wallet", {chain: list(amounts)})
+    address = wallet.accounts[chain]
+    for symbol, amount in amounts.items():
+        total = parse_amount(amount, token(symbol, chain).decimals) if amount != "0" else 0
+        for i in range(chunks if total else 0):
+            part = total // chunks if i < chunks - 1 else total - (total // chunks) * (chunks - 1)
+            stack.nodes[chain].fund(address, token(symbol, chain), part)
+    assets = {symbol: wallet.assets[(chain, symbol)] for symbol in amounts}
     with c.db.unit_of_work() as session:
         for symbol, asset_id in assets.items():
-            on_chain = c.adapter_for(CHAIN).balance_of(address, token(symbol))
+            on_chain = c.adapter_for(chain).balance_of(address, token(symbol, chain))
             if on_chain:
                 ledger.credit(session, asset_id, on_chain, reference="test-faucet")
-    return Funded(client_id, wallet.wallet_id, address, assets)
+    return Funded(client_id, wallet.wallet_id, chain, address, assets)
+
+
+def funded_wallet(stack: EmbeddedStack, eth: str = "10", usdt: str = "1000") -> Funded:
+    """An ethereum wallet with ETH and USDT."""
+    return funded(stack, CHAIN, {"ETH": eth, "USDT": usdt})
 
 
 def request(f: Funded, symbol: str, amount: str, to: str | None = None, key: str | None = None) -> TransferRequest:
-    return TransferRequest(client_id=f.client_id, from_address=f.address, to_address=to or fresh_address(),
-                           chain=CHAIN, token_symbol=symbol, amount=amount,
+    return TransferRequest(client_id=f.client_id, from_address=f.address, to_address=to or fresh_address(f.chain),
+                           chain=f.chain, token_symbol=symbol, amount=amount,
                            idempotency_key=key or f"k-{secrets.token_hex(8)}")
 
 
@@ -157,9 +166,13 @@ def count_transactions(client_id: str) -> int:
         return session.scalar(select(func.count()).select_from(Transaction).where(Transaction.client_id == client_id)) or 0
 
 
+def balance_on_chain(chain: str, address: str, symbol: str) -> int:
+    return ctx().adapter_for(chain).balance_of(address, token(symbol, chain))
+
+
 def assert_reconciled(f: Funded) -> None:
     """DB balance == chain balance for every asset, nothing locked."""
     for symbol, asset_id in f.assets.items():
         row = asset(asset_id)
-        on_chain = ctx().adapter_for(CHAIN).balance_of(f.address, token(symbol))
-        assert (symbol, row.balance, row.locked_balance) == (symbol, on_chain, 0)
+        on_chain = balance_on_chain(f.chain, f.address, symbol)
+        assert (f.chain, symbol, row.balance, row.locked_balance) == (f.chain, symbol, on_chain, 0)
