@@ -52,6 +52,15 @@ BITCOIN_NETWORKS = frozenset({"mainnet", "testnet", "signet", "regtest"})
 def _network_kwargs(spec: ChainSpec) -> dict[str, Any]:
     return {"network": spec.network} if spec.family == "bitcoin" else {}
 
+
+def _destination_kwargs(spec: ChainSpec) -> dict[str, Any]:
+    """The registry settings a family's destination policy reads (so a given `registry=` counts)."""
+    if spec.family == "solana":
+        from chains.solana_address import off_curve_allowed
+
+        return {"allow_off_curve": off_curve_allowed(spec.options, spec.name)}
+    return _network_kwargs(spec)
+
 __all__ = [
     "ChainAdapter", "ChainError", "ChainMismatch", "ChainRpcError", "ChainSpec", "Curve", "FeeQuote",
     "InvalidAddress", "InvalidPublicKey", "InvalidSignature", "MalformedTransaction", "Registry",
@@ -104,7 +113,7 @@ def validate_destination(
     """
     spec = _chain_spec(chain, network, registry)
     contract = spec.token(token).contract if token is not None else None
-    return destination_check(spec.family)(address, spec.name, contract, **_network_kwargs(spec))
+    return destination_check(spec.family)(address, spec.name, contract, **_destination_kwargs(spec))
 
 
 _adapters: dict[tuple[object, ...], ChainAdapter] = {}
