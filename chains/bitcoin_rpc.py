@@ -9,20 +9,24 @@ Answers are parsed with `Decimal` for every JSON number, because bitcoind report
 numbers (`0.00012345`) and a float would lose satoshi. bitcoind answers a failed call with HTTP
 500 (JSON-RPC 1.0) or 200 (2.0) and an error object in the body; both become NodeRpcError with
 the node's code and message. Transport trouble becomes ChainRpcError (transient).
+
+Redaction, the transport error mapping, NodeRpcError and the per-thread session are shared with
+the other families in `chains.transport`; the basic auth, the Decimal parsing and bitcoind's HTTP
+status handling are bitcoind's own and stay here.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-import threading
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from chains import transport
 from chains.errors import ChainRpcError
+from chains.transport import REQUEST_TIMEOUT_S, HttpEndpoint, transport_error, unusable_value
 
-REQUEST_TIMEOUT_S = 10.0
 SATOSHI_PER_BTC = 100_000_000
 
 # bitcoind error codes (src/rpc/protocol.h) the adapter tells apart.
@@ -36,24 +40,10 @@ RPC_VERIFY_ALREADY_IN_CHAIN = -27
 RPC_METHOD_NOT_FOUND = -32601
 
 
-class NodeRpcError(ChainRpcError):
+class NodeRpcError(transport.NodeRpcError):
     """The node answered with a JSON-RPC error object (transient unless the caller classifies it)."""
 
-    def __init__(self, method: str, code: int | None, message: str) -> None:
-        super().__init__(f"{method}: node error {code}: {message}"[:500])
-        self.method = method
-        self.code = code
-        self.node_message = message
-
-
-def redact_endpoint(url: str) -> str:
-    """scheme://host:port only; the user info, path and query may hold secrets."""
-    try:
-        parts = urlsplit(url)
-        port = f":{parts.port}" if parts.port else ""
-        return f"{parts.scheme or '?'}://{parts.hostname or '?'}{port}"
-    except ValueError:
-        return "<endpoint>"
+    max_message = 500
 
 
 def split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
@@ -71,51 +61,29 @@ def split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
     return bare, (unquote(parts.username), unquote(parts.password or ""))
 
 
-def transport_error(operation: str, endpoint: str, exc: BaseException) -> ChainRpcError | None:
-    """The ChainRpcError for a requests / decoding exception, naming only scheme://host:port."""
-    import requests
+class BitcoinRpcClient(HttpEndpoint):
+    """One bitcoind endpoint; one HTTP session per thread (keep-alive, no shared state).
 
-    where = redact_endpoint(endpoint)
-    if isinstance(exc, requests.Timeout):
-        return ChainRpcError(f"{operation}: timed out talking to {where}")
-    if isinstance(exc, (requests.RequestException, OSError)):  # refused, reset, DNS, TLS, ...
-        return ChainRpcError(f"{operation}: cannot reach {where} ({type(exc).__name__})")
-    if isinstance(exc, (ValueError, TypeError, KeyError)):  # a body that is not JSON-RPC
-        return ChainRpcError(f"{operation}: unusable answer from {where} ({type(exc).__name__})")
-    return None
-
-
-class BitcoinRpcClient:
-    """One bitcoind endpoint; one HTTP session per thread (keep-alive, no shared state)."""
+    `url` is the endpoint without its user info; the credentials are sent as basic auth.
+    """
 
     def __init__(self, url: str, timeout: float = REQUEST_TIMEOUT_S) -> None:
-        self._url, self._auth = split_credentials(url)
-        self.timeout = timeout
-        self._local = threading.local()
+        bare, self._auth = split_credentials(url)
+        super().__init__(bare, timeout)
         self._ids = itertools.count(1)
 
-    @property
-    def endpoint(self) -> str:
-        return redact_endpoint(self._url)
-
-    def _session(self) -> Any:
-        session = getattr(self._local, "session", None)
-        if session is None:
-            import requests
-
-            session = self._local.session = requests.Session()
-            session.auth = self._auth
-        return session
+    def _setup_session(self, session: Any) -> None:
+        session.auth = self._auth
 
     def call(self, method: str, params: list[Any] | None = None, timeout: float | None = None) -> Any:
         """The `result` of a call; NodeRpcError for an error object, ChainRpcError otherwise."""
         body = json.dumps({"jsonrpc": "1.0", "id": next(self._ids), "method": method, "params": params or []},
                           default=_json_default)
         try:
-            response = self._session().post(self._url, data=body, timeout=timeout or self.timeout,
+            response = self._session().post(self.url, data=body, timeout=timeout or self.timeout,
                                             headers={"Content-Type": "application/json"})
         except Exception as exc:  # noqa: BLE001 - translated below, or re-raised
-            failure = transport_error(method, self._url, exc)
+            failure = transport_error(method, self.url, exc)
             if failure is None:
                 raise
         else:
@@ -128,10 +96,7 @@ class BitcoinRpcClient:
         except ValueError:
             answer = None
         if isinstance(answer, dict) and answer.get("error") is not None:
-            error = answer["error"]
-            if isinstance(error, dict):
-                raise NodeRpcError(method, error.get("code"), str(error.get("message", "")))
-            raise NodeRpcError(method, None, str(error))
+            raise NodeRpcError.from_error(method, answer["error"])
         if response.status_code == 401:
             raise ChainRpcError(f"{method}: {self.endpoint} refused the RPC credentials (HTTP 401)")
         if response.status_code != 200 or not isinstance(answer, dict) or "result" not in answer:
@@ -152,7 +117,7 @@ def btc_to_sat(value: Any, what: str = "amount") -> int:
             raise TypeError
         sats = Decimal(value) * SATOSHI_PER_BTC
     except (TypeError, ValueError, ArithmeticError):
-        raise ChainRpcError(f"node answered an unusable {what}: {value!r}"[:200]) from None
+        raise unusable_value(what, value) from None
     if sats != sats.to_integral_value() or sats < 0:
         raise ChainRpcError(f"node answered a {what} that is not a whole number of satoshi: {value!r}"[:200])
     return int(sats)
@@ -168,4 +133,4 @@ def to_int(value: Any, what: str) -> int:
         return value
     if isinstance(value, Decimal) and value == value.to_integral_value():
         return int(value)
-    raise ChainRpcError(f"node answered an unusable {what}: {value!r}"[:200])
+    raise unusable_value(what, value)

@@ -10,68 +10,34 @@ HTTP error status, a body that is not JSON-RPC) becomes ChainRpcError (transient
 object the node returns becomes NodeRpcError (a ChainRpcError, so transient unless the caller
 classifies it as a rejection). Messages never contain the endpoint's path or query, where API
 keys live: only scheme://host:port is shown, and the requests exception (whose text carries the
-full URL) is not chained.
+full URL) is not chained. The mapping, redaction and JSON-RPC envelope are `chains.transport`'s,
+shared with the other families; only web3 (the provider, its retry, its exception types) is here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import threading
-from typing import Any, Iterator
-from urllib.parse import urlsplit
+from typing import Any, ContextManager
 
-from chains.errors import ChainError, ChainRpcError
+from chains.transport import (
+    REQUEST_TIMEOUT_S,
+    NodeRpcError,
+    json_rpc_result,
+    mapped_errors,
+    redact_endpoint,
+    unusable_value,
+)
 
-REQUEST_TIMEOUT_S = 10.0
 RETRIES = 2  # web3 retries transport errors of idempotent calls; the pipeline retries beyond that
 
-
-class NodeRpcError(ChainRpcError):
-    """The node answered with a JSON-RPC error object."""
-
-    def __init__(self, method: str, code: int | None, message: str, data: Any = None) -> None:
-        super().__init__(f"{method}: node error {code}: {message}")
-        self.method = method
-        self.code = code
-        self.node_message = message
-        self.data = data
+__all__ = ["REQUEST_TIMEOUT_S", "RETRIES", "JsonRpcClient", "NodeRpcError", "redact_endpoint", "rpc_errors", "to_int"]
 
 
-def redact_endpoint(url: str) -> str:
-    """scheme://host:port only; the path, query and credentials may hold an API key."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or "?"
-        port = f":{parts.port}" if parts.port else ""
-        return f"{parts.scheme or '?'}://{host}{port}"
-    except ValueError:
-        return "<endpoint>"
-
-
-@contextlib.contextmanager
-def rpc_errors(operation: str, endpoint: str) -> Iterator[None]:
+def rpc_errors(operation: str, endpoint: str) -> ContextManager[None]:
     """Map web3 / requests / decoding exceptions raised inside to ChainRpcError."""
-    import requests
     from web3.exceptions import Web3Exception
 
-    where = redact_endpoint(endpoint)
-    try:
-        yield
-    except ChainError:
-        raise
-    except requests.Timeout:
-        raise ChainRpcError(f"{operation}: timed out talking to {where}") from None
-    except requests.HTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else "?"
-        raise ChainRpcError(f"{operation}: HTTP {status} from {where}") from None
-    except requests.RequestException as exc:  # connection refused/reset, DNS, TLS, ...
-        raise ChainRpcError(f"{operation}: cannot reach {where} ({type(exc).__name__})") from None
-    except OSError as exc:
-        raise ChainRpcError(f"{operation}: cannot reach {where} ({type(exc).__name__})") from None
-    except Web3Exception as exc:
-        raise ChainRpcError(f"{operation}: {type(exc).__name__} from {where}") from None
-    except (ValueError, TypeError, KeyError) as exc:  # a body that is not JSON / not JSON-RPC
-        raise ChainRpcError(f"{operation}: unusable answer from {where} ({type(exc).__name__})") from None
+    return mapped_errors(operation, endpoint, sdk_errors=(Web3Exception,))
 
 
 class JsonRpcClient:
@@ -111,17 +77,7 @@ class JsonRpcClient:
     def call(self, method: str, params: list[Any]) -> Any:
         """The `result` of a JSON-RPC call; NodeRpcError for an error object, ChainRpcError otherwise."""
         with rpc_errors(method, self.url):
-            response = self.web3().provider.make_request(method, params)
-            if not isinstance(response, dict):
-                raise ChainRpcError(f"{method}: unusable answer from {self.endpoint} (not a JSON object)")
-            error = response.get("error")
-            if error is not None:
-                if isinstance(error, dict):
-                    raise NodeRpcError(method, error.get("code"), str(error.get("message", "")), error.get("data"))
-                raise NodeRpcError(method, None, str(error))
-            if "result" not in response:
-                raise ChainRpcError(f"{method}: unusable answer from {self.endpoint} (no result)")
-            return response["result"]
+            return json_rpc_result(method, self.web3().provider.make_request(method, params), self.url)
 
 
 def to_int(value: Any, what: str) -> int:
@@ -133,4 +89,4 @@ def to_int(value: Any, what: str) -> int:
             return int(value, 16)
         except ValueError:
             pass
-    raise ChainRpcError(f"node answered an unusable {what}: {value!r}"[:200])
+    raise unusable_value(what, value)

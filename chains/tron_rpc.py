@@ -13,20 +13,19 @@ full URL) is chained.
 
 The one rule: no requests/urllib3/JSON exception leaves this module. Transport trouble becomes
 ChainRpcError (transient); a `{"Error": ...}` answer (a java exception on the node) becomes
-NodeApiError, also a ChainRpcError, which callers may classify further.
+NodeApiError, also a ChainRpcError, which callers may classify further. The mapping, redaction
+and per-thread session are `chains.transport`'s, shared with the other families; the wallet API
+is not JSON-RPC, so its answers, key header and connect retries are handled here.
 """
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from chains.errors import ChainError, ChainRpcError
-from chains.evm_rpc import redact_endpoint
+from chains.errors import ChainRpcError
+from chains.transport import REQUEST_TIMEOUT_S, HttpEndpoint, mapped_errors, unusable_value
 
-REQUEST_TIMEOUT_S = 10.0
 CONNECT_RETRIES = 2
 API_KEY_HEADER = "TRON-PRO-API-KEY"
 _API_KEY_PARAMS = ("api_key", "apikey")
@@ -61,66 +60,29 @@ def with_port(url: str, port: int) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
-@contextlib.contextmanager
-def api_errors(operation: str, endpoint: str) -> Iterator[None]:
-    """Map requests / decoding exceptions raised inside to ChainRpcError, without the URL."""
-    import requests
-
-    where = redact_endpoint(endpoint)
-    try:
-        yield
-    except ChainError:
-        raise
-    except requests.JSONDecodeError as exc:  # before RequestException: it is one (and a ValueError)
-        raise ChainRpcError(f"{operation}: unusable answer from {where} ({type(exc).__name__})") from None
-    except requests.Timeout:
-        raise ChainRpcError(f"{operation}: timed out talking to {where}") from None
-    except requests.HTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else "?"
-        raise ChainRpcError(f"{operation}: HTTP {status} from {where}") from None
-    except requests.RequestException as exc:  # refused/reset, DNS, TLS, too many redirects, ...
-        raise ChainRpcError(f"{operation}: cannot reach {where} ({type(exc).__name__})") from None
-    except OSError as exc:
-        raise ChainRpcError(f"{operation}: cannot reach {where} ({type(exc).__name__})") from None
-    except (ValueError, TypeError, KeyError) as exc:  # a body that is not JSON
-        raise ChainRpcError(f"{operation}: unusable answer from {where} ({type(exc).__name__})") from None
-
-
-class TronHttpClient:
+class TronHttpClient(HttpEndpoint):
     """One endpoint; one requests.Session per thread (sessions are not promised thread-safe)."""
 
     def __init__(self, url: str, timeout: float = REQUEST_TIMEOUT_S) -> None:
-        self.url = url
-        self.timeout = timeout
+        super().__init__(url, timeout)
         self._base, self._headers = split_api_key(url)
-        self._local = threading.local()
 
-    @property
-    def endpoint(self) -> str:
-        return redact_endpoint(self.url)
+    def _setup_session(self, session: Any) -> None:
+        from requests.adapters import HTTPAdapter
+        from urllib3.util.retry import Retry
 
-    def _session(self) -> Any:
-        session = getattr(self._local, "session", None)
-        if session is None:
-            import requests
-            from requests.adapters import HTTPAdapter
-            from urllib3.util.retry import Retry
-
-            session = requests.Session()
-            # Only connection failures are retried here (the request never reached the node);
-            # the pipeline retries everything else.
-            # read=False: a read timeout is raised as such (not wrapped into a ConnectionError).
-            retry = Retry(total=CONNECT_RETRIES, connect=CONNECT_RETRIES, read=False, status=0, other=0,
-                          backoff_factor=0.1, allowed_methods=None, raise_on_status=False)
-            session.mount("http://", HTTPAdapter(max_retries=retry))
-            session.mount("https://", HTTPAdapter(max_retries=retry))
-            session.headers.update({"Content-Type": "application/json", **self._headers})
-            self._local.session = session
-        return session
+        # Only connection failures are retried here (the request never reached the node);
+        # the pipeline retries everything else.
+        # read=False: a read timeout is raised as such (not wrapped into a ConnectionError).
+        retry = Retry(total=CONNECT_RETRIES, connect=CONNECT_RETRIES, read=False, status=0, other=0,
+                      backoff_factor=0.1, allowed_methods=None, raise_on_status=False)
+        session.mount("http://", HTTPAdapter(max_retries=retry))
+        session.mount("https://", HTTPAdapter(max_retries=retry))
+        session.headers.update({"Content-Type": "application/json", **self._headers})
 
     def post(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         """The node's JSON answer to POST `path` (e.g. "wallet/getnowblock"); `{}` means "none"."""
-        with api_errors(path, self.url):
+        with mapped_errors(path, self.url):
             response = self._session().post(f"{self._base}/{path}", json=body or {}, timeout=self.timeout)
             response.raise_for_status()
             answer = response.json()
@@ -146,4 +108,4 @@ def to_int(value: Any, what: str) -> int:
     """A JSON integer from the node; garbage is a ChainRpcError, not a crash."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    raise ChainRpcError(f"node answered an unusable {what}: {value!r}"[:200])
+    raise unusable_value(what, value)

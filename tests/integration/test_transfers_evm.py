@@ -34,7 +34,7 @@ def test_eth_transfer_confirms_and_ledger_matches_chain(stack):
     # Then the transfer is confirmed at the registry's depth, every stage recorded once
     assert (tx.status, tx.stage, tx.failure_reason) == ("CONFIRMED", "CONFIRMED", None)
     assert tx.confirmations >= h.ctx().registry.chain("ethereum").confirmations
-    assert h.stage_changes(tx_id) == EXPECTED_STAGES
+    assert h.stage_changes(tx_id) in (EXPECTED_STAGES, EXPECTED_STAGES_AT_DEPTH)
     # and the recipient got exactly the amount, the sender paid amount + the actual fee
     assert h.ctx().adapter_for("ethereum").balance_of(to, h.token("ETH")) == parse_amount("1.5", 18)
     assert h.ledger_entries(tx_id) == [("DEBIT", -parse_amount("1.5", 18)), ("FEE", -tx.fee_paid)]

@@ -1,0 +1,154 @@
+"""What every chain family's node client does alike: one HTTP endpoint, errors mapped, secrets hidden.
+
+Why this module exists: `evm_rpc`, `solana_rpc`, `tron_rpc` and `bitcoin_rpc` sit on the same
+boundary and must obey the same rules there, and each used to write them out on its own. Kept
+here once, a fix to redaction or to the error mapping reaches every family at the same time:
+
+- an endpoint is only ever named as scheme://host:port (`redact_endpoint`): its user info, path
+  and query may hold credentials or an API key;
+- transport trouble (refused, reset, DNS, TLS, timeout, HTTP error status, a body that is not
+  JSON) becomes ChainRpcError, which is transient (`transport_error`, `mapped_errors`). The
+  `requests` exception is never chained (its text carries the full URL): `mapped_errors` raises
+  `from None`; a caller that must not keep it even as the context raises `transport_error(...)`
+  outside its handler (bitcoin_rpc);
+- a JSON-RPC error object from the node becomes NodeRpcError with the node's code, message and
+  `data` (`NodeRpcError.from_error`, `json_rpc_result`): a ChainRpcError, so transient unless the
+  adapter classifies it as a refusal;
+- `HttpEndpoint`: URL, timeout, redacted name and one keep-alive `requests.Session` per thread (a
+  session is not promised thread-safe).
+
+What differs stays in the family's module: web3's HTTPProvider and its exception types (evm),
+the HTTP wallet API, which is not JSON-RPC, and its API-key header (tron), basic auth from the
+URL, Decimal amounts and HTTP 401/500 answers (bitcoin), RpcResponse `value`s and plain-number
+quantities (solana).
+
+`requests` is imported on first use only, so that `import chains` stays cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Any, Iterator
+from urllib.parse import urlsplit
+
+from chains.errors import ChainError, ChainRpcError
+
+REQUEST_TIMEOUT_S = 10.0
+
+
+def redact_endpoint(url: str) -> str:
+    """scheme://host:port only; the user info, path and query may hold credentials or an API key."""
+    try:
+        parts = urlsplit(url)
+        port = f":{parts.port}" if parts.port else ""
+        return f"{parts.scheme or '?'}://{parts.hostname or '?'}{port}"
+    except ValueError:
+        return "<endpoint>"
+
+
+def transport_error(
+    operation: str, endpoint: str, exc: BaseException, *, sdk_errors: tuple[type[BaseException], ...] = ()
+) -> ChainRpcError | None:
+    """The ChainRpcError for a requests / decoding exception, naming only scheme://host:port.
+
+    None for anything else (a ChainError, a bug): the caller re-raises it as it is. `sdk_errors`
+    are a client library's own exception types, reported by name.
+    """
+    import requests
+
+    if isinstance(exc, ChainError):
+        return None
+    where = redact_endpoint(endpoint)
+    name = type(exc).__name__
+    if isinstance(exc, requests.JSONDecodeError):  # a RequestException too, but about the body
+        return ChainRpcError(f"{operation}: unusable answer from {where} ({name})")
+    if isinstance(exc, requests.Timeout):
+        return ChainRpcError(f"{operation}: timed out talking to {where}")
+    if isinstance(exc, requests.HTTPError):
+        status = exc.response.status_code if exc.response is not None else "?"
+        return ChainRpcError(f"{operation}: HTTP {status} from {where}")
+    if isinstance(exc, (requests.RequestException, OSError)):  # refused/reset, DNS, TLS, redirects, ...
+        return ChainRpcError(f"{operation}: cannot reach {where} ({name})")
+    if sdk_errors and isinstance(exc, sdk_errors):
+        return ChainRpcError(f"{operation}: {name} from {where}")
+    if isinstance(exc, (ValueError, TypeError, KeyError)):  # a body that is not JSON / not the expected shape
+        return ChainRpcError(f"{operation}: unusable answer from {where} ({name})")
+    return None
+
+
+@contextlib.contextmanager
+def mapped_errors(
+    operation: str, endpoint: str, *, sdk_errors: tuple[type[BaseException], ...] = ()
+) -> Iterator[None]:
+    """Map what `transport_error` knows, raised inside, to ChainRpcError (not chained)."""
+    try:
+        yield
+    except Exception as exc:
+        failure = transport_error(operation, endpoint, exc, sdk_errors=sdk_errors)
+        if failure is None:
+            raise
+        raise failure from None
+
+
+class NodeRpcError(ChainRpcError):
+    """The node answered with a JSON-RPC error object (transient unless the caller classifies it)."""
+
+    max_message: int | None = None  # a family may cut long node messages
+
+    def __init__(self, method: str, code: int | None, message: str, data: Any = None) -> None:
+        super().__init__(f"{method}: node error {code}: {message}"[: self.max_message])
+        self.method = method
+        self.code = code
+        self.node_message = message
+        self.data = data
+
+    @classmethod
+    def from_error(cls, method: str, error: Any) -> "NodeRpcError":
+        """The exception for a JSON-RPC `error` member: an object with code/message/data, or anything."""
+        if isinstance(error, dict):
+            return cls(method, error.get("code"), str(error.get("message", "")), error.get("data"))
+        return cls(method, None, str(error))
+
+
+def json_rpc_result(method: str, answer: Any, endpoint: str) -> Any:
+    """The `result` of a decoded JSON-RPC 2.0 answer; NodeRpcError for an error object."""
+    if not isinstance(answer, dict):
+        raise ChainRpcError(f"{method}: unusable answer from {redact_endpoint(endpoint)} (not a JSON object)")
+    error = answer.get("error")
+    if error is not None:
+        raise NodeRpcError.from_error(method, error)
+    if "result" not in answer:
+        raise ChainRpcError(f"{method}: unusable answer from {redact_endpoint(endpoint)} (no result)")
+    return answer["result"]
+
+
+def unusable_value(what: str, value: Any) -> ChainRpcError:
+    """The error for a value in the node's answer that cannot be used: garbage is not a crash."""
+    return ChainRpcError(f"node answered an unusable {what}: {value!r}"[:200])
+
+
+class HttpEndpoint:
+    """One node endpoint: URL, timeout, redacted name, and one requests.Session per thread."""
+
+    def __init__(self, url: str, timeout: float = REQUEST_TIMEOUT_S) -> None:
+        self.url = url
+        self.timeout = timeout
+        self._local = threading.local()
+
+    @property
+    def endpoint(self) -> str:
+        return redact_endpoint(self.url)
+
+    def _session(self) -> Any:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            import requests
+
+            session = requests.Session()
+            self._setup_session(session)
+            self._local.session = session
+        return session
+
+    def _setup_session(self, session: Any) -> None:
+        """Per-family session settings (auth, headers, retries); none by default."""
