@@ -104,6 +104,7 @@ class TxStatus:
     block_hash: str | None = None
     confirmations: int = 0
     fee_paid: int | None = None  # native base units actually charged, once included
+    detail: str | None = None  # why a REVERTED transaction failed, in the chain's words (e.g. OUT_OF_ENERGY)
 
 
 class ChainAdapter(Protocol):

@@ -324,12 +324,14 @@ class TronAdapter:
         confirmations = max(confirmations, depth) if number <= solid.number else min(confirmations, depth - 1)
         receipt = info.get("receipt") if isinstance(info.get("receipt"), dict) else {}
         failed = info.get("result") == "FAILED" or receipt.get("result", "SUCCESS") != "SUCCESS"
+        why = receipt.get("result") if receipt.get("result", "SUCCESS") != "SUCCESS" else _decode_message(info.get("resMessage"))
         return TxStatus(
             state=TxState.REVERTED if failed else TxState.INCLUDED,
             block_number=number,
             block_hash=str(block.get("blockID")),
             confirmations=confirmations,
             fee_paid=to_int(info.get("fee", 0), "receipt fee"),  # absent = 0: free bandwidth paid
+            detail=str(why)[:200] if failed and why else None,
         )
 
     # --- balances ----------------------------------------------------------------------------
@@ -389,3 +391,13 @@ def _fee_params(params: Mapping[str, Any], token: TokenSpec) -> dict[str, int]:
 def _max_fee(params: Mapping[str, Any]) -> int:
     """Most sun the transaction can burn: bandwidth + activation (TRX) or + fee_limit (TRC20)."""
     return sum(int(value) for key, value in params.items() if key != "kind")
+
+
+def _decode_message(value: object) -> str | None:
+    """TRON returns resMessage as hex of the text."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return bytes.fromhex(value).decode("utf-8", errors="replace")
+    except ValueError:
+        return value

@@ -1,8 +1,5 @@
-"""Shared test configuration: keep bitcoinlib and friends out of the user's home."""
+"""Shared test configuration.
 
-from __future__ import annotations
-
-import os
-import tempfile
-
-os.environ.setdefault("BCL_DATA_DIR", tempfile.mkdtemp(prefix="paratro-bcl-"))
+bitcoinlib writes its config and database under BCL_DATA_DIR; `chains.bitcoin_tx.load_bitcoinlib`
+points it at the project's `.devnet/bitcoinlib` (never the user's home), so nothing is set here.
+"""

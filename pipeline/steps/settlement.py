@@ -135,7 +135,8 @@ def _record_inclusion(session: Session, tx: Transaction, status: TxStatus, depth
     else:
         ledger.settle(session, tx.transaction_id, locked_amounts(tx), [fee_debit])
         tx.failure_reason = FailureReason.REVERTED.value
-        tx.failure_detail = f"reverted in block {status.block_number}; fee paid"
+        why = f" ({status.detail})" if status.detail else ""
+        tx.failure_detail = f"reverted in block {status.block_number}{why}; fee paid"
         advance(session, tx, Stage.FAILED, reason=FailureReason.REVERTED.value, detail=tx.failure_detail)
     return True
 

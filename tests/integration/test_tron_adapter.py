@@ -150,6 +150,7 @@ def test_a_fee_limit_below_the_energy_cost_is_reverted_with_its_fee(node: TronNo
     stingy.broadcast(signed)
     status = _final(stingy, signed)
     assert status.state is TxState.REVERTED
+    assert status.detail == "OUT_OF_ENERGY"  # the pipeline puts the chain's reason in failure_detail
     assert status.fee_paid == 20 * TRX - stingy.balance_of(sender, spec.native) == TRX + fee.params["bandwidth_sun"]
     assert stingy.balance_of(sender, usdt) == 5_000_000 and stingy.balance_of(recipient, usdt) == 0
 

@@ -65,8 +65,8 @@ def included(confirmations: int, *, block: int = 100, block_hash: str = "0xb100"
 
 
 def reverted(confirmations: int, *, block: int = 100, block_hash: str = "0xb100",
-             fee_paid: int | None = DEFAULT_FEE_PAID) -> TxStatus:
-    return TxStatus(TxState.REVERTED, block, block_hash, confirmations, fee_paid)
+             fee_paid: int | None = DEFAULT_FEE_PAID, detail: str | None = None) -> TxStatus:
+    return TxStatus(TxState.REVERTED, block, block_hash, confirmations, fee_paid, detail)
 
 
 PENDING = TxStatus(TxState.PENDING)

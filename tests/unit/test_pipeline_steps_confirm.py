@@ -139,7 +139,7 @@ def test_given_a_rebroadcast_the_node_rejects_then_polling_continues(world: Worl
 
 def test_given_a_reverted_tx_at_depth_then_failed_reverted_with_only_the_fee_debited(world: World) -> None:
     alice, tx_id = broadcast_transfer(world, symbol="USDT", amount="3")
-    world.adapter().statuses = [reverted(1), reverted(3)]
+    world.adapter().statuses = [reverted(1), reverted(3, detail="OUT_OF_ENERGY")]
     assert world.step("confirm", tx_id).stage is Stage.CONFIRMING  # not final until deep enough
 
     outcome = world.step("confirm", tx_id)
@@ -147,6 +147,7 @@ def test_given_a_reverted_tx_at_depth_then_failed_reverted_with_only_the_fee_deb
     assert (outcome.kind, outcome.stage) == (OutcomeKind.FINAL, Stage.FAILED)
     tx = world.tx(tx_id)
     assert (tx.status, tx.failure_reason, tx.fee_paid) == ("FAILED", "reverted", PAID)
+    assert "OUT_OF_ENERGY" in tx.failure_detail  # the chain's own reason is kept for ops
     assert world.events(tx_id)[-1].reason == "reverted"
     assert world.balances(alice, "USDT") == (10 * USDT, 0)  # the value never moved
     assert world.balances(alice, "ETH") == (ETH - PAID, 0)  # but the fee was paid
