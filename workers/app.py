@@ -9,6 +9,8 @@ last seconds, and every countdown is capped at `max_countdown_s` (default 60 s).
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from celery import Celery
 from celery.signals import setup_logging
 
@@ -43,7 +45,7 @@ def create_app() -> Celery:
         task_routes={task_name(step): {"queue": QUEUE_PREFIX + step} for step in STEPS}
         | {task_name("sweep"): {"queue": SWEEP_QUEUE}},
         beat_schedule={
-            "sweep-stalled-transfers": {"task": task_name("sweep"), "schedule": float(settings.sweep_interval_s)},
+            "sweep-stalled-transfers": {"task": task_name("sweep"), "schedule": timedelta(seconds=settings.sweep_interval_s)},
         },
         worker_send_task_events=False,
     )

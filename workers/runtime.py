@@ -55,8 +55,8 @@ def build_context(settings: Settings) -> StepContext:
         registry=registry,
         adapter_for=adapter_for,
         signer=signer_from(settings, database),
-        max_countdown_s=float(settings.max_countdown_s),
-        confirm_timeout_s=float(settings.confirm_timeout_s),
+        max_countdown_s=settings.max_countdown_s,  # seconds (durations, not money)
+        confirm_timeout_s=settings.confirm_timeout_s,
     )
 
 
