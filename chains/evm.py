@@ -224,8 +224,13 @@ class EvmAdapter:
             if self._find_transaction(signed.tx_hash) is not None:
                 return signed.tx_hash  # the node has these very bytes: a repeated broadcast
             if any(k in message for k in _NONCE_TOO_LOW):
-                raise TransactionRejected(
-                    "rejected_by_node", f"nonce too low: another transaction used nonce of {signed.tx_hash}"
+                # Not proof of failure: our own bytes may be mined already and this node lags (or
+                # the first send's answer was lost). Failing would release the locks while the
+                # value may have left, and handing the nonce out again would refuse every later
+                # transfer. Retry; if it persists the transfer stalls with this reason for ops.
+                raise ChainRpcError(
+                    f"{self.spec.name}: nonce of {signed.tx_hash} is already used and the node does not show "
+                    "this transaction (yet); not failing without proof"
                 ) from None
             raise exc  # "already known" yet not findable: ask again later
         if "insufficient funds" in message:

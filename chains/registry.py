@@ -40,7 +40,7 @@ class ChainSpec:
     network: str
     native: TokenSpec
     confirmations: int
-    rpc_urls: tuple[str, ...]
+    rpc_urls: tuple[str, ...] = field(repr=False)  # may carry credentials or API keys: never in a repr
     chain_id: int | None = None
     eip1559: bool = True
     poll_interval_ms: int = 2000

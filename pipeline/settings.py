@@ -27,6 +27,7 @@ class Settings(BaseSettings):
     sweep_interval_s: int = Field(30, description="how often beat runs the sweeper")
     stall_after_s: int = Field(120, description="a transfer whose stage has not moved for this long is re-driven")
     confirm_timeout_s: int = Field(1800, description="stop polling a broadcast transfer after this long (replayable)")
+    signature_timeout_s: int = Field(600, description="stop waiting for the signer after this long (replayable)")
     log_level: str = Field("INFO")
     log_json: bool = Field(False, description="JSON log lines instead of key=value console lines")
     beat_schedule_path: str = Field("var/celerybeat-schedule", description="where beat keeps its last-run times")

@@ -12,13 +12,17 @@ import structlog
 
 
 def configure_logging(level: str = "INFO", json_lines: bool = False) -> None:
+    # Plain tracebacks only: rich's default formatter prints every frame's local variables, which
+    # would put RPC credentials (a ChainSpec's URLs) or key material into the log.
     renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer() if json_lines else structlog.dev.ConsoleRenderer(colors=False)
+        structlog.processors.JSONRenderer() if json_lines
+        else structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback)
     )
     processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        *([structlog.processors.format_exc_info] if json_lines else []),
         renderer,
     ]
     structlog.configure(

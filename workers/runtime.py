@@ -57,6 +57,7 @@ def build_context(settings: Settings) -> StepContext:
         signer=signer_from(settings, database),
         max_countdown_s=settings.max_countdown_s,  # seconds (durations, not money)
         confirm_timeout_s=settings.confirm_timeout_s,
+        signature_timeout_s=settings.signature_timeout_s,
     )
 
 

@@ -26,7 +26,7 @@ from pipeline.recovery import claim_stalled, hold
 from pipeline.settings import get_settings
 from pipeline.stages import STEPS
 from pipeline.steps import STEP_FUNCTIONS, OutcomeKind
-from pipeline.steps.context import load_tx
+from pipeline.steps.context import load_tx, touch
 from chains.errors import ChainError
 from signer.base import SignerError
 from workers import runtime
@@ -87,6 +87,7 @@ def run_step(task: Task, step: str, transaction_id: str, errors: int) -> str:
             bound.error("step.retries_exhausted", errors=errors, error=str(exc)[:300])
             task.request.chain = None
             return transaction_id
+        _record(transaction_id, lambda session, tx: touch(tx), quiet=True)  # alive: the sweeper waits
         countdown = backoff(budget, errors, settings.max_countdown_s)
         bound.warning("step.retry", errors=errors + 1, countdown=round(countdown, 2), error=str(exc)[:300])
         raise task.retry(args=(transaction_id,), kwargs={"errors": errors + 1}, countdown=countdown,
@@ -109,13 +110,14 @@ def _exhausted(session: Session, tx: Transaction, error: str) -> None:
     record_note(session, tx, "retries_exhausted", tx.last_error)
 
 
-def _record(transaction_id: str, write: Callable[[Session, Transaction], None]) -> None:
+def _record(transaction_id: str, write: Callable[[Session, Transaction], None], quiet: bool = False) -> None:
     """Best effort: if even the database is down, the log line above is what remains."""
     try:
         with runtime.context().db.unit_of_work() as session:
             write(session, load_tx(session, transaction_id))
-    except PipelineError:
-        log.exception("step.record_failed", tx=transaction_id)
+    except PipelineError as exc:
+        if not quiet:
+            log.error("step.record_failed", tx=transaction_id, error=f"{type(exc).__name__}: {str(exc)[:200]}")
 
 
 def _register(step: str) -> Any:

@@ -56,6 +56,7 @@ class StepContext:
     max_countdown_s: float = 60.0
     confirm_timeout_s: float = 1800.0
     signature_poll_s: float = 0.5
+    signature_timeout_s: float = 600.0
 
 
 def load_tx(session: Session, tx_id: str, for_update: bool = True) -> Transaction:

@@ -66,6 +66,10 @@ def validate_destination(ctx: StepContext, tx_id: str) -> Outcome:
         except InvalidAddress as exc:
             fail(session, tx, FailureReason.INVALID_DESTINATION, exc.reason)
             return Outcome.of(OutcomeKind.FINAL, tx)
+        if tx.normalized_to_address == tx.from_address:
+            # The chain would charge only the fee while the ledger debits the amount: refuse it.
+            fail(session, tx, FailureReason.INVALID_DESTINATION, "the destination is the source address")
+            return Outcome.of(OutcomeKind.FINAL, tx)
         advance(session, tx, Stage.DESTINATION_VALID)
         return Outcome.of(OutcomeKind.ADVANCED, tx)
 

@@ -78,6 +78,7 @@ def confirm(ctx: StepContext, tx_id: str) -> Outcome:
     status = adapter.get_status(sent)
 
     rebroadcast: SignedTransaction | None = None
+    outcome_kind = OutcomeKind.WAIT
     with ctx.db.unit_of_work() as session:
         tx = load_tx(session, tx_id)
         if stage_of(tx) not in _FOLLOWING:
@@ -94,22 +95,24 @@ def confirm(ctx: StepContext, tx_id: str) -> Outcome:
             if status.state is TxState.EXPIRED:
                 replace_expired(session, tx, "the chain can no longer include it and does not have it")
                 return Outcome(OutcomeKind.RESTART, Stage.FUNDS_LOCKED, step="request_signature")
-            if tx.broadcast_at and utcnow() - tx.broadcast_at > timedelta(seconds=ctx.confirm_timeout_s):
-                tx.last_error = f"not confirmed within {int(ctx.confirm_timeout_s)} s of broadcast"
-                record_note(session, tx, "confirmation_timeout", tx.last_error)
-                return Outcome.of(OutcomeKind.STALLED, tx)
+            # A dropped transaction is sent again (same bytes) even after the timeout: a re-drive by
+            # the sweeper or `paratro replay` must be able to push it back into the mempool.
             if status.state is TxState.NOT_FOUND and _due_for_rebroadcast(tx, poll):
                 rebroadcast = sent
                 tx.broadcast_count += 1
                 tx.last_broadcast_at = utcnow()
                 record_note(session, tx, "rebroadcast", "node does not know the transaction; same bytes sent again")
+            if tx.broadcast_at and utcnow() - tx.broadcast_at > timedelta(seconds=ctx.confirm_timeout_s):
+                tx.last_error = f"not confirmed within {int(ctx.confirm_timeout_s)} s of broadcast"
+                record_note(session, tx, "confirmation_timeout", tx.last_error)
+                outcome_kind = OutcomeKind.STALLED
         stage_after = stage_of(tx)
     if rebroadcast is not None:
         try:
             adapter.broadcast(rebroadcast)
         except TransactionRejected:
             pass  # e.g. nonce already used by this very tx in a block we have not seen: keep polling
-    return Outcome(OutcomeKind.WAIT, stage_after, poll)
+    return Outcome(outcome_kind, stage_after, poll)
 
 
 def _record_inclusion(session: Session, tx: Transaction, status: TxStatus, depth: int) -> bool:

@@ -8,14 +8,15 @@ task re-asks the signer with the same request id (a no-op) and collects the same
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from pipeline.errors import TransientError
-from pipeline.lifecycle import advance, stage_of
-from pipeline.models import NonceCursor, ReleasedNonce
+from pipeline.lifecycle import advance, record_note, stage_of
+from pipeline.models import NonceCursor, ReleasedNonce, utcnow
 from pipeline.stages import FailureReason, Stage
 from pipeline.steps.context import (
     Outcome,
@@ -26,6 +27,7 @@ from pipeline.steps.context import (
     intent_of,
     load_tx,
     signing_payloads_of,
+    touch,
 )
 from signer.base import KeyRef, SignerError
 
@@ -80,7 +82,7 @@ def request_signature(ctx: StepContext, tx_id: str) -> Outcome:
             fail(session, tx, FailureReason.SIGNATURE_REFUSED, str(exc))
             return Outcome.of(OutcomeKind.FINAL, tx)
     if signatures is None:
-        return Outcome(OutcomeKind.WAIT, Stage.SIGNATURE_REQUESTED, ctx.signature_poll_s)
+        return _still_waiting(ctx, tx_id)
 
     signed = adapter.attach_signature(payload, signatures)
     with ctx.db.unit_of_work() as session:
@@ -91,6 +93,20 @@ def request_signature(ctx: StepContext, tx_id: str) -> Outcome:
         tx.tx_hash = signed.tx_hash
         advance(session, tx, Stage.SIGNED, detail=signed.tx_hash)
         return Outcome.of(OutcomeKind.ADVANCED, tx)
+
+
+def _still_waiting(ctx: StepContext, tx_id: str) -> Outcome:
+    """The signer has not answered yet: stay alive for the sweeper, give up (replayably) at the deadline."""
+    with ctx.db.unit_of_work() as session:
+        tx = load_tx(session, tx_id)
+        if stage_of(tx) is not Stage.SIGNATURE_REQUESTED:
+            return Outcome.of(OutcomeKind.NOOP, tx)
+        touch(tx)
+        if utcnow() - tx.stage_changed_at > timedelta(seconds=ctx.signature_timeout_s):
+            tx.last_error = f"the signer has not answered within {int(ctx.signature_timeout_s)} s"
+            record_note(session, tx, "signature_timeout", tx.last_error)
+            return Outcome.of(OutcomeKind.STALLED, tx)
+    return Outcome(OutcomeKind.WAIT, Stage.SIGNATURE_REQUESTED, ctx.signature_poll_s)
 
 
 def _allocate_nonce(session: Session, account_id: str, chain_nonce: int | None) -> int:

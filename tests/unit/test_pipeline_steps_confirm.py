@@ -182,6 +182,23 @@ def test_given_a_forgotten_tx_past_the_timeout_then_a_recorded_rebroadcast_is_re
     assert len(adapter.broadcasts) - 1 == recorded == notes(world, tx_id).count("rebroadcast")
 
 
+def test_given_a_dropped_tx_past_the_timeout_then_every_redrive_still_sends_the_same_bytes(world: World) -> None:
+    # Given a transaction the mempool dropped long after its broadcast (the timeout has passed)
+    alice, tx_id = broadcast_transfer(world)
+    adapter = world.adapter()
+    adapter.statuses = [NOT_FOUND]
+    original = adapter.broadcasts[-1]
+    # When the sweeper (or ops) re-drives confirm twice, a rebroadcast interval apart
+    for _ in range(2):
+        world.edit(tx_id, long_ago(3600, "broadcast_at", "last_broadcast_at"))
+        assert world.step("confirm", tx_id).kind is OutcomeKind.STALLED
+    # Then the same bytes went out again each time, recorded, and the transfer stays replayable
+    assert adapter.broadcasts[-2:] == [original, original]
+    assert notes(world, tx_id).count("rebroadcast") == 2
+    tx = world.tx(tx_id)
+    assert (tx.status, tx.stage) == ("PENDING", "BROADCAST") and "not confirmed within" in tx.last_error
+
+
 def test_an_inclusion_at_depth_without_a_fee_is_an_adapter_bug_and_settles_nothing(world: World) -> None:
     alice, tx_id = broadcast_transfer(world)
     world.adapter().statuses = [included(3, fee_paid=None)]

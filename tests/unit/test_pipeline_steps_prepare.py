@@ -106,6 +106,16 @@ def test_given_an_invalid_destination_then_failed_invalid_destination(world: Wor
     assert world.balances(alice, "ETH") == (ETH, 0)
 
 
+def test_given_the_source_as_destination_then_failed_invalid_destination(world: World) -> None:
+    # The chain would only charge the fee while the ledger debited the amount: refused up front
+    alice = world.onboard(balances={"ETH": ETH})
+    tx_id = world.transfer(alice, "0.1", to=alice.address.lower())
+    world.step("resolve_source", tx_id)
+    assert world.step("validate_destination", tx_id).stage is Stage.FAILED
+    assert_failed(world, tx_id, "invalid_destination", "SOURCE_RESOLVED")
+    assert "source address" in world.tx(tx_id).failure_detail
+
+
 # -- lock_funds ------------------------------------------------------------------------------------
 
 def test_given_less_than_the_amount_then_failed_insufficient_funds_and_nothing_locked(world: World) -> None:

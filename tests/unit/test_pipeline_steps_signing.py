@@ -3,9 +3,13 @@ back locks and the unspent nonce when the signer or the node says no."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import json
 
 import pytest
+
+from pipeline.models import utcnow
 from eth_keys import keys as eth_keys
 from sqlalchemy import select
 
@@ -83,6 +87,30 @@ def test_given_a_signer_not_ready_yet_then_wait_and_later_advanced_without_reall
     assert (third.kind, third.stage) == (OutcomeKind.ADVANCED, Stage.SIGNED)
     assert world.tx(tx_id).nonce == tx.nonce == 0
     assert [c for c in world.stage_changes(tx_id) if c[1] == "SIGNATURE_REQUESTED"] == [("FUNDS_LOCKED", "SIGNATURE_REQUESTED")]
+
+
+def test_given_a_signer_silent_past_its_deadline_then_stalled_replayable_with_the_reason(world: World) -> None:
+    signer = FakeSigner(ready=False)
+    alice = world.onboard(balances={"ETH": ETH}, signer=signer)
+    ctx = world.ctx(signer=signer, signature_timeout_s=60)
+    tx_id = world.transfer(alice, "0.1")
+    world.run_until(tx_id, "lock_funds", ctx)
+    assert world.step("request_signature", tx_id, ctx).kind is OutcomeKind.WAIT
+    before = world.tx(tx_id).heartbeat_at
+
+    # Waiting keeps the heartbeat fresh, so the sweeper does not stack duplicate chains on it
+    assert world.step("request_signature", tx_id, ctx).kind is OutcomeKind.WAIT
+    assert world.tx(tx_id).heartbeat_at >= before and world.tx(tx_id).last_error is None
+
+    # Past the deadline: STALLED, still SIGNATURE_REQUESTED and PENDING, with the reason for ops
+    world.edit(tx_id, lambda tx: setattr(tx, "stage_changed_at", utcnow() - timedelta(seconds=120)))
+    outcome = world.step("request_signature", tx_id, ctx)
+    tx = world.tx(tx_id)
+    assert (outcome.kind, tx.stage, tx.status) == (OutcomeKind.STALLED, "SIGNATURE_REQUESTED", "PENDING")
+    assert "signer has not answered within 60 s" in tx.last_error
+    # and once the signer answers, a replay finishes the job with the same request
+    signer.ready = True
+    assert world.step("request_signature", tx_id, ctx).stage is Stage.SIGNED
 
 
 @pytest.mark.parametrize("refusal", [SignatureRefused("policy says no"), UnknownKey("no key")], ids=["refused", "unknown key"])
