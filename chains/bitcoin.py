@@ -92,7 +92,9 @@ _NODE_CHAIN = {"mainnet": "main", "testnet": "test", "testnet4": "testnet4", "si
 _ALREADY_HAVE = ("txn-already-in-mempool", "txn-already-known", "already in block chain", "already in utxo set",
                  "txn-same-nonwitness-data-in-mempool")
 _MISSING_INPUTS = ("missing inputs", "missingorspent", "missing-inputs")
-_TRANSIENT = ("loading", "verifying", "rescanning", "warmup", "timeout", "work queue depth exceeded")
+_TRANSIENT = ("loading", "verifying", "rescanning", "warmup", "timeout", "work queue depth exceeded",
+              # mempool pressure: the same bytes can be accepted later, so wait rather than fail
+              "mempool min fee not met", "mempool full", "too-long-mempool-chain", "too many unconfirmed")
 
 
 @dataclass(frozen=True)
@@ -362,6 +364,10 @@ class BitcoinAdapter:
         try:
             self._call("getrawtransaction", [txid, False])
         except NodeRpcError as exc:
+            if exc.code == RPC_INVALID_ADDRESS_OR_KEY and "txindex" in exc.node_message.lower():
+                # Without -txindex a mined transaction is invisible: "unknown" is not proof of failure.
+                raise ChainRpcError(f"{self.spec.name}: the node runs without -txindex=1 and cannot see "
+                                    "confirmed transactions; enable it") from None
             if exc.code == RPC_INVALID_ADDRESS_OR_KEY:
                 return False
             raise

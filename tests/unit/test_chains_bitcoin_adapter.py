@@ -260,7 +260,7 @@ class TestBroadcast:
 
     @pytest.mark.parametrize(("code", "message"), [
         (-25, "bad-txns-inputs-missingorspent"), (-25, "Missing inputs"), (-26, "txn-mempool-conflict"),
-        (-26, "dust"), (-26, "min relay fee not met, 100 < 141"), (-26, "mempool min fee not met"),
+        (-26, "dust"), (-26, "min relay fee not met, 100 < 141"),
         (-26, "mandatory-script-verify-flag-failed (Signature must be zero for failed CHECK(MULTI)SIG operation)"),
         (-22, "TX decode failed"), (-25, "Fee exceeds maximum configured by user (maxfeerate)"),
     ])
@@ -271,8 +271,17 @@ class TestBroadcast:
             adapter_with(node).broadcast(SIGNED)
         assert rejected.value.reason == "rejected_by_node"
 
+    def test_missing_inputs_on_a_node_without_txindex_is_not_proof_of_failure(self) -> None:
+        # Our own transaction may be mined already; without -txindex the node cannot say so.
+        node = FakeNode(sendrawtransaction=node_error(-25, "bad-txns-inputs-missingorspent"),
+                        getrawtransaction=node_error(-5, "No such mempool transaction. Use -txindex or provide a block hash"))
+        with pytest.raises(ChainRpcError, match="txindex") as caught:
+            adapter_with(node).broadcast(SIGNED)
+        assert not isinstance(caught.value, TransactionRejected)
+
     @pytest.mark.parametrize(("code", "message"), [(-28, "Loading block index..."), (-1, "something odd"),
-                                                   (-32601, "Method not found")])
+                                                   (-32601, "Method not found"), (-26, "mempool min fee not met"),
+                                                   (-26, "too-long-mempool-chain, too many unconfirmed ancestors")])
     def test_node_trouble_is_transient(self, code: int, message: str) -> None:
         with pytest.raises(ChainRpcError) as caught:
             adapter_with(FakeNode(sendrawtransaction=node_error(code, message))).broadcast(SIGNED)
