@@ -42,9 +42,6 @@ class EvmDevnet:
         else:
             mint(self.rpc_url, token.contract or "", address, amount)
 
-    def rpc(self, method: str, params: list | None = None) -> object:
-        return self._node.rpc(method, params)
-
 
 SUPPORTED_FAMILIES = frozenset({"evm", "tron", "bitcoin", "solana"})
 
