@@ -31,6 +31,7 @@ import enum
 import hashlib
 from dataclasses import dataclass
 
+from chains.address_text import require_text
 from chains.errors import InvalidAddress, InvalidPublicKey, UnknownChain
 
 # --- networks ---------------------------------------------------------------------------------
@@ -292,10 +293,7 @@ def _looks_segwit(text: str) -> bool:
 def decode_address(address: object, network: str, chain: str = "bitcoin") -> Destination:
     """The decoded address on `network`; InvalidAddress with the reason otherwise."""
     net = network_of(network)
-    if not isinstance(address, str):
-        raise InvalidAddress(chain, repr(address), f"not a string ({type(address).__name__})")
-    if address != address.strip():
-        raise InvalidAddress(chain, address, "leading or trailing whitespace")
+    address = require_text(address, chain)
     if not address:
         raise InvalidAddress(chain, address, "empty")
     try:

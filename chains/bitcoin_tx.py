@@ -34,12 +34,12 @@ from typing import Any
 from chains.base import SignedTransaction, UnsignedTransaction
 from chains.bitcoin_address import hash160, p2pkh_script, p2wpkh_program, p2wpkh_script, sha256d
 from chains.errors import InvalidAddress, InvalidSignature, MalformedTransaction
+from chains.secp256k1 import split_signature
 
 PAYLOAD_FORMAT = "btc-p2wpkh/1"
 TX_VERSION = 2
 SEQUENCE_RBF = 0xFFFFFFFD
 SIGHASH_ALL = 0x01
-SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 MAX_MONEY = 21_000_000 * 100_000_000
 
 # Size of one P2WPKH input: outpoint 36 + empty scriptSig 1 + sequence 4 (non-witness), and the
@@ -203,23 +203,6 @@ def bip143_sighash(tx: Tx, index: int, script_code: bytes, value: int, sighash_t
         hash_outputs, tx.locktime.to_bytes(4, "little"), sighash_type.to_bytes(4, "little"),
     ])
     return sha256d(preimage)
-
-
-def split_signature(signature: bytes) -> tuple[int, int, int]:
-    """(recovery id, r, s) of a 65-byte r||s||v signature (v 0/1 or 27/28), s made low (BIP62/146)."""
-    if not isinstance(signature, (bytes, bytearray)) or len(signature) != 65:
-        size = len(signature) if isinstance(signature, (bytes, bytearray)) else type(signature).__name__
-        raise InvalidSignature(f"secp256k1 signature must be 65 bytes r||s||v, got {size}")
-    r, s, v = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:64], "big"), signature[64]
-    if v in (27, 28):
-        v -= 27
-    if v not in (0, 1):
-        raise InvalidSignature(f"recovery id must be 0 or 1 (or 27/28), got {signature[64]}")
-    if not (0 < r < SECP256K1_N and 0 < s < SECP256K1_N):
-        raise InvalidSignature("signature r or s is out of range")
-    if s > SECP256K1_N // 2:  # valid but non-standard: nodes refuse high s, its twin is accepted
-        s, v = SECP256K1_N - s, v ^ 1
-    return v, r, s
 
 
 def der_encode(r: int, s: int) -> bytes:

@@ -16,6 +16,7 @@ token contract itself) is a separate policy: `check_destination`.
 
 from __future__ import annotations
 
+from chains.address_text import require_text
 from chains.errors import InvalidAddress, InvalidPublicKey
 
 _HEX = frozenset("0123456789abcdefABCDEF")
@@ -26,10 +27,7 @@ _RESERVED_MAX = 0xFF
 
 def validate_address(address: object, chain: str = "evm") -> str:
     """Return the EIP-55 checksummed form of `address`, or raise InvalidAddress saying why."""
-    if not isinstance(address, str):
-        raise InvalidAddress(chain, repr(address), f"not a string ({type(address).__name__})")
-    if address != address.strip():
-        raise InvalidAddress(chain, address, "leading or trailing whitespace")
+    address = require_text(address, chain)
     if not address.startswith("0x"):
         raise InvalidAddress(chain, address, "missing 0x prefix")
     digits = address[2:]

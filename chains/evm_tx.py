@@ -22,11 +22,11 @@ from typing import Any
 
 from chains.base import SignedTransaction, TransferIntent, UnsignedTransaction
 from chains.errors import InvalidSignature, MalformedTransaction
+from chains.secp256k1 import split_signature
 
 PAYLOAD_FORMAT = "evm-tx/1"
 TRANSFER_SELECTOR = bytes.fromhex("a9059cbb")  # transfer(address,uint256)
 BALANCE_OF_SELECTOR = bytes.fromhex("70a08231")  # balanceOf(address)
-SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 _UINT256_MAX = 2**256 - 1
 
 _DYNAMIC_FEE_KEYS = ("gas", "maxFeePerGas", "maxPriorityFeePerGas")
@@ -145,26 +145,6 @@ def signing_digest(tx: dict[str, Any]) -> bytes:
 
 def build_unsigned(sender: str, tx: dict[str, Any]) -> UnsignedTransaction:
     return UnsignedTransaction(payload=encode_payload(sender, tx), digests=(signing_digest(tx),))
-
-
-def split_signature(signature: bytes) -> tuple[int, int, int]:
-    """(recovery_id, r, s) from r(32)||s(32)||v(1), with v 0/1 (or 27/28), s made low (EIP-2)."""
-    if not isinstance(signature, (bytes, bytearray)) or len(signature) != 65:
-        size = len(signature) if isinstance(signature, (bytes, bytearray)) else type(signature).__name__
-        raise InvalidSignature(f"secp256k1 signature must be 65 bytes r||s||v, got {size}")
-    r = int.from_bytes(signature[:32], "big")
-    s = int.from_bytes(signature[32:64], "big")
-    v = signature[64]
-    if v in (27, 28):
-        v -= 27
-    if v not in (0, 1):
-        raise InvalidSignature(f"recovery id must be 0 or 1 (or 27/28), got {signature[64]}")
-    if not (0 < r < SECP256K1_N and 0 < s < SECP256K1_N):
-        raise InvalidSignature("signature r or s is out of range")
-    if s > SECP256K1_N // 2:  # a valid but high-s signature: nodes refuse it, its twin is accepted
-        s = SECP256K1_N - s
-        v ^= 1
-    return v, r, s
 
 
 def attach(payload: bytes, signature: bytes) -> SignedTransaction:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from chains.address_text import require_text
 from chains.errors import InvalidAddress, InvalidPublicKey
 
 ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
@@ -113,12 +114,9 @@ def is_on_curve(raw: bytes) -> bool:
 
 def decode_address(address: object, chain: str = "solana") -> bytes:
     """The 32 bytes of a Solana address, or InvalidAddress saying why."""
-    if not isinstance(address, str):
-        raise InvalidAddress(chain, repr(address), f"not a string ({type(address).__name__})")
+    address = require_text(address, chain)
     if not address:
         raise InvalidAddress(chain, address, "empty")
-    if address != address.strip():
-        raise InvalidAddress(chain, address, "leading or trailing whitespace")
     if any(c.isspace() for c in address):
         raise InvalidAddress(chain, address, "contains whitespace")
     if len(address) > MAX_ADDRESS_CHARS:

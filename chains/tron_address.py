@@ -13,6 +13,7 @@ no checksum, so a typo in it would silently become another valid address.
 
 from __future__ import annotations
 
+from chains.address_text import require_text
 from chains.errors import InvalidAddress
 
 ADDRESS_PREFIX = 0x41
@@ -39,10 +40,7 @@ def _decode(address: str, chain: str) -> bytes:
 
 def validate_address(address: object, chain: str = "tron") -> str:
     """Return the base58check address unchanged, or raise InvalidAddress saying why."""
-    if not isinstance(address, str):
-        raise InvalidAddress(chain, repr(address), f"not a string ({type(address).__name__})")
-    if address != address.strip():
-        raise InvalidAddress(chain, address, "leading or trailing whitespace")
+    address = require_text(address, chain)
     if not address:
         raise InvalidAddress(chain, address, "empty")
     digits = address[2:] if address[:2] in ("0x", "0X") else address

@@ -239,7 +239,7 @@ def is_txid(value: Any) -> bool:
 
 def normalize_signature(signature: bytes) -> bytes:
     """r||s||v with v 0/1 (27/28 accepted) and low s, as tronpy's PrivateKey.sign_msg_hash makes."""
-    from chains.evm_tx import split_signature  # same secp256k1 rules: 65 bytes, ranges, low-s
+    from chains.secp256k1 import split_signature
 
     recovery_id, r, s = split_signature(signature)
     return r.to_bytes(32, "big") + s.to_bytes(32, "big") + bytes([recovery_id])

@@ -25,7 +25,6 @@ from typing import Any
 from chains.bitcoin_address import REGTEST, dust_limit, hash160, p2wpkh_script, sha256d
 from chains.bitcoin_tx import (
     MAX_MONEY,
-    SECP256K1_N,
     SIGHASH_ALL,
     Tx,
     TxIn,
@@ -36,6 +35,7 @@ from chains.bitcoin_tx import (
     parse_tx,
     verify_signature,
 )
+from chains.secp256k1 import SECP256K1_N
 
 COINBASE_MATURITY = 100
 HALVING_INTERVAL = 150  # regtest

@@ -12,6 +12,7 @@ import pytest
 from eth_keys import keys
 
 from chains import bitcoin_tx as btx
+from chains.secp256k1 import SECP256K1_N
 from chains.bitcoin_address import address_from_public_key, compress_public_key, hash160, p2pkh_script, p2wpkh_script
 from devnet.bitcoin.chainstate import COINBASE_MATURITY, ChainState, RpcFailure, faucet_key
 from devnet.bitcoin.rpc import Methods
@@ -109,7 +110,7 @@ class TestRefusing:
         tx = btx.parse_tx(spend(funded(node), 1_000_000, PAY))
         sig, public = tx.inputs[0].witness
         r, s = btx.der_decode(sig[:-1])
-        high = btx.der_encode(r, btx.SECP256K1_N - s) + sig[-1:]
+        high = btx.der_encode(r, SECP256K1_N - s) + sig[-1:]
         bad = replace(tx, inputs=(replace(tx.inputs[0], witness=(high, public)),))
         assert "S value is unnecessarily high" in refused(node, bad.serialize()).message
 

@@ -19,6 +19,7 @@ from chains.bitcoin_address import (
     p2wpkh_script,
     witness_script,
 )
+from chains.secp256k1 import SECP256K1_N
 from chains.errors import InvalidSignature, MalformedTransaction
 
 # BIP143 "Native P2WPKH" example: input 1 spends a P2WPKH output of 6 BTC.
@@ -50,7 +51,7 @@ BIP143_P2SH_UNSIGNED = bytes.fromhex(
 )
 
 SECRET = bytes.fromhex("11" * 32)
-N = btx.SECP256K1_N
+N = SECP256K1_N
 
 
 def _sender() -> tuple[str, bytes]:

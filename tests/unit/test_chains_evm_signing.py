@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from chains.base import FeeQuote, TransferIntent
 from chains.errors import InvalidSignature, MalformedTransaction, UnknownToken
 from chains.evm import EvmAdapter
-from chains.evm_tx import SECP256K1_N
+from chains.secp256k1 import SECP256K1_N
 from chains.registry import load_registry
 
 MAINNET = load_registry("mainnet")

@@ -14,7 +14,7 @@ from tronpy.keys import PrivateKey
 from chains import tron_tx
 from chains.base import FeeQuote, TransferIntent
 from chains.errors import InvalidSignature, MalformedTransaction
-from chains.evm_tx import SECP256K1_N
+from chains.secp256k1 import SECP256K1_N
 from chains.registry import load_registry
 from chains.tron import TronAdapter
 
