@@ -68,7 +68,10 @@ class MalformedTransaction(ChainError, ValueError):
 class TransactionRejected(ChainError):
     """The node refused the transaction; retrying the same bytes will not help."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: str, detail: str, *, nonce_consumed: bool = False) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+        # True when the refused transaction still used up its account nonce, so the pipeline must
+        # not hand that nonce out again (default: a refused transaction leaves the nonce unused).
+        self.nonce_consumed = nonce_consumed

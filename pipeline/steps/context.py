@@ -131,6 +131,27 @@ HOLDS_LOCKS = frozenset({Stage.FUNDS_LOCKED, Stage.SIGNATURE_REQUESTED, Stage.SI
 NONCE_UNSPENT = frozenset({Stage.SIGNATURE_REQUESTED, Stage.SIGNED})
 
 
+def failure_reason(code: str) -> FailureReason:
+    """An adapter's rejection code as a failure reason; codes the pipeline does not know are
+    reported as rejected_by_node (the detail keeps the node's own words)."""
+    try:
+        return FailureReason(code)
+    except ValueError:
+        return FailureReason.REJECTED_BY_NODE
+
+
+def fail_at(ctx: StepContext, tx_id: str, expected: Stage, reason: FailureReason, detail: str,
+            nonce_spent: bool = False) -> Outcome:
+    """FAIL the transfer in its own unit of work if it is still at `expected` (else NOOP: another
+    delivery got there first)."""
+    with ctx.db.unit_of_work() as session:
+        tx = load_tx(session, tx_id)
+        if stage_of(tx) is not expected:
+            return Outcome.of(OutcomeKind.NOOP, tx)
+        fail(session, tx, reason, detail, nonce_spent)
+        return Outcome.of(OutcomeKind.FINAL, tx)
+
+
 def fail(session: Session, tx: Transaction, reason: FailureReason, detail: str, nonce_spent: bool = False) -> None:
     """End the transfer as FAILED: give back its locks and (if it never reached the chain) its nonce."""
     stage = stage_of(tx)

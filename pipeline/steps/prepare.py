@@ -16,7 +16,17 @@ from pipeline.errors import TransientError
 from pipeline.lifecycle import advance, stage_of
 from pipeline.models import Account, Asset, Transaction, UtxoReservation, Wallet
 from pipeline.stages import FailureReason, Stage
-from pipeline.steps.context import Outcome, OutcomeKind, StepContext, fail, fee_params_json, intent_of, load_tx
+from pipeline.steps.context import (
+    Outcome,
+    OutcomeKind,
+    StepContext,
+    fail,
+    fail_at,
+    failure_reason,
+    fee_params_json,
+    intent_of,
+    load_tx,
+)
 
 
 def resolve_source(ctx: StepContext, tx_id: str) -> Outcome:
@@ -102,12 +112,7 @@ def lock_funds(ctx: StepContext, tx_id: str) -> Outcome:
             # The ledger has the funds but other pending transfers hold the outputs; their change
             # comes back to this address. Wait for it rather than fail a transfer that can be paid.
             raise TransientError("outputs are reserved by pending transfers; waiting for their change") from None
-        with ctx.db.unit_of_work() as session:
-            tx = load_tx(session, tx_id)
-            if stage_of(tx) is not Stage.DESTINATION_VALID:
-                return Outcome.of(OutcomeKind.NOOP, tx)
-            fail(session, tx, _reason(exc.reason, FailureReason.REJECTED_BY_NODE), exc.detail)
-            return Outcome.of(OutcomeKind.FINAL, tx)
+        return fail_at(ctx, tx_id, Stage.DESTINATION_VALID, failure_reason(exc.reason), exc.detail)
 
     with ctx.db.unit_of_work() as session:
         tx = load_tx(session, tx_id)
@@ -158,10 +163,3 @@ def _reserve_inputs(session: Session, tx: Transaction, quote: FeeQuote) -> None:
                                             address=tx.from_address, value=utxo.value))
     except IntegrityError:
         raise TransientError("an input was reserved by another transfer meanwhile; quote again") from None
-
-
-def _reason(code: str, default: FailureReason) -> FailureReason:
-    try:
-        return FailureReason(code)
-    except ValueError:
-        return default

@@ -23,7 +23,8 @@ from pipeline.steps.context import (
     Outcome,
     OutcomeKind,
     StepContext,
-    fail,
+    fail_at,
+    failure_reason,
     load_tx,
     locked_amounts,
     release_utxos,
@@ -45,15 +46,14 @@ def broadcast(ctx: StepContext, tx_id: str) -> Outcome:
     try:
         ctx.adapter_for(chain).broadcast(signed)
     except TransactionRejected as exc:
+        if exc.reason != FailureReason.EXPIRED.value:
+            return fail_at(ctx, tx_id, Stage.SIGNED, failure_reason(exc.reason), exc.detail, exc.nonce_consumed)
         with ctx.db.unit_of_work() as session:
             tx = load_tx(session, tx_id)
             if stage_of(tx) is not Stage.SIGNED:
                 return Outcome.of(OutcomeKind.NOOP, tx)
-            if exc.reason == FailureReason.EXPIRED.value:
-                replace_expired(session, tx, exc.detail)
-                return Outcome(OutcomeKind.RESTART, Stage.FUNDS_LOCKED, step="request_signature")
-            fail(session, tx, _reason(exc.reason), exc.detail, nonce_spent=getattr(exc, "nonce_consumed", False))
-            return Outcome.of(OutcomeKind.FINAL, tx)
+            replace_expired(session, tx, exc.detail)
+            return Outcome(OutcomeKind.RESTART, Stage.FUNDS_LOCKED, step="request_signature")
     with ctx.db.unit_of_work() as session:
         tx = load_tx(session, tx_id)
         if stage_of(tx) is not Stage.SIGNED:
@@ -147,10 +147,3 @@ def _record_inclusion(session: Session, tx: Transaction, status: TxStatus, depth
 def _due_for_rebroadcast(tx: Transaction, poll_s: float) -> bool:
     last = tx.last_broadcast_at or tx.stage_changed_at
     return utcnow() - last > timedelta(seconds=max(5.0, 4 * poll_s))
-
-
-def _reason(code: str) -> FailureReason:
-    try:
-        return FailureReason(code)
-    except ValueError:
-        return FailureReason.REJECTED_BY_NODE

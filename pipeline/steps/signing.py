@@ -22,7 +22,7 @@ from pipeline.steps.context import (
     Outcome,
     OutcomeKind,
     StepContext,
-    fail,
+    fail_at,
     fee_quote_of,
     intent_of,
     load_tx,
@@ -75,12 +75,7 @@ def request_signature(ctx: StepContext, tx_id: str) -> Outcome:
     except SignerError as exc:
         if exc.transient:
             raise TransientError(f"signer: {exc}") from exc
-        with ctx.db.unit_of_work() as session:
-            tx = load_tx(session, tx_id)
-            if stage_of(tx) is not Stage.SIGNATURE_REQUESTED:
-                return Outcome.of(OutcomeKind.NOOP, tx)
-            fail(session, tx, FailureReason.SIGNATURE_REFUSED, str(exc))
-            return Outcome.of(OutcomeKind.FINAL, tx)
+        return fail_at(ctx, tx_id, Stage.SIGNATURE_REQUESTED, FailureReason.SIGNATURE_REFUSED, str(exc))
     if signatures is None:
         return _still_waiting(ctx, tx_id)
 

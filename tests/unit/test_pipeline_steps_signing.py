@@ -194,8 +194,7 @@ def test_given_the_node_rejects_the_bytes_then_failed_locks_released_nonce_relea
 
 def test_given_a_rejection_that_consumed_the_nonce_then_the_nonce_is_not_reused(world: World) -> None:
     alice = world.onboard(balances={"ETH": ETH})
-    rejection = TransactionRejected("rejected_by_node", "nonce too low")
-    rejection.nonce_consumed = True  # type: ignore[attr-defined]
+    rejection = TransactionRejected("rejected_by_node", "nonce too low", nonce_consumed=True)
     world.adapter().broadcast_errors = [rejection]
     tx_id = world.transfer(alice, "0.1")
     world.run_until(tx_id, "broadcast")
