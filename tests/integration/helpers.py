@@ -88,12 +88,6 @@ def record_only(f: Funded, symbol: str, amount: str, to: str | None = None) -> s
         return tx.transaction_id
 
 
-def load_for_update(session: object, transaction_id: str) -> Transaction:
-    from pipeline.steps.context import load_tx
-
-    return load_tx(session, transaction_id)  # type: ignore[arg-type]
-
-
 def load(transaction_id: str) -> Transaction:
     with ctx().db.unit_of_work() as session:
         return session.get(Transaction, transaction_id)  # type: ignore[return-value]

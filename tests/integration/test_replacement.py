@@ -12,6 +12,7 @@ from chains.tron import TronAdapter
 from pipeline.amounts import parse_amount
 from pipeline.models import utcnow
 from pipeline.steps import STEP_FUNCTIONS, OutcomeKind
+from pipeline.steps.context import load_tx
 from pipeline.stages import Stage
 from tests.integration import helpers as h
 
@@ -25,7 +26,7 @@ def test_an_expired_tron_transfer_is_replaced_once_and_confirms(stack):
     to = h.fresh_address("tron")
     tx_id = h.record_only(f, "TRX", "5", to=to)
     with ctx.db.unit_of_work() as session:
-        h.load_for_update(session, tx_id).held_at = utcnow()  # the stack's worker must leave it to us
+        load_tx(session, tx_id).held_at = utcnow()  # the stack's worker must leave it to us
     for step in ("resolve_source", "validate_destination", "lock_funds", "request_signature"):
         assert STEP_FUNCTIONS[step](ctx, tx_id).kind is OutcomeKind.ADVANCED
     first = h.load(tx_id)
