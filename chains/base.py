@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from chains.registry import ChainSpec, TokenSpec
@@ -79,10 +79,16 @@ class UnsignedTransaction:
 
 @dataclass(frozen=True)
 class SignedTransaction:
-    """Bytes ready to broadcast and the hash the chain will know them by."""
+    """Bytes ready to broadcast and the hash the chain will know them by.
+
+    `context` is the build context the transaction was built with (what `build_context`
+    returned: TRON expiration and reference block, Solana blockhash and last valid block height),
+    so that status checks can prove expiry from what was signed rather than infer it.
+    """
 
     raw: bytes
     tx_hash: str
+    context: Mapping[str, Any] = field(default_factory=dict)
 
 
 class TxState(str, enum.Enum):
@@ -158,7 +164,19 @@ class ChainAdapter(Protocol):
         """Send the bytes; sending bytes the node already has is success. Returns the tx hash."""
 
     def get_status(self, signed: SignedTransaction) -> TxStatus:
-        """Inclusion, canonical block, confirmations, fee paid; EXPIRED once provably dead."""
+        """Inclusion, canonical block, confirmations, fee paid; EXPIRED only on proof that the
+        bytes can never land, asked in an order a lagging node cannot fool (Solana: the block
+        height at the commitment is past the stored last valid block height, then the signature
+        is unknown with history search on a node at least that far; TRON: the solidified head is
+        past the expiration and the solidity node has every block up to it and ours is in none)."""
+
+    def proves_unlandable(self, signed: SignedTransaction) -> bool:
+        """Called after the node refused these bytes for good (at broadcast or a rebroadcast) and
+        the transaction is not known to the chain: True only when the chain proves they can never
+        be included, so the pipeline may FAIL the transfer and release its locks, nonce and inputs.
+        EVM: our hash unknown and the account's nonce at `latest` still at or below ours; Bitcoin:
+        every input still unspent; TRON and Solana: the expiry proof of `get_status`. False means
+        "not proven": the pipeline retries, then holds the transfer for ops."""
 
     def balance_of(self, address: str, token: TokenSpec) -> int:
         """On-chain balance in base units (for reconciliation)."""
