@@ -11,12 +11,20 @@ decisions that need a node:
   tokens short -> TransactionRejected("insufficient_funds"), SOL short of the fee and rent ->
   "insufficient_funds_for_fee";
 - expiry instead of nonces: a transaction is tied to a recent blockhash (`build_context`) and can
-  only land until `lastValidBlockHeight`. It is EXPIRED once the blockhash is invalid at the
-  registry commitment *and* the signature is still unknown (checked again after the blockhash, so
-  a transaction landing in between is not declared dead); the pipeline then re-signs;
+  only land in a block whose height is at most its `last_valid_block_height` (stored in the build
+  context, `SignedTransaction.context`). It is EXPIRED only on proof, asked in this order: (a) the
+  node's block height at the registry commitment (`getEpochInfo`: `blockHeight`, `absoluteSlot`)
+  is past the last valid block height, so every block that could hold it is already at that
+  commitment; then (b) `getSignatureStatuses` with history search says the signature is unknown,
+  answered by a node whose `context.slot` is at least the slot seen in (a), so it has every block
+  that could hold it. A lagging node cannot fool this: a node behind says a lower height in (a)
+  (no proof), and an "unknown" from a node behind the slot of (a) is not taken as proof.
+  (`isBlockhashValid` is not used: a lagging node says false for a blockhash it has not seen yet.)
+  Without a stored `last_valid_block_height`, or with a context whose blockhash is not the one the
+  bytes carry, nothing is proven: NOT_FOUND, never EXPIRED. The pipeline re-signs an EXPIRED one;
 - broadcast with preflight: "already processed" is success, "blockhash not found" is expired
-  only after the same proof, insufficient lamports and other simulation failures are refusals,
-  everything else (node unhealthy, transport) is transient;
+  only after the same proof (transient otherwise), insufficient lamports and other simulation
+  failures are refusals, everything else (node unhealthy, transport) is transient;
 - finality: INCLUDED/REVERTED count confirmations only once the status reaches the registry's
   commitment (`options.commitment`, "finalized" or "confirmed"); the fee then reported is the
   sender's real balance drop (fee + rent of any account it created), so the ledger matches the
@@ -312,45 +320,71 @@ class SolanaAdapter:
         return "rejected_by_node"
 
     def _blockhash_not_found(self, exc: NodeRpcError, signed: SignedTransaction) -> str:
-        """Expired only with proof: the blockhash is dead and the transaction is not on chain."""
-        if self._signature_status(signed.tx_hash) is None:
-            if self._blockhash_valid(signed):
-                raise exc  # the node does not know a blockhash that is still valid: a lagging node, retry
-            if self._signature_status(signed.tx_hash) is None:
-                raise TransactionRejected(
-                    "expired", f"the blockhash of {signed.tx_hash} is no longer valid and it is not on chain"
-                ) from None
-        return signed.tx_hash  # it landed before its blockhash expired: this broadcast was a repeat
+        """Expired only with proof (see `_lookup`); a repeat when it landed; transient otherwise."""
+        status, expired = self._lookup(signed)
+        if status is not None:
+            return signed.tx_hash  # it landed before its blockhash expired: this broadcast was a repeat
+        if expired:
+            raise TransactionRejected(
+                "expired", f"{signed.tx_hash} is past its last valid block height and not on chain"
+            ) from None
+        raise exc  # not proven dead (e.g. a lagging node that has not seen the blockhash yet): retry
 
     # --- status ------------------------------------------------------------------------------
 
     def get_status(self, signed: SignedTransaction) -> TxStatus:
         solana_tx.signature_bytes(signed.tx_hash)
-        status = self._signature_status(signed.tx_hash)
-        if status is None:
-            if self._blockhash_valid(signed):
-                return TxStatus(TxState.NOT_FOUND)  # may still land: the pipeline keeps polling/rebroadcasting
-            # Asked again *after* the blockhash check: a transaction that landed in between is not dead.
-            status = self._signature_status(signed.tx_hash)
-            if status is None:
-                return TxStatus(TxState.EXPIRED)
-        return self._landed(signed, status)
+        status, expired = self._lookup(signed)
+        if status is not None:
+            return self._landed(signed, status)
+        # Unknown and not proven dead: it may still land; the pipeline keeps polling/rebroadcasting.
+        return TxStatus(TxState.EXPIRED if expired else TxState.NOT_FOUND)
 
-    def _blockhash_valid(self, signed: SignedTransaction) -> bool:
-        """Whether the signed transaction's blockhash can still be used, judged at the registry
-        commitment: invalid there means no block built on that bank can include it, ever."""
-        blockhash = solana_tx.blockhash_of(signed.raw)
-        valid = value_of(self._call("isBlockhashValid", [blockhash, {"commitment": self.commitment}]), "blockhash validity")
-        if not isinstance(valid, bool):
-            raise ChainRpcError(f"{self.spec.name}: unusable isBlockhashValid answer {valid!r}"[:200])
-        return valid
+    def proves_unlandable(self, signed: SignedTransaction) -> bool:
+        """True iff `get_status` would say EXPIRED: past its last valid block height and unknown."""
+        solana_tx.signature_bytes(signed.tx_hash)
+        status, expired = self._lookup(signed)
+        return status is None and expired
 
-    def _signature_status(self, signature: str) -> dict[str, Any] | None:
-        answer = value_of(self._call("getSignatureStatuses", [[signature], {"searchTransactionHistory": True}]),
-                          "signature statuses")
+    def _lookup(self, signed: SignedTransaction) -> tuple[dict[str, Any] | None, bool]:
+        """(signature status or None, proven expired), asked in the order no lagging node can fool.
+
+        Unknown first (the common case: it landed, and we are done); then (a) the block height at
+        the commitment past the stored last valid block height, noting the slot it was seen at;
+        then (b) unknown again, from a node at least at that slot. Asked after (a), the second
+        lookup also sees a transaction that landed in between.
+        """
+        status, _ = self._signature_status(signed.tx_hash)
+        if status is not None:
+            return status, False
+        seen_at = self._slot_past_validity(signed)
+        if seen_at is None:
+            return None, False
+        status, answered_at = self._signature_status(signed.tx_hash)
+        return status, status is None and answered_at >= seen_at
+
+    def _slot_past_validity(self, signed: SignedTransaction) -> int | None:
+        """The slot at which the node's block height at the commitment is past the transaction's
+        last valid block height; None when it is not (yet), or when the context cannot tell."""
+        last_valid = _last_valid_block_height(signed)
+        if last_valid is None:
+            return None
+        info = self._call("getEpochInfo", [{"commitment": self.commitment}])
+        if not isinstance(info, dict):
+            raise ChainRpcError(f"{self.spec.name}: unusable getEpochInfo answer {info!r}"[:200])
+        height = to_int(info.get("blockHeight"), "block height")
+        slot = to_int(info.get("absoluteSlot"), "absolute slot")
+        return slot if height > last_valid else None
+
+    def _signature_status(self, signature: str) -> tuple[dict[str, Any] | None, int]:
+        """(status or None, the slot the answering node was at: its `context.slot`)."""
+        result = self._call("getSignatureStatuses", [[signature], {"searchTransactionHistory": True}])
+        answer = value_of(result, "signature statuses")
         if not isinstance(answer, list) or len(answer) != 1 or not (answer[0] is None or isinstance(answer[0], dict)):
             raise ChainRpcError(f"{self.spec.name}: unusable signature status {answer!r}"[:200])
-        return answer[0]
+        context = result.get("context")
+        slot = to_int(context.get("slot") if isinstance(context, dict) else None, "context slot")
+        return answer[0], slot
 
     def _landed(self, signed: SignedTransaction, status: dict[str, Any]) -> TxStatus:
         slot = to_int(status.get("slot"), "slot")
@@ -430,6 +464,19 @@ def _options(spec: ChainSpec) -> dict[str, Any]:
         raise ChainError(str(exc)) from None
     return {"commitment": commitment, "preflight_commitment": preflight, "lamports_per_signature": per_signature,
             "allow_off_curve": allow_off_curve, "genesis_hash": genesis}
+
+
+def _last_valid_block_height(signed: SignedTransaction) -> int | None:
+    """The stored last valid block height of the bytes' blockhash, or None if the context cannot
+    say: missing, not an integer, or the context of another build (its blockhash is not the one
+    the signed bytes carry). None means no expiry can be proven."""
+    context = signed.context if isinstance(signed.context, Mapping) else {}
+    height, blockhash = context.get("last_valid_block_height"), context.get("blockhash")
+    if not isinstance(height, int) or isinstance(height, bool) or height < 0:
+        return None
+    if blockhash is not None and blockhash != solana_tx.blockhash_of(signed.raw):
+        return None
+    return height
 
 
 def _context(context: Mapping[str, Any] | None) -> tuple[str, int]:

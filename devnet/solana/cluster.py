@@ -209,6 +209,11 @@ class Cluster:
         with self.lock:
             return self._ledger.get(signature)
 
+    def transaction_count(self, slot: int) -> int:
+        """How many transactions landed at or before `slot` (getEpochInfo's transactionCount)."""
+        with self.lock:
+            return sum(1 for landed in self._ledger.values() if landed.slot <= slot)
+
     def status(self, signature: str, search_history: bool) -> dict[str, Any] | None:
         """getSignatureStatuses' entry for one signature (None: unknown)."""
         with self.lock:

@@ -23,6 +23,7 @@ from devnet.solana.errors import RpcError, invalid_params
 
 API_VERSION = "2.1.0"
 LAMPORTS_PER_SIGNATURE = 5000
+SLOTS_PER_EPOCH = 432_000  # mainnet's
 _LEGACY_COMMITMENTS = {"recent": "processed", "single": "confirmed", "singleGossip": "confirmed",
                        "max": "finalized", "root": "finalized"}
 
@@ -87,6 +88,17 @@ def get_genesis_hash(cluster: Cluster, params: list[Any]) -> str:
 
 def get_slot(cluster: Cluster, params: list[Any]) -> int:
     return cluster.commitment_slot(_commitment(_config(params, 0)))
+
+
+def get_epoch_info(cluster: Cluster, params: list[Any]) -> dict[str, Any]:
+    """The real shape (no RpcResponse wrapper): height and slot of the bank at the commitment, read
+    together, so a caller can tell which slot a height was seen at."""
+    commitment = _commitment(_config(params, 0))
+    with cluster.lock:
+        slot = cluster.commitment_slot(commitment)
+        return {"absoluteSlot": slot, "blockHeight": slot, "epoch": slot // SLOTS_PER_EPOCH,
+                "slotIndex": slot % SLOTS_PER_EPOCH, "slotsInEpoch": SLOTS_PER_EPOCH,
+                "transactionCount": cluster.transaction_count(slot)}
 
 
 def get_latest_blockhash(cluster: Cluster, params: list[Any]) -> dict[str, Any]:
@@ -155,6 +167,8 @@ def get_signature_statuses(cluster: Cluster, params: list[Any]) -> dict[str, Any
         raise invalid_params("expected a list of up to 256 signatures")
     search = bool(_config(params, 1).get("searchTransactionHistory", False))
     with cluster.lock:
+        # As the real node: the context is the processed bank's slot (the newest the node has), which
+        # is what tells a caller how far the node had got when it said "unknown".
         return _context(cluster, "processed", [cluster.status(sig, search) for sig in signatures])
 
 
@@ -271,6 +285,7 @@ METHODS: dict[str, Handler] = {
     "getGenesisHash": get_genesis_hash,
     "getSlot": get_slot,
     "getBlockHeight": get_slot,  # one block per slot: height == slot
+    "getEpochInfo": get_epoch_info,
     "getLatestBlockhash": get_latest_blockhash,
     "isBlockhashValid": is_blockhash_valid,
     "getBlock": get_block,

@@ -64,8 +64,11 @@ def _addr(key: Keypair) -> str:
 
 
 def _sign_and_attach(adapter: SolanaAdapter, key: Keypair, intent: TransferIntent, quote: FeeQuote) -> SignedTransaction:
-    unsigned = adapter.build(intent, quote, None, adapter.build_context(intent))
-    return adapter.attach_signature(unsigned.payload, [bytes(key.sign_message(unsigned.digests[0]))])
+    """Signed bytes carrying their build context, as the pipeline hands them back (it stores both)."""
+    context = adapter.build_context(intent)
+    unsigned = adapter.build(intent, quote, None, context)
+    signed = adapter.attach_signature(unsigned.payload, [bytes(key.sign_message(unsigned.digests[0]))])
+    return replace(signed, context=context)
 
 
 def _send(adapter: SolanaAdapter, key: Keypair, to: str, amount: int, token: TokenSpec) -> tuple[FeeQuote, SignedTransaction]:
@@ -240,6 +243,7 @@ def test_a_transaction_past_its_blockhash_is_expired_only_once_provably_dead(
     signed = _sign_and_attach(adapter, sender, intent, adapter.quote_fee(intent))
     # Never sent, blockhash still valid: unknown, may still land
     assert adapter.get_status(signed).state is TxState.NOT_FOUND
+    assert not adapter.proves_unlandable(signed)
     # When the cluster moves past its lastValidBlockHeight
     node.advance_slots(160)
     # Then the node refuses it and the adapter proves it dead: the pipeline re-signs
@@ -247,6 +251,10 @@ def test_a_transaction_past_its_blockhash_is_expired_only_once_provably_dead(
         adapter.broadcast(signed)
     assert info.value.reason == "expired"
     assert adapter.get_status(signed).state is TxState.EXPIRED
+    assert adapter.proves_unlandable(signed)
+    # Without its stored last valid block height nothing is proven: never EXPIRED
+    assert adapter.get_status(replace(signed, context={})).state is TxState.NOT_FOUND
+    assert not adapter.proves_unlandable(replace(signed, context={}))
     # and a fresh build of the same intent goes through
     _, replacement = _send(adapter, sender, intent.to_address, SOL, spec.native)
     assert _finalized(node, adapter, replacement).state is TxState.INCLUDED

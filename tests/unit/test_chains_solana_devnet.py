@@ -81,6 +81,22 @@ def test_commitment_levels_trail_the_head(cluster: Cluster) -> None:
     assert latest["context"]["slot"] == head - 3 and latest["value"]["lastValidBlockHeight"] == head - 3 + 10
 
 
+def test_epoch_info_gives_height_and_slot_of_one_bank_at_the_commitment(cluster: Cluster) -> None:
+    head = cluster.advance(10)
+    info = call(cluster, "getEpochInfo", {"commitment": "finalized"})
+    assert (info["blockHeight"], info["absoluteSlot"]) == (head - 3, head - 3)
+    assert {"epoch", "slotIndex", "slotsInEpoch", "transactionCount"} <= set(info)
+    assert call(cluster, "getEpochInfo", {"commitment": "confirmed"})["blockHeight"] == head - 1
+    assert call(cluster, "getEpochInfo")["absoluteSlot"] == head - 3  # default commitment: finalized
+
+
+def test_signature_statuses_say_how_far_the_node_was(cluster: Cluster) -> None:
+    # The context slot is the processed bank's: never behind any commitment's height
+    head = cluster.advance(5)
+    unknown = call(cluster, "getSignatureStatuses", [str(Keypair().sign_message(b"x"))], {"searchTransactionHistory": True})
+    assert unknown == {"context": {"slot": head, "apiVersion": unknown["context"]["apiVersion"]}, "value": [None]}
+
+
 def test_a_transaction_goes_processed_confirmed_finalized(cluster: Cluster) -> None:
     key = funded(cluster)
     signature = send(cluster, transfer_tx(cluster, key, SOL))
@@ -231,7 +247,7 @@ def test_the_json_rpc_envelope(cluster: Cluster) -> None:
     assert call(cluster, "getGenesisHash") == cluster.genesis_hash
     assert {"getLatestBlockhash", "isBlockhashValid", "sendTransaction", "getSignatureStatuses", "getTransaction",
             "getBalance", "getAccountInfo", "getTokenAccountBalance", "getMinimumBalanceForRentExemption", "getSlot",
-            "getBlockHeight", "getHealth", "requestAirdrop", "devnet_mintTo"} <= set(METHODS)
+            "getBlockHeight", "getEpochInfo", "getHealth", "requestAirdrop", "devnet_mintTo"} <= set(METHODS)
 
 
 @pytest.mark.parametrize(("err", "text"), [

@@ -67,14 +67,31 @@ def _adapter(node: FakeNode, **options: Any) -> SolanaAdapter:
     return adapter
 
 
-def _ctx(value: Any) -> dict[str, Any]:
-    return {"context": {"slot": 100}, "value": value}
+def _ctx(value: Any, slot: int = 100) -> dict[str, Any]:
+    return {"context": {"slot": slot}, "value": value}
+
+
+LAST_VALID = CONTEXT["last_valid_block_height"]
+PAST = LAST_VALID + 1  # the first block height at which the transaction can no longer land
+
+
+def _epoch(height: int, slot: int | None = None) -> dict[str, Any]:
+    """getEpochInfo's answer (no RpcResponse wrapper): block height and slot of one bank."""
+    slot = height + 10 if slot is None else slot  # a few skipped slots: slot > height
+    return {"absoluteSlot": slot, "blockHeight": height, "epoch": 0, "slotIndex": slot, "slotsInEpoch": 432000,
+            "transactionCount": 7}
+
+
+def _unknown(slot: int) -> dict[str, Any]:
+    """getSignatureStatuses: the signature is unknown to a node that is at `slot`."""
+    return _ctx([None], slot)
 
 
 def _signed(token: Any = SOL, amount: int = 1000, fee: FeeQuote = SOL_FEE) -> SignedTransaction:
     adapter = SolanaAdapter(SPEC)
     unsigned = adapter.build(TransferIntent(A, B, amount, token), fee, None, CONTEXT)
-    return adapter.attach_signature(unsigned.payload, [bytes(SENDER.sign_message(unsigned.digests[0]))])
+    signed = adapter.attach_signature(unsigned.payload, [bytes(SENDER.sign_message(unsigned.digests[0]))])
+    return replace(signed, context=CONTEXT)  # as the pipeline hands it back: with its build context
 
 
 def _preflight(err: Any, message: str, logs: list[str] | None = None) -> NodeRpcError:
@@ -121,32 +138,42 @@ def test_blockhash_not_found_for_a_landed_transaction_is_a_repeat_not_an_expiry(
     node = FakeNode(sendTransaction=_preflight("BlockhashNotFound", "Blockhash not found"), getSignatureStatuses=_status("finalized"))
     # Then a repeated broadcast (e.g. a redelivered task) is success, never "expired"
     assert _adapter(node).broadcast(signed) == signed.tx_hash
-    assert "isBlockhashValid" not in node.methods()
+    assert node.methods() == ["sendTransaction", "getSignatureStatuses"]
 
 
-def test_blockhash_not_found_while_the_blockhash_is_still_valid_is_transient() -> None:
+def test_blockhash_not_found_before_the_last_valid_height_is_transient() -> None:
+    # A lagging node (say one backend of a pool) does not know a blockhash that is still valid
     node = FakeNode(sendTransaction=_preflight("BlockhashNotFound", "Blockhash not found"),
-                    getSignatureStatuses=_ctx([None]), isBlockhashValid=_ctx(True))
+                    getSignatureStatuses=_unknown(100), getEpochInfo=_epoch(LAST_VALID))
     with pytest.raises(ChainRpcError) as info:
         _adapter(node).broadcast(_signed())
     assert not isinstance(info.value, TransactionRejected) and info.value.transient
 
 
-def test_blockhash_not_found_with_a_dead_blockhash_and_no_landing_is_expired() -> None:
+def test_blockhash_not_found_past_the_last_valid_height_and_unknown_is_expired() -> None:
     signed = _signed()
     node = FakeNode(sendTransaction=_preflight("BlockhashNotFound", "Blockhash not found"),
-                    getSignatureStatuses=[_ctx([None]), _ctx([None])], isBlockhashValid=_ctx(False))
+                    getSignatureStatuses=[_unknown(1100), _unknown(PAST + 10)], getEpochInfo=_epoch(PAST))
     with pytest.raises(TransactionRejected) as info:
         _adapter(node).broadcast(signed)
     assert info.value.reason == "expired"
-    assert node.calls[2] == ("isBlockhashValid", [BLOCKHASH, {"commitment": "finalized"}])
-    assert node.methods()[-1] == "getSignatureStatuses"  # asked again after the blockhash check
+    assert node.calls[2] == ("getEpochInfo", [{"commitment": "finalized"}])
+    assert node.methods()[-1] == "getSignatureStatuses"  # asked again after the height
+
+
+def test_blockhash_not_found_with_an_unknown_from_a_node_behind_is_transient() -> None:
+    # The height is past, but the "unknown" comes from a node that has not reached that slot
+    node = FakeNode(sendTransaction=_preflight("BlockhashNotFound", "Blockhash not found"),
+                    getSignatureStatuses=[_unknown(PAST + 10), _unknown(PAST + 9)], getEpochInfo=_epoch(PAST))
+    with pytest.raises(ChainRpcError) as info:
+        _adapter(node).broadcast(_signed())
+    assert not isinstance(info.value, TransactionRejected)
 
 
 def test_blockhash_not_found_that_landed_meanwhile_is_a_repeat() -> None:
     signed = _signed()
     node = FakeNode(sendTransaction=_preflight("BlockhashNotFound", "Blockhash not found"),
-                    getSignatureStatuses=[_ctx([None]), _status("processed")], isBlockhashValid=_ctx(False))
+                    getSignatureStatuses=[_unknown(100), _status("processed")], getEpochInfo=_epoch(PAST))
     assert _adapter(node).broadcast(signed) == signed.tx_hash
 
 
@@ -201,19 +228,74 @@ def test_signed_bytes_must_carry_the_stored_hash() -> None:
 
 # --- status -------------------------------------------------------------------------------------
 
-def test_unknown_with_a_valid_blockhash_is_not_found() -> None:
-    node = FakeNode(getSignatureStatuses=_ctx([None]), isBlockhashValid=_ctx(True))
-    assert _adapter(node).get_status(_signed()).state is TxState.NOT_FOUND
+def test_unknown_up_to_the_last_valid_height_is_not_found() -> None:
+    # At a block height equal to the last valid one, a block can still include it
+    node = FakeNode(getSignatureStatuses=_unknown(100), getEpochInfo=_epoch(LAST_VALID))
+    adapter = _adapter(node)
+    assert adapter.get_status(_signed()).state is TxState.NOT_FOUND
     assert node.calls[0][1][1] == {"searchTransactionHistory": True}
+    assert node.calls[1] == ("getEpochInfo", [{"commitment": "finalized"}])
+    assert node.methods() == ["getSignatureStatuses", "getEpochInfo"]  # no second lookup without the height
 
 
-def test_unknown_with_a_dead_blockhash_is_expired() -> None:
-    node = FakeNode(getSignatureStatuses=[_ctx([None]), _ctx([None])], isBlockhashValid=_ctx(False))
+@pytest.mark.parametrize("height", [0, LAST_VALID - 150, LAST_VALID])
+def test_a_lagging_node_never_yields_expired(height: int) -> None:
+    # Every answer comes from a node behind (a load-balanced backend, a node catching up): it says
+    # "unknown" and a low block height. However long it is asked, that is never proof.
+    node = FakeNode(getSignatureStatuses=lambda params: _unknown(height + 5), getEpochInfo=_epoch(height, height + 5))
+    adapter = _adapter(node)
+    for _ in range(3):
+        assert adapter.get_status(_signed()).state is TxState.NOT_FOUND
+        assert adapter.proves_unlandable(_signed()) is False
+
+
+def test_an_unknown_from_a_node_behind_the_height_observation_is_not_proof() -> None:
+    # (a) one node is past the last valid height at slot 1200; (b) the "unknown" comes from a node at
+    # slot 1199, which may not have the block that holds it yet
+    node = FakeNode(getSignatureStatuses=[_unknown(1300), _unknown(1199)], getEpochInfo=_epoch(PAST, 1200))
+    assert _adapter(node).get_status(_signed()).state is TxState.NOT_FOUND
+
+
+def test_past_the_last_valid_height_and_unknown_on_an_up_to_date_node_is_expired() -> None:
+    node = FakeNode(getSignatureStatuses=[_unknown(1100), _unknown(1200)], getEpochInfo=_epoch(PAST, 1200))
     assert _adapter(node).get_status(_signed()).state is TxState.EXPIRED
+    # asked in this order: unknown, the height at the commitment, then unknown at least that far
+    assert node.methods() == ["getSignatureStatuses", "getEpochInfo", "getSignatureStatuses"]
+
+
+def test_proves_unlandable_is_the_expiry_proof() -> None:
+    node = FakeNode(getSignatureStatuses=[_unknown(1100), _unknown(1201)], getEpochInfo=_epoch(PAST, 1200))
+    assert _adapter(node).proves_unlandable(_signed()) is True
+    node = FakeNode(getSignatureStatuses=_unknown(1100), getEpochInfo=_epoch(LAST_VALID, 1200))
+    assert _adapter(node).proves_unlandable(_signed()) is False
+    node = FakeNode(getSignatureStatuses=_status("finalized"))
+    assert _adapter(node).proves_unlandable(_signed()) is False  # it landed
+
+
+def test_the_height_is_read_at_the_registry_commitment() -> None:
+    node = FakeNode(getSignatureStatuses=[_unknown(1100), _unknown(1200)], getEpochInfo=_epoch(PAST, 1200))
+    assert _adapter(node, commitment="confirmed").get_status(_signed()).state is TxState.EXPIRED
+    assert node.calls[1] == ("getEpochInfo", [{"commitment": "confirmed"}])
+
+
+@pytest.mark.parametrize("context", [
+    {},  # no stored context (e.g. a row from before contexts were stored)
+    {"blockhash": BLOCKHASH},
+    {"blockhash": BLOCKHASH, "last_valid_block_height": "1150"},
+    {"blockhash": BLOCKHASH, "last_valid_block_height": True},
+    {"blockhash": "11111111111111111111111111111111", "last_valid_block_height": 1150},  # another build's
+])
+def test_without_a_usable_last_valid_height_nothing_is_proven(context: dict[str, Any]) -> None:
+    node = FakeNode(getSignatureStatuses=lambda params: _unknown(10**6), getEpochInfo=_epoch(10**6))
+    adapter = _adapter(node)
+    signed = replace(_signed(), context=context)
+    assert adapter.get_status(signed).state is TxState.NOT_FOUND
+    assert adapter.proves_unlandable(signed) is False
+    assert "getEpochInfo" not in node.methods()
 
 
 def test_landing_between_the_two_checks_is_not_expired() -> None:
-    node = FakeNode(getSignatureStatuses=[_ctx([None]), _status("processed")], isBlockhashValid=_ctx(False))
+    node = FakeNode(getSignatureStatuses=[_unknown(1100), _status("processed")], getEpochInfo=_epoch(PAST, 1200))
     status = _adapter(node).get_status(_signed())
     assert (status.state, status.confirmations, status.block_number) == (TxState.INCLUDED, 0, 90)
 
@@ -265,7 +347,10 @@ def test_a_transaction_not_yet_served_at_the_commitment_waits() -> None:
 @pytest.mark.parametrize("answers", [
     {"getSignatureStatuses": {"value": "nope"}},
     {"getSignatureStatuses": _ctx([None, None])},
-    {"getSignatureStatuses": _ctx([None]), "isBlockhashValid": _ctx("yes")},
+    {"getSignatureStatuses": _ctx([None]), "getEpochInfo": {"blockHeight": "high", "absoluteSlot": 5}},
+    {"getSignatureStatuses": _ctx([None]), "getEpochInfo": {"blockHeight": PAST}},  # no slot: cannot compare
+    {"getSignatureStatuses": _ctx([None]), "getEpochInfo": [PAST]},
+    {"getSignatureStatuses": [_ctx([None]), {"value": [None]}], "getEpochInfo": _epoch(PAST)},  # no context slot
     {"getSignatureStatuses": _status("finalized"), "getTransaction": {"meta": {}}},
     {"getSignatureStatuses": _status("finalized"), "getTransaction": _transaction(10**6, 10**6 - 1000)},  # paid < fee
 ])
