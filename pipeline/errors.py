@@ -10,7 +10,9 @@
     ├── NotFound                     an id that does not exist (or belongs to another client)
     ├── InvalidTransition            a stage change the state machine does not allow
     ├── LimitExceeded                a client limit (max_wallets) would be exceeded
+    ├── Superseded                   another driver took the transfer over: write nothing, pass nothing on
     └── TransientError               try again later: DB locked, RPC down, signer busy (transient)
+        └── UnprovenRejection        a send was refused without proof it cannot land: retry, then hold
 """
 
 from __future__ import annotations
@@ -58,7 +60,16 @@ class LimitExceeded(PipelineError):
     """A client limit would be exceeded."""
 
 
+class Superseded(PipelineError):
+    """The run no longer holds the transfer's fencing token (or what it read has changed)."""
+
+
 class TransientError(PipelineError):
     """A retry later can succeed."""
 
     transient = True
+
+
+class UnprovenRejection(TransientError):
+    """The node refused a send, but the chain does not prove the transaction cannot land: retry,
+    and when the retries run out hold the transfer for ops rather than fail it."""

@@ -172,6 +172,14 @@ class Transaction(Base):
     # Touched by every step run (and every confirmation poll); the sweeper re-drives transfers
     # whose heartbeat is older than its deadline, which a lost Celery message leaves behind.
     heartbeat_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # One driver at a time. `driver_seq` is the fencing token: it moves on every hand-over (a
+    # step picking up its message, a step handing the transfer to the next message, a re-drive),
+    # and every write of a step checks it is still the one the step took. `lease_until` is the
+    # running step's lease; NULL while the transfer waits in the outbox/queue or is final/held.
+    driver_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime)
+    generation: Mapped[int] = mapped_column(Integer, default=0)  # re-drives by the sweeper or replay
+    send_attempts: Mapped[int] = mapped_column(Integer, default=0)  # committed before each send RPC
     broadcast_at: Mapped[datetime | None] = mapped_column(DateTime)  # first broadcast
     last_broadcast_at: Mapped[datetime | None] = mapped_column(DateTime)
     finalized_at: Mapped[datetime | None] = mapped_column(DateTime)
@@ -189,6 +197,30 @@ class TransactionEvent(Base):
     reason: Mapped[str | None] = mapped_column(String(64))
     detail: Mapped[str | None] = mapped_column(Text)
     at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class OutboxMessage(Base):
+    """A message to publish, written in the same DB transaction as the change that calls for it.
+
+    Publishing follows the commit; a row stays until the step it dispatches picks it up (which
+    deletes it), so a message lost on the way (broker down, process killed, Redis restarted) is
+    published again by the relay once `due_at` passes. `seq` is the transfer's fencing token the
+    message carries: a copy published twice is harmless, the second pick-up finds it superseded.
+    """
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_due", "due_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16), default="step")
+    transaction_id: Mapped[str] = mapped_column(String(40), index=True)
+    step: Mapped[str] = mapped_column(String(32))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    errors: Mapped[int] = mapped_column(Integer, default=0)  # transient errors so far (retry backoff)
+    countdown_ms: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # publications by the relay
+    due_at: Mapped[datetime] = mapped_column(DateTime)  # publish (again) if still here by then
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
 class LedgerEntry(Base):

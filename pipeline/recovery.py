@@ -1,9 +1,12 @@
-"""Finding transfers the queue forgot, and marking what ops re-drives.
+"""Finding transfers nobody drives, re-publishing messages that went missing, and ops' re-drives.
 
-The queue only nudges; the database drives. A transfer whose heartbeat is older than the deadline
-lost its message (worker killed, Redis restarted, retries exhausted): `claim_stalled` returns it
-with the step to re-drive from, touching its heartbeat so the next sweep does not claim it again
-while the new message is in flight.
+The queue only nudges; the database drives. Two things can go missing, and each has its finder:
+- a *message* (broker down at publish time, Redis restarted, a worker killed holding it): its
+  outbox row is still there when `due_at` passes, and the relay publishes it again with the same
+  token (`due_messages`), backing off while it stays unpicked;
+- a *driver* (a worker killed in the middle of a step): its lease expires, and the sweeper hands
+  the transfer to a new driver (`claim_stalled`), which supersedes anything the dead one left.
+A transfer merely waiting in a queue has an outbox row and no lease, so the sweeper leaves it be.
 """
 
 from __future__ import annotations
@@ -11,12 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import and_, exists, or_, select
 from sqlalchemy.orm import Session
 
+from pipeline.driving import Dispatch, due_outbox, redrive, release
 from pipeline.lifecycle import record_note
-from pipeline.models import Transaction, utcnow
-from pipeline.stages import STEP_FOR_STAGE, Stage, Status
+from pipeline.models import OutboxMessage, Transaction, utcnow
+from pipeline.stages import Stage, Status
 
 
 @dataclass(frozen=True)
@@ -24,39 +28,57 @@ class Redrive:
     transaction_id: str
     stage: Stage
     step: str
+    dispatch: Dispatch
 
 
-def claim_stalled(session: Session, older_than_s: float, limit: int = 500) -> list[Redrive]:
-    """Pending transfers with no progress for `older_than_s`, claimed for re-driving."""
-    cutoff = utcnow() - timedelta(seconds=older_than_s)
+def claim_stalled(session: Session, park_s: float, limit: int = 500) -> list[Redrive]:
+    """Pending transfers that nobody drives: a running step's lease expired, or a parked
+    transfer's time is up. Transfers with a message waiting (an outbox row) are not touched."""
+    now = utcnow()
+    waiting = exists().where(OutboxMessage.transaction_id == Transaction.transaction_id)
+    legacy = and_(Transaction.lease_until.is_(None), Transaction.heartbeat_at < now - timedelta(seconds=park_s))
     rows = session.scalars(
         select(Transaction)
-        .where(Transaction.status == Status.PENDING.value, Transaction.heartbeat_at < cutoff,
-               Transaction.held_at.is_(None))
+        .where(Transaction.status == Status.PENDING.value, Transaction.held_at.is_(None), ~waiting,
+               or_(Transaction.lease_until < now, legacy))
         .order_by(Transaction.heartbeat_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
     ).all()
-    return [_claim(session, tx, "redriven_by_sweeper") for tx in rows]
+    return [_redrive(session, tx, "redriven_by_sweeper", park_s) for tx in rows]
 
 
-def claim_for_replay(session: Session, tx: Transaction) -> Redrive | None:
-    """An operator's re-drive of one pending transfer from its last durable stage (None if final)."""
+def claim_for_replay(session: Session, tx: Transaction, grace_s: float) -> Redrive | None:
+    """An operator's re-drive of one pending transfer from its last durable stage (None if final).
+    It supersedes every driver and message in flight: whatever they conclude is not written."""
     if tx.status != Status.PENDING.value:
         return None
     tx.held_at = None
-    return _claim(session, tx, "replayed")
+    return _redrive(session, tx, "replayed", grace_s)
+
+
+def due_messages(session: Session, interval_s: float, cap_s: float, limit: int = 500) -> list[Dispatch]:
+    """Outbox rows whose message should have been picked up by now: published again (same token,
+    so a copy that does arrive late is dropped), next time after a doubling delay up to `cap_s`."""
+    dispatches = []
+    for row in due_outbox(session, limit):
+        row.attempts += 1
+        row.due_at = utcnow() + timedelta(seconds=min(cap_s, interval_s * 2**row.attempts))
+        dispatches.append(Dispatch(row.transaction_id, row.step, row.seq, 0.0, row.errors))
+    return dispatches
 
 
 def hold(session: Session, tx: Transaction, error: str) -> None:
-    """Park a transfer that hit an error no retry can cure; it keeps its stage (and its locks)."""
+    """Park a transfer that hit an error no retry can cure; it keeps its stage (and its locks)
+    and nobody drives it until ops replays it."""
     tx.held_at = utcnow()
     tx.last_error = error[:1000]
+    release(tx)
     record_note(session, tx, "held", tx.last_error)
 
 
-def _claim(session: Session, tx: Transaction, reason: str) -> Redrive:
+def _redrive(session: Session, tx: Transaction, reason: str, grace_s: float) -> Redrive:
     stage = Stage(tx.stage)
-    tx.heartbeat_at = utcnow()
     record_note(session, tx, reason, tx.last_error)
-    return Redrive(tx.transaction_id, stage, STEP_FOR_STAGE[stage])
+    dispatch = redrive(session, tx, grace_s)
+    return Redrive(tx.transaction_id, stage, dispatch.step, dispatch)

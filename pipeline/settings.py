@@ -25,7 +25,11 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = Field(3600, description="Redis redelivers an unacked task after this long")
     max_countdown_s: int = Field(60, description="upper bound of any retry/poll countdown; << visibility timeout")
     sweep_interval_s: int = Field(30, description="how often beat runs the sweeper")
-    stall_after_s: int = Field(120, description="a transfer whose stage has not moved for this long is re-driven")
+    stall_after_s: int = Field(120, description="grace of a queued message before the relay publishes it again; "
+                               "park time of a transfer whose step gave up")
+    step_lease_s: int = Field(300, description="a running step's lease; the sweeper re-drives only after it expires "
+                              "(must exceed any single RPC: Bitcoin UTXO scans take up to 120 s)")
+    relay_interval_s: int = Field(2, description="how often beat publishes outbox messages that are due")
     confirm_timeout_s: int = Field(1800, description="stop polling a broadcast transfer after this long (replayable)")
     signature_timeout_s: int = Field(600, description="stop waiting for the signer after this long (replayable)")
     log_level: str = Field("INFO")

@@ -22,10 +22,11 @@ from sqlalchemy.orm import Session
 from chains.errors import UnknownChain, UnknownToken
 from chains.registry import Registry
 from pipeline.amounts import parse_amount
+from pipeline.driving import hand_off
 from pipeline.errors import IdempotencyConflict, InvalidInput, NotFound, UnknownChainError, UnknownSymbol
 from pipeline.ids import check_id, new_id
 from pipeline.models import Client, Transaction, TransactionEvent, utcnow
-from pipeline.stages import Stage, Status
+from pipeline.stages import STEP_FOR_STAGE, Stage, Status
 
 _KEY = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _PRINTABLE_ADDRESS = re.compile(r"^[\x21-\x7e]{1,256}$")
@@ -57,8 +58,13 @@ def _fingerprint(req: TransferRequest, amount: int) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def create_transfer(session: Session, registry: Registry, req: TransferRequest) -> tuple[Transaction, bool]:
-    """Validate and record a transfer; returns (transaction, created).
+def create_transfer(session: Session, registry: Registry, req: TransferRequest,
+                    publish_grace_s: float = 120.0) -> tuple[Transaction, bool]:
+    """Validate and record a transfer with its first message in the outbox; returns (transaction, created).
+
+    The row, its RECEIVED event and its "to dispatch" record commit together, so a transfer can
+    never be stored without a message on its way (the caller publishes it after the commit, and
+    the relay does if the caller could not).
 
     Raises InvalidInput subclasses (InvalidId, UnknownChainError, UnknownSymbol, InvalidAmount,
     IdempotencyConflict) and NotFound for an unknown client; nothing is written in those cases.
@@ -100,6 +106,10 @@ def create_transfer(session: Session, registry: Registry, req: TransferRequest) 
         stage=Stage.RECEIVED.value,
         confirmations=0,
         broadcast_count=0,
+        driver_seq=0,
+        generation=0,
+        send_attempts=0,
+        replacement_count=0,
         created_at=now,
         stage_changed_at=now,
         heartbeat_at=now,
@@ -110,6 +120,7 @@ def create_transfer(session: Session, registry: Registry, req: TransferRequest) 
             session.flush()
             session.add(TransactionEvent(transaction_id=tx.transaction_id, from_stage=None,
                                          to_stage=Stage.RECEIVED.value, reason="created", at=now))
+            hand_off(session, tx, STEP_FOR_STAGE[Stage.RECEIVED], publish_grace_s=publish_grace_s)
             session.flush()
     except IntegrityError:
         # Another request with the same key won the race (PostgreSQL); theirs is the transfer.

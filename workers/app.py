@@ -20,6 +20,7 @@ from workers.logconfig import configure_logging
 
 QUEUE_PREFIX = "paratro."
 SWEEP_QUEUE = QUEUE_PREFIX + "sweeper"
+MIN_STEP_LEASE_S = 30  # above the 10 s RPC timeout with margin; Bitcoin UTXO scans need the default 300
 ALL_QUEUES = [QUEUE_PREFIX + step for step in STEPS] + [SWEEP_QUEUE]
 
 
@@ -31,6 +32,8 @@ def create_app() -> Celery:
     settings = get_settings()
     if settings.max_countdown_s * 10 > settings.visibility_timeout_s:
         raise ValueError("visibility_timeout_s must be at least 10x max_countdown_s (Redis redelivers held ETA tasks)")
+    if settings.step_lease_s < MIN_STEP_LEASE_S:
+        raise ValueError(f"step_lease_s must be at least {MIN_STEP_LEASE_S} s: longer than any single RPC a step makes")
     app = Celery("paratro", broker=settings.broker_url, include=["workers.tasks"])
     app.conf.update(
         task_acks_late=True,
@@ -43,9 +46,11 @@ def create_app() -> Celery:
         broker_connection_retry_on_startup=True,
         task_default_queue=SWEEP_QUEUE,
         task_routes={task_name(step): {"queue": QUEUE_PREFIX + step} for step in STEPS}
-        | {task_name("sweep"): {"queue": SWEEP_QUEUE}},
+        | {task_name("sweep"): {"queue": SWEEP_QUEUE}, task_name("relay"): {"queue": SWEEP_QUEUE}},
         beat_schedule={
             "sweep-stalled-transfers": {"task": task_name("sweep"), "schedule": timedelta(seconds=settings.sweep_interval_s)},
+            "relay-outbox": {"task": task_name("relay"), "schedule": timedelta(seconds=settings.relay_interval_s),
+                             "options": {"expires": settings.relay_interval_s * 5}},
         },
         worker_send_task_events=False,
     )

@@ -152,12 +152,13 @@ def _run(options: DemoOptions, chains: tuple[str, ...], stack: Any, say: Callabl
     for item in planned:
         req = TransferRequest(client_id=client_id, from_address=wallet.accounts[item.chain], to_address=item.to_address,
                               chain=item.chain, token_symbol=item.symbol, amount=item.amount, idempotency_key=item.key)
-        ids[submit_transfer(ctx, req)[0]] = item
+        ids[submit_transfer(ctx, req).transaction_id] = item
     # The same request again (a client retrying after a timeout) must not create a second transfer.
     first = planned[0]
-    repeat_id, repeat_created = submit_transfer(ctx, TransferRequest(
+    repeat = submit_transfer(ctx, TransferRequest(
         client_id=client_id, from_address=wallet.accounts[first.chain], to_address=first.to_address, chain=first.chain,
         token_symbol=first.symbol, amount=first.amount, idempotency_key=first.key))
+    repeat_id, repeat_created = repeat.transaction_id, repeat.created
     result = DemoResult()
     if repeat_created or repeat_id not in ids:
         result.mismatches.append("a repeated idempotency key created a second transfer")

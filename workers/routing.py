@@ -1,20 +1,40 @@
-"""Turning a transfer id into the Celery chain of its remaining steps."""
+"""Publishing step messages: each carries only the transaction id and the driver token.
+
+A message is published after the DB transaction that wrote its outbox row commits. Publishing
+can fail (broker down): the row then becomes due at once and the relay publishes it when the
+broker is back. Nothing here decides anything; a copy published twice is dropped at pick-up.
+"""
 
 from __future__ import annotations
 
-from celery import chain
-from celery.canvas import Signature
+import structlog
 
-from pipeline.stages import STEPS
+from pipeline.driving import Dispatch, mark_due_now
+from pipeline.steps import StepContext
 from workers.app import app, task_name
 
-
-def remaining_chain(transaction_id: str, from_step: str = STEPS[0]) -> Signature:
-    """The steps from `from_step` to `confirm`, each an immutable signature carrying only the id."""
-    start = STEPS.index(from_step)
-    return chain(*(app.signature(task_name(step), args=(transaction_id,), immutable=True) for step in STEPS[start:]))
+log = structlog.get_logger("paratro.routing")
 
 
-def enqueue(transaction_id: str, from_step: str = STEPS[0]) -> None:
-    """Nudge the queue; if this fails the transfer is still in the DB and the sweeper finds it."""
-    remaining_chain(transaction_id, from_step).apply_async()
+def publish(dispatch: Dispatch) -> None:
+    """Send one step message (raises the broker's error)."""
+    app.send_task(task_name(dispatch.step), args=(dispatch.transaction_id, dispatch.seq),
+                  kwargs={"errors": dispatch.errors}, countdown=dispatch.countdown_s or None)
+
+
+def publish_after_commit(ctx: StepContext, dispatch: Dispatch | None) -> bool:
+    """Publish; on failure leave the outbox row due now for the relay. True if published."""
+    if dispatch is None:
+        return True
+    try:
+        publish(dispatch)
+        return True
+    except Exception as exc:  # noqa: BLE001 - kombu/redis raise many types; the outbox keeps it
+        log.warning("publish.deferred", tx=dispatch.transaction_id, step=dispatch.step,
+                    error=f"{type(exc).__name__}: {str(exc)[:200]}")
+    try:
+        with ctx.db.unit_of_work() as session:
+            mark_due_now(session, dispatch)
+    except Exception as exc:  # noqa: BLE001 - the row is still there; due at its grace deadline
+        log.warning("publish.mark_due_failed", tx=dispatch.transaction_id, error=f"{type(exc).__name__}")
+    return False

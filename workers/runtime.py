@@ -58,6 +58,8 @@ def build_context(settings: Settings) -> StepContext:
         max_countdown_s=settings.max_countdown_s,  # seconds (durations, not money)
         confirm_timeout_s=settings.confirm_timeout_s,
         signature_timeout_s=settings.signature_timeout_s,
+        step_lease_s=settings.step_lease_s,
+        stall_after_s=settings.stall_after_s,
     )
 
 

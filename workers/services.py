@@ -15,12 +15,14 @@ from sqlalchemy import select
 from pipeline import onboarding
 from pipeline.amounts import format_amount
 from pipeline.models import Account, Asset, Transaction, TransactionEvent
+from pipeline.driving import Dispatch, load_tx
 from pipeline.recovery import claim_for_replay
+from pipeline.stages import STEPS, Stage
 from pipeline.steps import StepContext
 from pipeline.transfers import TransferRequest, create_transfer, get_transfer
 from chains.base import Curve
 from signer.base import KeyRef
-from workers.routing import enqueue
+from workers.routing import publish_after_commit
 
 
 @dataclass(frozen=True)
@@ -72,27 +74,37 @@ def fresh_destination(ctx: StepContext, chain: str) -> str:
     return adapter.address_from_public_key(public)
 
 
-def submit_transfer(ctx: StepContext, req: TransferRequest) -> tuple[str, bool]:
-    """Record (idempotently) and enqueue a transfer; returns (transaction_id, created)."""
+@dataclass(frozen=True)
+class Submission:
+    transaction_id: str
+    created: bool
+    published: bool  # False: the broker was unreachable; the outbox relay publishes it when it returns
+
+
+def submit_transfer(ctx: StepContext, req: TransferRequest) -> Submission:
+    """Record a transfer (idempotently) with its first message in the outbox, then publish it."""
     with ctx.db.unit_of_work() as session:
-        tx, created = create_transfer(session, ctx.registry, req)
-        transaction_id = tx.transaction_id
-    if created:
-        enqueue(transaction_id)
-    return transaction_id, created
+        tx, created = create_transfer(session, ctx.registry, req, publish_grace_s=ctx.stall_after_s)
+        transaction_id, seq = tx.transaction_id, tx.driver_seq
+        first = Dispatch(transaction_id, STEPS[0], seq) if created and tx.stage == Stage.RECEIVED.value else None
+    published = publish_after_commit(ctx, first)
+    return Submission(transaction_id, created, published)
 
 
 def replay(ctx: StepContext, transaction_ids: list[str]) -> list[dict[str, str]]:
-    """Re-drive pending transfers from their last durable stage; final ones are reported, untouched."""
+    """Re-drive pending transfers from their last durable stage; final ones are reported, untouched.
+    A replay supersedes whatever driver and message are still in flight for the transfer."""
     report = []
     for transaction_id in transaction_ids:
         with ctx.db.unit_of_work() as session:
-            redrive = claim_for_replay(session, get_transfer(session, transaction_id))
-            status = session.get(Transaction, transaction_id).status  # type: ignore[union-attr]
+            get_transfer(session, transaction_id)  # typed errors for a malformed or unknown id
+            tx = load_tx(session, transaction_id)
+            redrive = claim_for_replay(session, tx, ctx.stall_after_s)
+            status = tx.status
         if redrive is None:
             report.append({"transaction_id": transaction_id, "action": "none", "status": status})
             continue
-        enqueue(transaction_id, redrive.step)
+        publish_after_commit(ctx, redrive.dispatch)
         report.append({"transaction_id": transaction_id, "action": f"re-driven from {redrive.step}",
                        "stage": redrive.stage.value})
     return report

@@ -11,15 +11,14 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
-from chains.base import ChainAdapter, FeeQuote, TransferIntent, Utxo
+from chains.base import ChainAdapter, FeeQuote, SignedTransaction, TransferIntent, Utxo
 from chains.registry import Registry
 from pipeline.db import Database
-from pipeline.errors import NotFound
+from pipeline.driving import Attempt, Run, load_held, load_tx
 from pipeline.lifecycle import advance, stage_of
-from pipeline.ids import check_id
 from pipeline.models import ReleasedNonce, Transaction, UtxoReservation, utcnow
 from pipeline.stages import FailureReason, Stage
 from pipeline import ledger
@@ -57,17 +56,8 @@ class StepContext:
     confirm_timeout_s: float = 1800.0
     signature_poll_s: float = 0.5
     signature_timeout_s: float = 600.0
-
-
-def load_tx(session: Session, tx_id: str, for_update: bool = True) -> Transaction:
-    check_id("transaction", tx_id)
-    stmt = select(Transaction).where(Transaction.transaction_id == tx_id)
-    if for_update:
-        stmt = stmt.with_for_update()
-    tx = session.scalar(stmt)
-    if tx is None:
-        raise NotFound(f"transaction {tx_id} not found")
-    return tx
+    step_lease_s: float = 300.0  # a running step's lease: longer than any single RPC it makes
+    stall_after_s: float = 120.0  # outbox grace before the relay republishes; park time of a step that gave up
 
 
 def touch(tx: Transaction) -> None:
@@ -108,6 +98,12 @@ def release_utxos(session: Session, tx: Transaction) -> None:
     session.execute(delete(UtxoReservation).where(UtxoReservation.transaction_id == tx.transaction_id))
 
 
+def signed_of(tx: Transaction) -> SignedTransaction:
+    """The stored signed bytes, with the build context they were built from (expiry proofs)."""
+    context = json.loads(tx.build_context) if tx.build_context else {}
+    return SignedTransaction(raw=tx.signed_payload or b"", tx_hash=tx.tx_hash or "", context=context)
+
+
 def signing_payloads_of(tx: Transaction) -> list[bytes]:
     return [bytes.fromhex(item) for item in json.loads(tx.signing_payloads or "[]")]
 
@@ -140,24 +136,26 @@ def failure_reason(code: str) -> FailureReason:
         return FailureReason.REJECTED_BY_NODE
 
 
-def fail_at(ctx: StepContext, tx_id: str, expected: Stage, reason: FailureReason, detail: str,
-            nonce_spent: bool = False) -> Outcome:
-    """FAIL the transfer in its own unit of work if it is still at `expected` (else NOOP: another
-    delivery got there first)."""
+def fail_at(ctx: StepContext, run: Run, attempt: Attempt, reason: FailureReason, detail: str,
+            nonce_unused: bool | None = None) -> Outcome:
+    """FAIL the transfer in its own unit of work, if the run still holds it in the attempt it read
+    (else Superseded: another driver took over and its view wins)."""
     with ctx.db.unit_of_work() as session:
-        tx = load_tx(session, tx_id)
-        if stage_of(tx) is not expected:
-            return Outcome.of(OutcomeKind.NOOP, tx)
-        fail(session, tx, reason, detail, nonce_spent)
+        tx = load_held(session, run, attempt)
+        fail(session, tx, reason, detail, nonce_unused)
         return Outcome.of(OutcomeKind.FINAL, tx)
 
 
-def fail(session: Session, tx: Transaction, reason: FailureReason, detail: str, nonce_spent: bool = False) -> None:
-    """End the transfer as FAILED: give back its locks and (if it never reached the chain) its nonce."""
+def fail(session: Session, tx: Transaction, reason: FailureReason, detail: str, nonce_unused: bool | None = None) -> None:
+    """End the transfer as FAILED: give back its locks and (if it never reached the chain) its nonce.
+
+    `nonce_unused` overrides the stage's rule when the chain proved it (a refused send whose nonce
+    the account has not used); None: unused only if nothing was ever sent."""
     stage = stage_of(tx)
     if stage in HOLDS_LOCKS:
         ledger.release(session, locked_amounts(tx))
-    if stage in NONCE_UNSPENT and tx.nonce is not None and tx.account_id and not nonce_spent:
+    unused = stage in NONCE_UNSPENT if nonce_unused is None else nonce_unused
+    if unused and tx.nonce is not None and tx.account_id:
         session.add(ReleasedNonce(account_id=tx.account_id, nonce=tx.nonce))
     release_utxos(session, tx)
     tx.failure_reason = reason.value

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from chains.base import ChainAdapter, FeeQuote, Utxo
 from chains.errors import InvalidAddress, TransactionRejected
 from pipeline import ledger
+from pipeline.driving import Attempt, Run, load_held
 from pipeline.errors import TransientError
 from pipeline.lifecycle import advance, stage_of
 from pipeline.models import Account, Asset, Transaction, UtxoReservation, Wallet
@@ -25,14 +26,13 @@ from pipeline.steps.context import (
     failure_reason,
     fee_params_json,
     intent_of,
-    load_tx,
 )
 
 
-def resolve_source(ctx: StepContext, tx_id: str) -> Outcome:
+def resolve_source(ctx: StepContext, run: Run) -> Outcome:
     """RECEIVED -> SOURCE_RESOLVED: the asset at (from_address, chain, token) of this client."""
     with ctx.db.unit_of_work() as session:
-        tx = load_tx(session, tx_id)
+        tx = load_held(session, run)
         if stage_of(tx) is not Stage.RECEIVED:
             return Outcome.of(OutcomeKind.NOOP, tx)
         adapter = ctx.adapter_for(tx.chain)
@@ -63,10 +63,10 @@ def resolve_source(ctx: StepContext, tx_id: str) -> Outcome:
         return Outcome.of(OutcomeKind.ADVANCED, tx)
 
 
-def validate_destination(ctx: StepContext, tx_id: str) -> Outcome:
+def validate_destination(ctx: StepContext, run: Run) -> Outcome:
     """SOURCE_RESOLVED -> DESTINATION_VALID: the adapter's format check for that chain and network."""
     with ctx.db.unit_of_work() as session:
-        tx = load_tx(session, tx_id)
+        tx = load_held(session, run)
         if stage_of(tx) is not Stage.SOURCE_RESOLVED:
             return Outcome.of(OutcomeKind.NOOP, tx)
         adapter = ctx.adapter_for(tx.chain)
@@ -84,7 +84,7 @@ def validate_destination(ctx: StepContext, tx_id: str) -> Outcome:
         return Outcome.of(OutcomeKind.ADVANCED, tx)
 
 
-def lock_funds(ctx: StepContext, tx_id: str) -> Outcome:
+def lock_funds(ctx: StepContext, run: Run) -> Outcome:
     """DESTINATION_VALID -> FUNDS_LOCKED: price the fee, then lock amount + fee reserve atomically.
 
     The fee is quoted before the DB transaction (no RPC while holding row locks) and fixed on the
@@ -93,16 +93,17 @@ def lock_funds(ctx: StepContext, tx_id: str) -> Outcome:
     they are reserved in the same DB transaction as the funds.
     """
     with ctx.db.unit_of_work() as session:
-        tx = load_tx(session, tx_id, for_update=False)
+        tx = load_held(session, run)
         if stage_of(tx) is not Stage.DESTINATION_VALID:
             return Outcome.of(OutcomeKind.NOOP, tx)
-        asset = session.get(Asset, tx.asset_id)
+        asset = session.get(Asset, tx.asset_id, populate_existing=True)
         if asset is None or asset.available < tx.amount:
-            fail(session, load_tx(session, tx_id), FailureReason.INSUFFICIENT_FUNDS,
+            # Decided on the row this run holds locked: no other driver can have moved it meanwhile.
+            fail(session, tx, FailureReason.INSUFFICIENT_FUNDS,
                  f"available {asset.available if asset else 0} < amount {tx.amount} base units")
-            return Outcome(OutcomeKind.FINAL, Stage.FAILED)
+            return Outcome.of(OutcomeKind.FINAL, tx)
         intent = intent_of(ctx, tx, tx.from_address)
-        chain = tx.chain
+        chain, attempt = tx.chain, Attempt.of(tx)
 
     adapter = ctx.adapter_for(chain)
     try:
@@ -112,12 +113,10 @@ def lock_funds(ctx: StepContext, tx_id: str) -> Outcome:
             # The ledger has the funds but other pending transfers hold the outputs; their change
             # comes back to this address. Wait for it rather than fail a transfer that can be paid.
             raise TransientError("outputs are reserved by pending transfers; waiting for their change") from None
-        return fail_at(ctx, tx_id, Stage.DESTINATION_VALID, failure_reason(exc.reason), exc.detail)
+        return fail_at(ctx, run, attempt, failure_reason(exc.reason), exc.detail)
 
     with ctx.db.unit_of_work() as session:
-        tx = load_tx(session, tx_id)
-        if stage_of(tx) is not Stage.DESTINATION_VALID:
-            return Outcome.of(OutcomeKind.NOOP, tx)
+        tx = load_held(session, run, attempt)
         if tx.fee_asset_id is None:
             fail(session, tx, FailureReason.INSUFFICIENT_FUNDS_FOR_FEE,
                  f"account has no native asset to pay a fee of up to {quote.max_fee} base units")

@@ -4,7 +4,8 @@ An RPC error is never a transfer failure: it is retried. FAILED here means the n
 bytes for good, or the transaction was mined and reverted (then its fee was still paid). A receipt
 whose block is no longer canonical sends the transfer back to BROADCAST and the same bytes go out
 again. Nothing is re-signed implicitly: only a transaction the adapter proves dead (EXPIRED: past
-its TRON expiration or Solana blockhash, and not on chain) is replaced, as a recorded event.
+its TRON expiration or Solana blockhash, and not on chain) is replaced, as a recorded event. A
+refused send (first or again) is judged by what the chain proves, never by the refusal alone.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from datetime import timedelta
 
 from sqlalchemy.orm import Session
 
-from chains.base import SignedTransaction, TxState, TxStatus
+from chains.base import ChainAdapter, SignedTransaction, TxState, TxStatus
 from chains.errors import TransactionRejected
 from pipeline import ledger
+from pipeline.driving import Attempt, Run, load_held
+from pipeline.errors import UnprovenRejection
 from pipeline.lifecycle import advance, record_note, stage_of
 from pipeline.models import Transaction, utcnow
 from pipeline.stages import FailureReason, Stage
@@ -25,64 +28,92 @@ from pipeline.steps.context import (
     StepContext,
     fail_at,
     failure_reason,
-    load_tx,
     locked_amounts,
     release_utxos,
     replace_expired,
+    signed_of,
     touch,
 )
 
 _FOLLOWING = (Stage.BROADCAST, Stage.CONFIRMING)
+_ON_CHAIN = (TxState.PENDING, TxState.INCLUDED, TxState.REVERTED)
 
 
-def broadcast(ctx: StepContext, tx_id: str) -> Outcome:
-    """SIGNED -> BROADCAST: send the stored bytes (sending them again is harmless)."""
+def broadcast(ctx: StepContext, run: Run) -> Outcome:
+    """SIGNED -> BROADCAST: send the stored bytes (sending them again is harmless).
+
+    The attempt is recorded (send_attempts) before the RPC, so that a send whose reply was lost
+    is never forgotten: a later refusal fails the transfer only on proof from the chain."""
     with ctx.db.unit_of_work() as session:
-        tx = load_tx(session, tx_id, for_update=False)
+        tx = load_held(session, run)
         if stage_of(tx) is not Stage.SIGNED:
             return Outcome.of(OutcomeKind.NOOP, tx)
-        signed = SignedTransaction(raw=tx.signed_payload or b"", tx_hash=tx.tx_hash or "")
-        chain = tx.chain
+        tx.send_attempts += 1
+        signed, chain, attempt = signed_of(tx), tx.chain, Attempt.of(tx)
+    adapter = ctx.adapter_for(chain)
     try:
-        ctx.adapter_for(chain).broadcast(signed)
+        adapter.broadcast(signed)
     except TransactionRejected as exc:
-        if exc.reason != FailureReason.EXPIRED.value:
-            return fail_at(ctx, tx_id, Stage.SIGNED, failure_reason(exc.reason), exc.detail, exc.nonce_consumed)
-        with ctx.db.unit_of_work() as session:
-            tx = load_tx(session, tx_id)
-            if stage_of(tx) is not Stage.SIGNED:
-                return Outcome.of(OutcomeKind.NOOP, tx)
-            replace_expired(session, tx, exc.detail)
-            return Outcome(OutcomeKind.RESTART, Stage.FUNDS_LOCKED, step="request_signature")
+        return _refused(ctx, run, attempt, adapter, signed, exc)
+    return _mark_broadcast(ctx, run, attempt, detail=signed.tx_hash)
+
+
+def _mark_broadcast(ctx: StepContext, run: Run, attempt: Attempt, detail: str, reason: str | None = None) -> Outcome:
     with ctx.db.unit_of_work() as session:
-        tx = load_tx(session, tx_id)
-        if stage_of(tx) is not Stage.SIGNED:
-            return Outcome.of(OutcomeKind.NOOP, tx)
+        tx = load_held(session, run, attempt)
         tx.broadcast_at = tx.last_broadcast_at = utcnow()
         tx.broadcast_count += 1
-        advance(session, tx, Stage.BROADCAST, detail=tx.tx_hash)
+        advance(session, tx, Stage.BROADCAST, reason=reason, detail=detail)
         return Outcome.of(OutcomeKind.ADVANCED, tx)
 
 
-def confirm(ctx: StepContext, tx_id: str) -> Outcome:
+def _refused(ctx: StepContext, run: Run, attempt: Attempt, adapter: ChainAdapter, signed: SignedTransaction,
+             exc: TransactionRejected) -> Outcome:
+    """A node refused our bytes (first send or a rebroadcast). The refusal alone proves nothing:
+    an earlier send may have been accepted, another backend may have it. Ask the chain:
+    it has the transaction -> follow it; proven dead -> replace (expired) or fail; else retry,
+    and hold when the retries run out."""
+    status = adapter.get_status(signed)
+    if status.state in _ON_CHAIN:
+        if Stage(attempt.stage) is Stage.SIGNED:
+            return _mark_broadcast(ctx, run, attempt, detail=f"{signed.tx_hash} (node said: {exc.reason})",
+                                   reason="already_known")
+        return Outcome(OutcomeKind.WAIT, Stage(attempt.stage), _poll_s(ctx, adapter))
+    if status.state is TxState.EXPIRED and exc.reason == FailureReason.EXPIRED.value:
+        return _replace(ctx, run, attempt, f"refused as expired and proven not on chain: {exc.detail}")
+    if status.state is TxState.EXPIRED or adapter.proves_unlandable(signed):
+        detail = f"{exc.detail} (proven: the transaction cannot land)"
+        return fail_at(ctx, run, attempt, failure_reason(exc.reason), detail, nonce_unused=not exc.nonce_consumed)
+    raise UnprovenRejection(f"send refused ({exc.reason}: {exc.detail[:200]}) without proof it cannot land")
+
+
+def _replace(ctx: StepContext, run: Run, attempt: Attempt, detail: str) -> Outcome:
+    with ctx.db.unit_of_work() as session:
+        tx = load_held(session, run, attempt)
+        replace_expired(session, tx, detail)
+        return Outcome(OutcomeKind.RESTART, Stage.FUNDS_LOCKED, step="request_signature")
+
+
+def _poll_s(ctx: StepContext, adapter: ChainAdapter) -> float:
+    return min(adapter.spec.poll_interval_ms / 1000.0, ctx.max_countdown_s)
+
+
+def confirm(ctx: StepContext, run: Run) -> Outcome:
     """BROADCAST/CONFIRMING -> CONFIRMED | FAILED(reverted), polling without sleeping."""
     with ctx.db.unit_of_work() as session:
-        tx = load_tx(session, tx_id, for_update=False)
+        tx = load_held(session, run)
         if stage_of(tx) not in _FOLLOWING:
             return Outcome.of(OutcomeKind.NOOP, tx)
-        chain, tx_hash = tx.chain, tx.tx_hash or ""
-        sent = SignedTransaction(raw=tx.signed_payload or b"", tx_hash=tx_hash)
+        chain, sent, attempt = tx.chain, signed_of(tx), Attempt.of(tx)
     spec = ctx.registry.chain(chain)
     adapter = ctx.adapter_for(chain)
-    poll = min(spec.poll_interval_ms / 1000.0, ctx.max_countdown_s)
+    poll = _poll_s(ctx, adapter)
     status = adapter.get_status(sent)
 
-    rebroadcast: SignedTransaction | None = None
+    rebroadcast = False
     outcome_kind = OutcomeKind.WAIT
     with ctx.db.unit_of_work() as session:
-        tx = load_tx(session, tx_id)
-        if stage_of(tx) not in _FOLLOWING:
-            return Outcome.of(OutcomeKind.NOOP, tx)
+        tx = load_held(session, run, attempt)
         touch(tx)
         if status.state in (TxState.INCLUDED, TxState.REVERTED):
             if _record_inclusion(session, tx, status, spec.confirmations):
@@ -93,25 +124,26 @@ def confirm(ctx: StepContext, tx_id: str) -> Outcome:
                         detail=f"block {tx.block_number} {tx.block_hash} left the canonical chain")
                 tx.block_number, tx.block_hash, tx.confirmations = None, None, 0
             if status.state is TxState.EXPIRED:
-                replace_expired(session, tx, "the chain can no longer include it and does not have it")
+                replace_expired(session, tx, "proven: past its validity and not on chain")
                 return Outcome(OutcomeKind.RESTART, Stage.FUNDS_LOCKED, step="request_signature")
             # A dropped transaction is sent again (same bytes) even after the timeout: a re-drive by
             # the sweeper or `paratro replay` must be able to push it back into the mempool.
             if status.state is TxState.NOT_FOUND and _due_for_rebroadcast(tx, poll):
-                rebroadcast = sent
+                rebroadcast = True
                 tx.broadcast_count += 1
+                tx.send_attempts += 1
                 tx.last_broadcast_at = utcnow()
                 record_note(session, tx, "rebroadcast", "node does not know the transaction; same bytes sent again")
             if tx.broadcast_at and utcnow() - tx.broadcast_at > timedelta(seconds=ctx.confirm_timeout_s):
                 tx.last_error = f"not confirmed within {int(ctx.confirm_timeout_s)} s of broadcast"
                 record_note(session, tx, "confirmation_timeout", tx.last_error)
                 outcome_kind = OutcomeKind.STALLED
-        stage_after = stage_of(tx)
-    if rebroadcast is not None:
+        stage_after, attempt = stage_of(tx), Attempt.of(tx)
+    if rebroadcast:
         try:
-            adapter.broadcast(rebroadcast)
-        except TransactionRejected:
-            pass  # e.g. nonce already used by this very tx in a block we have not seen: keep polling
+            adapter.broadcast(sent)
+        except TransactionRejected as exc:
+            return _refused(ctx, run, attempt, adapter, sent, exc)
     return Outcome(outcome_kind, stage_after, poll)
 
 

@@ -14,6 +14,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from chains.base import ChainAdapter, TransferIntent
+from pipeline.driving import Attempt, Run, load_held
 from pipeline.errors import TransientError
 from pipeline.lifecycle import advance, record_note, stage_of
 from pipeline.models import NonceCursor, ReleasedNonce, utcnow
@@ -25,17 +27,19 @@ from pipeline.steps.context import (
     fail_at,
     fee_quote_of,
     intent_of,
-    load_tx,
     signing_payloads_of,
     touch,
 )
-from signer.base import KeyRef, SignerError
+from signer.base import KeyRef, SignatureRefused, SignerError
 
 
-def request_signature(ctx: StepContext, tx_id: str) -> Outcome:
-    """FUNDS_LOCKED -> SIGNATURE_REQUESTED -> SIGNED (waits while the signer works)."""
+def request_signature(ctx: StepContext, run: Run) -> Outcome:
+    """FUNDS_LOCKED -> SIGNATURE_REQUESTED -> SIGNED (waits while the signer works).
+
+    Every write requires the attempt the run read (token, stage, request id): a slow run can
+    never store a signature over a request that a newer driver has replaced."""
     with ctx.db.unit_of_work() as session:
-        tx = load_tx(session, tx_id, for_update=False)
+        tx = load_held(session, run)
         stage = stage_of(tx)
         if stage not in (Stage.FUNDS_LOCKED, Stage.SIGNATURE_REQUESTED):
             return Outcome.of(OutcomeKind.NOOP, tx)
@@ -43,59 +47,61 @@ def request_signature(ctx: StepContext, tx_id: str) -> Outcome:
         needs_cursor = (stage is Stage.FUNDS_LOCKED and adapter.uses_account_nonce and tx.nonce is None
                         and session.get(NonceCursor, tx.account_id) is None)
         intent = intent_of(ctx, tx, tx.from_address)
+        attempt = Attempt.of(tx)
 
     if stage is Stage.FUNDS_LOCKED:
-        # Chain data first (no RPC under row locks): the pending nonce on first use, a fresh
-        # reference block or blockhash where the family needs one.
-        chain_nonce = adapter.next_nonce(intent.from_address) if needs_cursor else None
-        context = adapter.build_context(intent)
-        with ctx.db.unit_of_work() as session:
-            tx = load_tx(session, tx_id)
-            if stage_of(tx) is not Stage.FUNDS_LOCKED:
-                return Outcome.of(OutcomeKind.NOOP, tx)
-            if adapter.uses_account_nonce and tx.nonce is None:
-                tx.nonce = _allocate_nonce(session, tx.account_id, chain_nonce)
-            unsigned = adapter.build(intent, fee_quote_of(tx), tx.nonce, context)
-            tx.unsigned_payload = unsigned.payload
-            tx.signing_payloads = json.dumps([item.hex() for item in unsigned.digests])
-            tx.build_context = json.dumps(context, sort_keys=True)
-            tx.signature_request_id = f"{tx.transaction_id}.{tx.replacement_count}"
-            advance(session, tx, Stage.SIGNATURE_REQUESTED, detail=f"nonce={tx.nonce}")
+        attempt = _build(ctx, run, attempt, adapter, intent, needs_cursor)
 
     with ctx.db.unit_of_work() as session:
-        tx = load_tx(session, tx_id, for_update=False)
-        if stage_of(tx) is not Stage.SIGNATURE_REQUESTED:
-            return Outcome.of(OutcomeKind.NOOP, tx)
+        tx = load_held(session, run, attempt)
         request_id, payload, to_sign = tx.signature_request_id, tx.unsigned_payload, signing_payloads_of(tx)
         key = KeyRef(tx.wallet_id, adapter.key_name, adapter.curve)
 
     try:
         ctx.signer.request_signature(request_id, key, to_sign)
         signatures = ctx.signer.fetch_signature(request_id)
+    except SignatureRefused as exc:
+        return fail_at(ctx, run, attempt, FailureReason.SIGNATURE_REFUSED, str(exc))
     except SignerError as exc:
         if exc.transient:
             raise TransientError(f"signer: {exc}") from exc
-        return fail_at(ctx, tx_id, Stage.SIGNATURE_REQUESTED, FailureReason.SIGNATURE_REFUSED, str(exc))
+        raise  # the deployment's fault (a key the master key cannot open): hold, keep the locks
     if signatures is None:
-        return _still_waiting(ctx, tx_id)
+        return _still_waiting(ctx, run, attempt)
 
     signed = adapter.attach_signature(payload, signatures)
     with ctx.db.unit_of_work() as session:
-        tx = load_tx(session, tx_id)
-        if stage_of(tx) is not Stage.SIGNATURE_REQUESTED:
-            return Outcome.of(OutcomeKind.NOOP, tx)
+        tx = load_held(session, run, attempt)
         tx.signed_payload = signed.raw
         tx.tx_hash = signed.tx_hash
         advance(session, tx, Stage.SIGNED, detail=signed.tx_hash)
         return Outcome.of(OutcomeKind.ADVANCED, tx)
 
 
-def _still_waiting(ctx: StepContext, tx_id: str) -> Outcome:
-    """The signer has not answered yet: stay alive for the sweeper, give up (replayably) at the deadline."""
+def _build(ctx: StepContext, run: Run, attempt: Attempt, adapter: ChainAdapter, intent: TransferIntent,
+           needs_cursor: bool) -> Attempt:
+    """FUNDS_LOCKED -> SIGNATURE_REQUESTED: nonce, unsigned payload and digests committed before
+    the signer is asked. Chain data first (no RPC under row locks): the pending nonce on first
+    use, a fresh reference block or blockhash where the family needs one."""
+    chain_nonce = adapter.next_nonce(intent.from_address) if needs_cursor else None
+    context = adapter.build_context(intent)
     with ctx.db.unit_of_work() as session:
-        tx = load_tx(session, tx_id)
-        if stage_of(tx) is not Stage.SIGNATURE_REQUESTED:
-            return Outcome.of(OutcomeKind.NOOP, tx)
+        tx = load_held(session, run, attempt)
+        if adapter.uses_account_nonce and tx.nonce is None:
+            tx.nonce = _allocate_nonce(session, tx.account_id, chain_nonce)
+        unsigned = adapter.build(intent, fee_quote_of(tx), tx.nonce, context)
+        tx.unsigned_payload = unsigned.payload
+        tx.signing_payloads = json.dumps([item.hex() for item in unsigned.digests])
+        tx.build_context = json.dumps(context, sort_keys=True)
+        tx.signature_request_id = f"{tx.transaction_id}.{tx.replacement_count}"
+        advance(session, tx, Stage.SIGNATURE_REQUESTED, detail=f"nonce={tx.nonce}")
+        return Attempt.of(tx)
+
+
+def _still_waiting(ctx: StepContext, run: Run, attempt: Attempt) -> Outcome:
+    """The signer has not answered yet: stay alive, give up (replayably) at the deadline."""
+    with ctx.db.unit_of_work() as session:
+        tx = load_held(session, run, attempt)
         touch(tx)
         if utcnow() - tx.stage_changed_at > timedelta(seconds=ctx.signature_timeout_s):
             tx.last_error = f"the signer has not answered within {int(ctx.signature_timeout_s)} s"

@@ -78,7 +78,7 @@ def request(f: Funded, symbol: str, amount: str, to: str | None = None, key: str
 
 
 def submit(f: Funded, symbol: str, amount: str, to: str | None = None, key: str | None = None) -> str:
-    return submit_transfer(ctx(), request(f, symbol, amount, to, key))[0]
+    return submit_transfer(ctx(), request(f, symbol, amount, to, key)).transaction_id
 
 
 def record_only(f: Funded, symbol: str, amount: str, to: str | None = None) -> str:

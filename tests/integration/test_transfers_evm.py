@@ -90,7 +90,7 @@ def test_unknown_source_and_other_clients_address_fail_source_not_found(stack):
     theirs = h.funded_wallet(stack, eth="1", usdt="0")
     stranger = h.submit(mine, "ETH", "0.1")  # baseline: my own address works
     spoof_request = replace(h.request(mine, "ETH", "0.1"), from_address=theirs.address)
-    spoof = submit_transfer(h.ctx(), spoof_request)[0]
+    spoof = submit_transfer(h.ctx(), spoof_request).transaction_id
     final = h.wait_final([stranger, spoof])
     assert final[stranger].status == "CONFIRMED"
     assert (final[spoof].status, final[spoof].failure_reason) == ("FAILED", "source_not_found")

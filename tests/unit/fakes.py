@@ -43,6 +43,7 @@ from chains.registry import ChainSpec, Registry, TokenSpec
 from pipeline import ledger, onboarding
 from pipeline.db import Database
 from pipeline.models import Asset, LedgerEntry, Transaction, TransactionEvent
+from pipeline.driving import Run, load_tx, take
 from pipeline.steps import STEP_FUNCTIONS, Outcome, StepContext
 from pipeline.transfers import TransferRequest, create_transfer
 from signer.base import KeyRef, PublicKey, SignatureRefused, SignerError, UnknownKey
@@ -115,6 +116,8 @@ class FakeAdapter:
         self.built: list[tuple[TransferIntent, FeeQuote, int | None]] = []
         self.built_contexts: list[dict] = []  # the context each build was given
         self.status_calls: list[str] = []
+        self.unlandable = False  # what proves_unlandable answers after a refused send
+        self.unlandable_calls: list[str] = []
 
     # -- addresses --------------------------------------------------------------------------
     def validate_address(self, address: str) -> str:
@@ -210,6 +213,10 @@ class FakeAdapter:
         if not self.statuses:
             return NOT_FOUND
         return self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
+
+    def proves_unlandable(self, signed: SignedTransaction) -> bool:
+        self.unlandable_calls.append(signed.tx_hash)
+        return self.unlandable
 
     def balance_of(self, address: str, token: TokenSpec) -> int:
         return 0
@@ -328,8 +335,18 @@ class World:
             return tx.transaction_id
 
     # -- driving ----------------------------------------------------------------------------
+    def take(self, name: str, tx_id: str, ctx: StepContext | None = None) -> Run:
+        """Pick the transfer up the way a delivered message does: the run gets the next token."""
+        ctx = ctx or self.ctx()
+        with ctx.db.unit_of_work() as s:
+            run = take(s, tx_id, load_tx(s, tx_id).driver_seq, name, ctx.step_lease_s)
+        assert run is not None, f"{tx_id} cannot be driven (final or held)"
+        return run
+
     def step(self, name: str, tx_id: str, ctx: StepContext | None = None) -> Outcome:
-        return STEP_FUNCTIONS[name](ctx or self.ctx(), tx_id)
+        """One run of step `name` by a driver that has just taken the transfer over."""
+        ctx = ctx or self.ctx()
+        return STEP_FUNCTIONS[name](ctx, self.take(name, tx_id, ctx))
 
     def run_until(self, tx_id: str, last_step: str, ctx: StepContext | None = None) -> list[Outcome]:
         """Run the steps in order up to and including `last_step` (each once)."""
