@@ -15,9 +15,11 @@ from chains.base import Curve
 
 
 class SignerError(Exception):
-    """Base of signer errors; `transient` says whether asking again can help."""
+    """Base of signer errors; `transient` says whether asking again can help, `holds` that the
+    fault is the deployment's (hold the transfer, keep its locks), not the transfer's."""
 
     transient: bool = False
+    holds: bool = False
 
 
 class SignerUnavailable(SignerError):
@@ -32,6 +34,14 @@ class UnknownKey(SignerError):
 
 class SignatureRefused(SignerError):
     """The signer will not sign this request (e.g. the same request id with another digest)."""
+
+
+class MasterKeyMismatch(SignerError):
+    """The master key does not open this wallet's sealed key: a wrong PARATRO_SIGNER_MASTER_KEY
+    (or a sealed row moved or altered). Not transient, not a refusal: the deployment is at fault,
+    so the transfer is held with this reason and keeps its locks until the key is fixed."""
+
+    holds = True
 
 
 @dataclass(frozen=True)

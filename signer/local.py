@@ -22,12 +22,20 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from eth_keys import keys as eth_keys
-from sqlalchemy import DateTime, Engine, LargeBinary, String, Text
+from sqlalchemy import DateTime, Engine, LargeBinary, String, Text, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from chains.base import Curve
-from signer.base import KeyRef, PublicKey, SignatureRefused, SignerError, SignerUnavailable, UnknownKey
+from signer.base import (
+    KeyRef,
+    MasterKeyMismatch,
+    PublicKey,
+    SignatureRefused,
+    SignerError,
+    SignerUnavailable,
+    UnknownKey,
+)
 
 _SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
@@ -154,12 +162,32 @@ class LocalKeySigner:
         nonce = os.urandom(12)
         return nonce + self._aead.encrypt(nonce, private, _associated_data(ref.wallet_id, ref.key_name, ref.curve.value))
 
-    def _sign(self, key: SignerKey, payloads: Sequence[bytes]) -> list[bytes]:
+    def check_master_key(self, sample: int = 5) -> None:
+        """Raise MasterKeyMismatch if none of the `sample` newest sealed keys opens with this master
+        key (a worker started with the wrong key would hold every transfer); no keys yet is fine."""
+        with self._session() as session:
+            rows = session.scalars(select(SignerKey).order_by(SignerKey.created_at.desc()).limit(sample)).all()
+        failures = 0
+        for row in rows:
+            try:
+                self._unseal(row)
+                return
+            except MasterKeyMismatch:
+                failures += 1
+        if failures:
+            raise MasterKeyMismatch(f"PARATRO_SIGNER_MASTER_KEY opens none of the {failures} newest sealed wallet "
+                                    "keys: it is not the key they were sealed with")
+
+    def _unseal(self, key: SignerKey) -> bytes:
         try:
-            private = self._aead.decrypt(key.sealed_private_key[:12], key.sealed_private_key[12:],
-                                         _associated_data(key.wallet_id, key.key_name, key.curve))
+            return self._aead.decrypt(key.sealed_private_key[:12], key.sealed_private_key[12:],
+                                      _associated_data(key.wallet_id, key.key_name, key.curve))
         except InvalidTag:
-            raise SignatureRefused(f"sealed key of wallet {key.wallet_id} does not open with this master key") from None
+            raise MasterKeyMismatch(f"sealed {key.key_name!r} key of wallet {key.wallet_id} does not open with this "
+                                    "master key (wrong PARATRO_SIGNER_MASTER_KEY, or the sealed row was moved)") from None
+
+    def _sign(self, key: SignerKey, payloads: Sequence[bytes]) -> list[bytes]:
+        private = self._unseal(key)
         if key.curve == Curve.SECP256K1.value:
             signer = eth_keys.PrivateKey(private)
             return [signer.sign_msg_hash(digest).to_bytes() for digest in payloads]

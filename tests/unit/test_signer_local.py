@@ -19,7 +19,15 @@ from sqlalchemy import Engine, func, select, text
 
 from chains.base import Curve
 from pipeline.db import make_engine
-from signer.base import KeyRef, PublicKey, SignatureRefused, SignerError, SignerUnavailable, UnknownKey
+from signer.base import (
+    KeyRef,
+    MasterKeyMismatch,
+    PublicKey,
+    SignatureRefused,
+    SignerError,
+    SignerUnavailable,
+    UnknownKey,
+)
 from signer.local import LocalKeySigner, SignatureRequest, SignerKey, new_master_key
 
 W1 = "w_01JAAAAAAAAAAAAAAAAAAAAAA1"
@@ -294,17 +302,20 @@ def test_an_ed25519_request_id_reused_with_the_same_bytes_split_differently_is_r
 
 # -- the master key and the sealed rows ------------------------------------------------------------
 
-def test_given_a_different_master_key_then_signing_is_refused(signer: LocalKeySigner, engine: Engine) -> None:
+def test_given_a_different_master_key_then_a_held_master_key_mismatch_not_a_refusal(signer: LocalKeySigner, engine: Engine) -> None:
     signer.create_key(EVM1)
     other = LocalKeySigner(engine, new_master_key())
-    with pytest.raises(SignatureRefused, match="does not open"):
+    with pytest.raises(MasterKeyMismatch, match="does not open") as info:
         other.request_signature("r1", EVM1, [DIGEST])
+    # the deployment is at fault, not the transfer: hold it (locks kept), never fail it as refused
+    assert not isinstance(info.value, SignatureRefused)
+    assert info.value.holds is True and info.value.transient is False
     assert other.fetch_signature("r1") is None
     # public keys are not secret: the other instance can still read them
     assert other.public_key(EVM1) == signer.public_key(EVM1)
 
 
-def test_given_a_sealed_key_copied_onto_another_wallets_row_then_signing_is_refused(signer: LocalKeySigner, engine: Engine) -> None:
+def test_given_a_sealed_key_copied_onto_another_wallets_row_then_the_key_does_not_open(signer: LocalKeySigner, engine: Engine) -> None:
     # Given W1's sealed key (and public key) pasted over W2's row, e.g. by a bad restore or an attacker
     w1 = signer.create_key(EVM1)
     signer.create_key(EVM2)
@@ -314,11 +325,11 @@ def test_given_a_sealed_key_copied_onto_another_wallets_row_then_signing_is_refu
                      {"s": sealed, "p": public, "w": W2})
     assert signer.public_key(EVM2) == PublicKey(Curve.SECP256K1, w1.key)
     # Then W2 cannot sign with W1's key
-    with pytest.raises(SignatureRefused):
+    with pytest.raises(MasterKeyMismatch):
         signer.request_signature("r2", EVM2, [DIGEST])
 
 
-def test_given_a_sealed_key_copied_onto_another_key_name_of_the_wallet_then_signing_is_refused(
+def test_given_a_sealed_key_copied_onto_another_key_name_of_the_wallet_then_the_key_does_not_open(
     signer: LocalKeySigner, engine: Engine
 ) -> None:
     evm = signer.create_key(EVM1)
@@ -328,31 +339,31 @@ def test_given_a_sealed_key_copied_onto_another_key_name_of_the_wallet_then_sign
         conn.execute(text("UPDATE signer_keys SET sealed_private_key = :s, public_key = :p"
                           " WHERE wallet_id = :w AND key_name = 'tron'"), {"s": sealed, "p": public, "w": W1})
     assert signer.public_key(TRON1) == evm
-    with pytest.raises(SignatureRefused):
+    with pytest.raises(MasterKeyMismatch):
         signer.request_signature("r-tron", TRON1, [DIGEST])
 
 
-def test_given_a_sealed_row_moved_to_another_wallet_id_then_signing_is_refused(signer: LocalKeySigner, engine: Engine) -> None:
+def test_given_a_sealed_row_moved_to_another_wallet_id_then_the_key_does_not_open(signer: LocalKeySigner, engine: Engine) -> None:
     signer.create_key(EVM1)
     with engine.begin() as conn:
         conn.execute(text("UPDATE signer_keys SET wallet_id = :new WHERE wallet_id = :old"), {"new": W3, "old": W1})
-    with pytest.raises(SignatureRefused):
+    with pytest.raises(MasterKeyMismatch):
         signer.request_signature("r3", EVM3, [DIGEST])
 
 
-def test_given_a_sealed_row_moved_to_another_curve_then_signing_is_refused(signer: LocalKeySigner, engine: Engine) -> None:
+def test_given_a_sealed_row_moved_to_another_curve_then_the_key_does_not_open(signer: LocalKeySigner, engine: Engine) -> None:
     signer.create_key(EVM1)
     with engine.begin() as conn:
         conn.execute(text("UPDATE signer_keys SET curve = 'ed25519' WHERE wallet_id = :w"), {"w": W1})
-    with pytest.raises(SignatureRefused):
+    with pytest.raises(MasterKeyMismatch):
         signer.request_signature("r1", KeyRef(W1, "evm", Curve.ED25519), [DIGEST])
 
 
-def test_given_a_sealed_row_moved_to_another_key_name_then_signing_is_refused(signer: LocalKeySigner, engine: Engine) -> None:
+def test_given_a_sealed_row_moved_to_another_key_name_then_the_key_does_not_open(signer: LocalKeySigner, engine: Engine) -> None:
     signer.create_key(EVM1)
     with engine.begin() as conn:
         conn.execute(text("UPDATE signer_keys SET key_name = 'tron' WHERE wallet_id = :w"), {"w": W1})
-    with pytest.raises(SignatureRefused):
+    with pytest.raises(MasterKeyMismatch):
         signer.request_signature("r1", TRON1, [DIGEST])
 
 
@@ -411,8 +422,30 @@ def test_no_secret_appears_in_any_error_message(signer: LocalKeySigner, engine: 
 
 def test_error_transience() -> None:
     assert SignerUnavailable.transient is True
-    for error in (SignerError, UnknownKey, SignatureRefused):
+    for error in (SignerError, UnknownKey, SignatureRefused, MasterKeyMismatch):
         assert error.transient is False
+    assert MasterKeyMismatch.holds is True
+    for error in (SignerError, SignerUnavailable, UnknownKey, SignatureRefused):
+        assert error.holds is False
+
+
+def test_check_master_key_passes_on_an_empty_store_and_with_the_right_key(signer: LocalKeySigner, master_key: str,
+                                                                           engine: Engine) -> None:
+    signer.check_master_key()  # no sealed keys yet: nothing to disagree with
+    signer.create_key(EVM1)
+    signer.create_key(SOL1)
+    signer.check_master_key()
+    LocalKeySigner(engine, master_key).check_master_key()
+
+
+def test_check_master_key_refuses_a_well_formed_but_wrong_key_without_echoing_it(signer: LocalKeySigner,
+                                                                                 engine: Engine) -> None:
+    signer.create_key(EVM1)
+    signer.create_key(TRON1)
+    wrong = new_master_key()
+    with pytest.raises(MasterKeyMismatch, match="opens none of the 2 newest") as info:
+        LocalKeySigner(engine, wrong).check_master_key()
+    assert wrong not in str(info.value) and "\n" not in str(info.value)
 
 
 def test_given_a_busy_store_then_signer_unavailable(tmp_path: Path, master_key: str) -> None:
