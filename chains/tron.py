@@ -11,11 +11,19 @@ decisions that need a node:
   (`fee_limit_sun`). `FeeQuote.max_fee` is the sum of the caps that apply; the receipt's `fee`
   is what was actually burnt (0 when free bandwidth covered a TRX transfer);
 - TaPoS and expiry: a transaction names a recent reference block and expires
-  `expiration_s` after the head block it was built on. It is *provably dead* once the latest
-  solidified block is at or past its expiration and no block has it: only then is it EXPIRED (and
-  a broadcast refused as expired becomes TransactionRejected("expired"), so the pipeline re-signs).
-  The solidified head is read before the transaction is looked up, so a transaction included
-  between the two reads is always found;
+  `expiration_s` after the head block it was built on. java-tron takes it into block k only if
+  k's parent is at or after the reference block and the parent's timestamp is before the
+  expiration; so the blocks that could ever hold it are ref+1 .. m, m being the first block whose
+  timestamp is at or past the expiration. It is EXPIRED only on proof that none of those holds it
+  (`_expiry_proof`): the solidified head is at or past the expiration (so m exists and is
+  irreversible), and the solidified blocks ref .. m, fetched from the solidity API by number and
+  checked to be one chain (each block's parentHash is the previous blockID, starting at the
+  reference block whose id matches the transaction's ref_block_hash), list no such txID. A
+  lagging backend cannot fake this: one that has not solidified a block answers `{}` (or a short
+  list) for it, which is "no proof", never "not there"; a lookup by txID, whose "unknown" means
+  nothing from a backend behind, is not relied on. The fields come from the signed bytes' raw_data
+  (what the chain checks), and must agree with the stored build context. A broadcast refused as
+  expired becomes TransactionRejected("expired") only with that proof, so the pipeline re-signs;
 - confirmations count from the head, but reach the registry's depth only once the block is
   solidified (irreversible), whatever the count says;
 - broadcast is idempotent: the node already having this txID (DUP_TRANSACTION_ERROR, or an
@@ -113,6 +121,15 @@ class _Block:
     number: int
     block_id: str
     timestamp: int  # ms
+    parent_id: str = ""
+    txids: frozenset[str] = frozenset()
+
+
+# Solidified blocks fetched per walletsolidity/getblockbylimitnext call (java-tron serves at most
+# 100; full mainnet blocks are large, so fewer per answer keeps each one well within the timeout).
+_SCAN_BATCH = 20
+_TAPOS_WINDOW = 65_536  # ref_block_bytes are the low 16 bits of the reference block's number
+_VALIDITY_KEYS = ("ref_block_bytes", "ref_block_hash", "expiration", "timestamp")
 
 
 class TronAdapter:
@@ -157,15 +174,32 @@ class TronAdapter:
         self._chain_checked = True
 
     def _block(self, path: str) -> _Block:
-        answer = self._post(path)
-        block_header = answer.get("block_header")
+        return self._parse_block(self._post(path), path)
+
+    def _parse_block(self, answer: Any, path: str) -> _Block:
+        block_header = answer.get("block_header") if isinstance(answer, dict) else None
         header = block_header.get("raw_data") if isinstance(block_header, dict) else None
-        block_id = answer.get("blockID")
-        if not tron_tx.is_txid(block_id) or not isinstance(header, dict):
+        block_id = answer.get("blockID") if isinstance(answer, dict) else None
+        listed = answer.get("transactions", []) if isinstance(answer, dict) else None
+        if not tron_tx.is_txid(block_id) or not isinstance(header, dict) or not isinstance(listed, list):
             raise ChainRpcError(f"{self.spec.name}: {path} answered no usable block")
+        txids = frozenset(str(t.get("txID")) for t in listed if isinstance(t, dict))
         # protobuf JSON omits zero fields: block 0 has no "number"
         return _Block(to_int(header.get("number", 0), "block number"), str(block_id),
-                      to_int(header.get("timestamp", 0), "block timestamp"))
+                      to_int(header.get("timestamp", 0), "block timestamp"), str(header.get("parentHash", "")), txids)
+
+    def _solid_block(self, number: int) -> _Block | None:
+        """The solidified block at `number`, None if the answering node has not solidified it."""
+        answer = self._post("walletsolidity/getblockbynum", {"num": number})
+        return self._parse_block(answer, "walletsolidity/getblockbynum") if answer else None
+
+    def _solid_blocks(self, start: int, end: int) -> list[_Block]:
+        """Solidified blocks start .. end-1 as far as the answering node has them (maybe fewer, or none)."""
+        answer = self._post("walletsolidity/getblockbylimitnext", {"startNum": start, "endNum": end})
+        listed = answer.get("block", [])
+        if not isinstance(listed, list):
+            raise ChainRpcError(f"{self.spec.name}: walletsolidity/getblockbylimitnext answered no usable block list")
+        return [self._parse_block(item, "walletsolidity/getblockbylimitnext") for item in listed]
 
     def _head(self) -> _Block:
         return self._block("wallet/getnowblock")
@@ -301,15 +335,74 @@ class TronAdapter:
         txid = signed.tx_hash
         if not tron_tx.is_txid(txid):
             raise MalformedTransaction(f"not a TRON txID: {txid!r}"[:200])
-        expiration = tron_tx.expiration_of(signed.raw) if signed.raw else None
-        solid = self._solid_head()  # first: see the module docstring
+        validity = _validity(signed)
+        solid = self._solid_head()  # first: a transaction included after this read is still found below
         info = self._post("wallet/gettransactioninfobyid", {"value": txid})
         if info.get("id") == txid:
             return self._included(txid, info, solid)
-        if expiration is not None and solid.timestamp >= expiration:
-            return TxStatus(TxState.EXPIRED)
+        if validity is not None and solid.timestamp >= validity["expiration"]:
+            proven = self._expiry_proof(txid, validity, solid)
+            if proven is not None:
+                return TxStatus(proven)
         pending = self._post("wallet/gettransactionfrompending", {"value": txid})
         return TxStatus(TxState.PENDING if pending.get("txID") == txid else TxState.NOT_FOUND)
+
+    def proves_unlandable(self, signed: SignedTransaction) -> bool:
+        """True iff `get_status` would say EXPIRED: the expiry proof of `_expiry_proof`."""
+        return self.get_status(signed).state is TxState.EXPIRED
+
+    def _expiry_proof(self, txid: str, validity: Mapping[str, Any], solid: _Block) -> TxState | None:
+        """EXPIRED when no block that could ever hold the transaction does; None when not proven.
+
+        Blocks that could hold it: ref+1 .. m, m the first block with timestamp >= expiration
+        (java-tron checks the expiration against the parent block's timestamp). The caller saw a
+        solidified head at or past the expiration, so m is solidified. The reference block is
+        found by number (its low 16 bits are ref_block_bytes) and must carry ref_block_hash; the
+        blocks after it are fetched from the solidity API and must chain by parentHash up to m.
+        Any block the answering node does not have (a lagging backend of a pool, a node catching
+        up) ends the scan without proof. PENDING if a solidified block lists it (the receipt
+        lookup lagged): not dead, and the next poll sees its receipt.
+        """
+        expiration = validity["expiration"]
+        previous = self._reference_block(validity, solid)
+        if previous is None:
+            return None
+        while previous.timestamp < expiration:
+            if previous.number >= solid.number:
+                return None  # the chain we followed does not reach the solidified head's time
+            batch = self._solid_blocks(previous.number + 1, min(previous.number + 1 + _SCAN_BATCH, solid.number + 1))
+            if not batch:
+                return None  # the answering node has not solidified the next block: no proof
+            for block in batch:
+                if block.number != previous.number + 1 or block.parent_id != previous.block_id:
+                    return None  # not one chain from the reference block: no proof
+                if txid in block.txids:
+                    return TxState.PENDING
+                previous = block
+                if previous.timestamp >= expiration:
+                    break
+        return TxState.EXPIRED
+
+    def _reference_block(self, validity: Mapping[str, Any], solid: _Block) -> _Block | None:
+        """The solidified block the transaction references (TaPoS), or None if it is not found.
+
+        Its number is the newest at or below the solidified head whose low 16 bits are
+        ref_block_bytes; older candidates, 65536 blocks apart, are tried only while the
+        candidate is newer than the transaction's build time. A block at that number with
+        another id means the reference is not on this chain: not proven here (held for ops).
+        """
+        low = int(validity["ref_block_bytes"], 16)
+        number = solid.number - ((solid.number - low) % _TAPOS_WINDOW)
+        while number >= 0:
+            block = self._solid_block(number)
+            if block is None:
+                return None
+            if block.block_id[16:32] == validity["ref_block_hash"]:
+                return block
+            if block.timestamp <= validity["timestamp"]:
+                return None
+            number -= _TAPOS_WINDOW
+        return None
 
     def _included(self, txid: str, info: dict[str, Any], solid: _Block) -> TxStatus:
         number = to_int(info.get("blockNumber"), "receipt block number")
@@ -369,6 +462,26 @@ class TronAdapter:
         if not token.contract:
             raise MalformedTransaction(f"token {token.symbol} has no contract")
         return self._trc20_balance(owner, token)
+
+
+def _validity(signed: SignedTransaction) -> dict[str, Any] | None:
+    """Reference block and times that decide where the transaction can land, from the signed
+    bytes' raw_data (what the chain checks); None (nothing can be proven) when there are no bytes,
+    they are another transaction's, or the stored build context disagrees with them."""
+    if not signed.raw:
+        return None
+    doc = tron_tx.decode_signed(signed.raw)
+    if doc["txID"] != signed.tx_hash:
+        return None
+    raw_data = doc["raw_data"]
+    try:
+        validity = tron_tx.check_context({key: raw_data.get(key) for key in _VALIDITY_KEYS})
+    except MalformedTransaction:
+        return None
+    context = signed.context if isinstance(signed.context, Mapping) else {}
+    if any(key in context and context[key] != validity[key] for key in _VALIDITY_KEYS):
+        return None
+    return validity
 
 
 def _fee_params(params: Mapping[str, Any], token: TokenSpec) -> dict[str, int]:

@@ -172,9 +172,11 @@ class TronChain:
             self.pending_ledger = ledger.copy()
             return block
 
-    def block(self, number: int) -> Block | None:
+    def block(self, number: int, solid: bool = False) -> Block | None:
+        """The block at `number`; with `solid`, only once it is solidified (the solidity API's view)."""
         with self.lock:
-            return self.blocks[number] if 0 <= number < len(self.blocks) else None
+            last = self.solid.number if solid else self.head.number
+            return self.blocks[number] if 0 <= number <= last else None
 
     def block_json(self, block: Block) -> dict[str, Any]:
         with self.lock:

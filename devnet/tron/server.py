@@ -26,6 +26,7 @@ from tronpy.keys import keccak256, to_base58check_address
 from devnet.tron.chain import BadRequest, Refused, TronChain, hex_address
 
 Handler = Callable[[TronChain, dict[str, Any]], dict[str, Any]]
+BLOCK_LIMIT_NUM = 100  # java-tron's most blocks per getblockbylimitnext
 
 
 def _value(body: dict[str, Any]) -> str:
@@ -101,9 +102,19 @@ def _trigger(chain: TronChain, body: dict[str, Any]) -> dict[str, Any]:
     return {"result": {"result": True}, "transaction": transaction}
 
 
-def _block_by_num(chain: TronChain, body: dict[str, Any]) -> dict[str, Any]:
-    found = chain.block(int(body.get("num", 0)))
+def _block_by_num(chain: TronChain, body: dict[str, Any], solid: bool = False) -> dict[str, Any]:
+    found = chain.block(int(body.get("num", 0)), solid=solid)
     return chain.block_json(found) if found is not None else {}
+
+
+def _blocks_by_limit_next(chain: TronChain, body: dict[str, Any], solid: bool = False) -> dict[str, Any]:
+    """Blocks startNum .. endNum-1 (at most 100) that the node has (solidified ones only on the solidity
+    API): fewer, or `{}`, past its head, as java-tron answers."""
+    start, end = int(body.get("startNum", 0)), int(body.get("endNum", 0))
+    if not (end > 0 and end > start and end - start <= BLOCK_LIMIT_NUM):
+        return {}
+    blocks = [found for number in range(max(start, 0), end) if (found := chain.block(number, solid=solid)) is not None]
+    return {"block": [chain.block_json(found) for found in blocks]} if blocks else {}
 
 
 def _node_info(chain: TronChain, body: dict[str, Any]) -> dict[str, Any]:
@@ -136,6 +147,9 @@ ROUTES: dict[str, Handler] = {
     "/wallet/getnowblock": lambda chain, body: chain.block_json(chain.head),
     "/walletsolidity/getnowblock": lambda chain, body: chain.block_json(chain.solid),
     "/wallet/getblockbynum": _block_by_num,
+    "/walletsolidity/getblockbynum": lambda chain, body: _block_by_num(chain, body, solid=True),
+    "/wallet/getblockbylimitnext": _blocks_by_limit_next,
+    "/walletsolidity/getblockbylimitnext": lambda chain, body: _blocks_by_limit_next(chain, body, solid=True),
     "/wallet/getnodeinfo": _node_info,
     "/wallet/getchainparameters": lambda chain, body: {"chainParameter": chain.fees.chain_parameters()},
     "/wallet/broadcasttransaction": _broadcast,

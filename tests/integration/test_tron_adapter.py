@@ -161,7 +161,9 @@ def test_a_transaction_that_expires_unsent_is_expired(node: TronNode, spec: Chai
     _, recipient = _account(node, trx=TRX)
     signed, _ = _sign(hasty, key, TransferIntent(sender, recipient, TRX, spec.native))
     assert hasty.get_status(signed).state is TxState.NOT_FOUND  # unknown, but could still land
+    assert not hasty.proves_unlandable(signed)
     _wait(hasty, signed, lambda s: s.state is TxState.EXPIRED)
+    assert hasty.proves_unlandable(signed)  # proven from the solidified blocks ref .. past the expiration
     with pytest.raises(TransactionRejected) as info:
         hasty.broadcast(signed)
     assert info.value.reason == "expired"  # the pipeline re-signs it as a recorded replacement

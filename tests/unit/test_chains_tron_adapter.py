@@ -30,27 +30,42 @@ SENDER = KEY.public_key.to_base58check_address()
 DEST = PrivateKey(bytes.fromhex("22" * 32)).public_key.to_base58check_address()
 NOW = 1_800_000_000_000
 EXPIRATION = NOW + 60_000
+BLOCK_MS = 3_000
+REF = 100  # the reference block of _signed(): ref_block_bytes "0064", timestamp NOW
+FIRST_PAST = REF + 20  # the first block whose timestamp reaches EXPIRATION: the last that could hold it
 
 Answer = Any  # a dict, or a callable(body) -> dict
 
 
+def block_id(number: int) -> str:
+    return f"{number:016x}" + "ab" * 24
+
+
 def block(number: int, timestamp: int, txids: tuple[str, ...] = ()) -> dict[str, Any]:
-    header: dict[str, Any] = {"timestamp": timestamp, "parentHash": "00" * 32}
+    header: dict[str, Any] = {"timestamp": timestamp, "parentHash": block_id(max(number - 1, 0))}
     if number:
         header["number"] = number
-    doc: dict[str, Any] = {"blockID": f"{number:016x}" + "ab" * 24, "block_header": {"raw_data": header}}
+    doc: dict[str, Any] = {"blockID": block_id(number), "block_header": {"raw_data": header}}
     if txids:
         doc["transactions"] = [{"txID": txid} for txid in txids]
     return doc
 
 
+def chain(last: int, holding: dict[int, tuple[str, ...]] | None = None) -> dict[int, dict[str, Any]]:
+    """Blocks 0..last, one every BLOCK_MS, block REF at NOW; `holding` lists txIDs per block number."""
+    return {n: block(n, NOW + (n - REF) * BLOCK_MS, (holding or {}).get(n, ())) for n in range(last + 1)}
+
+
 class FakeNode:
     def __init__(self) -> None:
+        self.solid_blocks = chain(200)  # what the solidity API serves by number
         self.answers: dict[str, Answer] = {
             "wallet/getnowblock": block(100, NOW),
             "walletsolidity/getnowblock": block(98, NOW - 500),
             "wallet/gettransactioninfobyid": {},
             "wallet/gettransactionfrompending": {},
+            "walletsolidity/getblockbynum": lambda body: self.solid_blocks.get(body["num"], {}),
+            "walletsolidity/getblockbylimitnext": self._limit_next,
         }
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.headers: list[dict[str, str]] = []
@@ -64,6 +79,10 @@ class FakeNode:
 
     def paths(self) -> list[str]:
         return [path for path, _ in self.calls]
+
+    def _limit_next(self, body: dict[str, Any]) -> dict[str, Any]:
+        listed = [self.solid_blocks[n] for n in range(body["startNum"], body["endNum"]) if n in self.solid_blocks]
+        return {"block": listed} if listed else {}  # java-tron: {} when it has none of them
 
 
 @pytest.fixture
@@ -329,11 +348,17 @@ def test_expired_is_only_said_once_it_is_provable(node: tuple[FakeNode, str], co
     signed = _signed()
     fake.answers["wallet/broadcasttransaction"] = _refusal(code, "Transaction expired")
     # The solidified head has not reached the expiration: it might still land somewhere. Ask later.
-    fake.answers["walletsolidity/getnowblock"] = block(98, EXPIRATION - 1)
+    fake.answers["walletsolidity/getnowblock"] = fake.solid_blocks[FIRST_PAST - 1]
     with pytest.raises(ChainRpcError, match="waiting until its expiration is solidified"):
         _adapter(url).broadcast(signed)
-    # Solidified past its expiration and on no block: dead, the pipeline re-signs.
-    fake.answers["walletsolidity/getnowblock"] = block(98, EXPIRATION)
+    # Solidified past its expiration, but the solidity API (a lagging backend) lacks blocks: no proof.
+    fake.answers["walletsolidity/getnowblock"] = fake.solid_blocks[FIRST_PAST]
+    served = fake.solid_blocks
+    fake.solid_blocks = {n: b for n, b in served.items() if n < FIRST_PAST}
+    with pytest.raises(ChainRpcError, match="waiting until its expiration is solidified"):
+        _adapter(url).broadcast(signed)
+    # Solidified past its expiration and in none of the blocks that could hold it: dead, the pipeline re-signs.
+    fake.solid_blocks = served
     with pytest.raises(TransactionRejected) as info:
         _adapter(url).broadcast(signed)
     assert info.value.reason == "expired"
@@ -417,6 +442,139 @@ def test_unknown_pending_and_expired(node: tuple[FakeNode, str]) -> None:
     assert _adapter(url).get_status(signed).state is TxState.PENDING
     fake.answers["walletsolidity/getnowblock"] = block(198, EXPIRATION)
     assert _adapter(url).get_status(signed).state is TxState.EXPIRED
+
+
+# --- expiry proof ----------------------------------------------------------------------------------
+
+
+def _solid_past_expiration(fake: FakeNode, number: int = 125) -> None:
+    fake.answers["walletsolidity/getnowblock"] = fake.solid_blocks[number] if number in fake.solid_blocks else \
+        block(number, NOW + (number - REF) * BLOCK_MS)
+
+
+def test_a_real_expiry_scans_the_solidified_blocks_from_the_reference_to_the_expiration(node: tuple[FakeNode, str]) -> None:
+    fake, url = node
+    signed = _signed()
+    _solid_past_expiration(fake)
+    adapter = _adapter(url)
+    assert adapter.get_status(signed).state is TxState.EXPIRED
+    assert adapter.proves_unlandable(signed) is True
+    scans = [(path, body) for path, body in fake.calls if path.startswith("walletsolidity/getblockby")]
+    # the reference block by number (TaPoS), then the blocks after it up to the first past the expiration
+    assert scans[0] == ("walletsolidity/getblockbynum", {"num": REF})
+    assert scans[1] == ("walletsolidity/getblockbylimitnext", {"startNum": REF + 1, "endNum": FIRST_PAST + 1})
+    assert len(scans) == 2 * 2  # get_status, then proves_unlandable: the same proof
+
+
+def test_an_expiry_scan_spans_several_batches(node: tuple[FakeNode, str]) -> None:
+    fake, url = node
+    signed = _signed(expiration=NOW + 90 * BLOCK_MS)
+    fake.answers["walletsolidity/getnowblock"] = fake.solid_blocks[195]
+    assert _adapter(url).get_status(signed).state is TxState.EXPIRED
+    ranges = [(b["startNum"], b["endNum"]) for p, b in fake.calls if p == "walletsolidity/getblockbylimitnext"]
+    assert ranges == [(101, 121), (121, 141), (141, 161), (161, 181), (181, 196)]
+
+
+def test_before_the_solidified_head_reaches_the_expiration_nothing_is_scanned(node: tuple[FakeNode, str]) -> None:
+    fake, url = node
+    fake.answers["wallet/getnowblock"] = block(300, EXPIRATION + 100_000)  # the head alone proves nothing
+    fake.answers["walletsolidity/getnowblock"] = block(119, EXPIRATION - 1)
+    adapter = _adapter(url)
+    assert adapter.get_status(_signed()).state is TxState.NOT_FOUND
+    assert adapter.proves_unlandable(_signed()) is False
+    assert not any(path.startswith("walletsolidity/getblockby") for path in fake.paths())
+
+
+@pytest.mark.parametrize("served_up_to", [REF - 1, REF, REF + 5, FIRST_PAST - 1])
+def test_a_lagging_solidity_backend_never_gives_expired(node: tuple[FakeNode, str], served_up_to: int) -> None:
+    # The solidified head came from an up-to-date backend; the blocks from one that has solidified only
+    # up to `served_up_to`: it answers {} or a short list past that, which is no proof of absence.
+    fake, url = node
+    _solid_past_expiration(fake)
+    fake.solid_blocks = {n: b for n, b in fake.solid_blocks.items() if n <= served_up_to}
+    adapter = _adapter(url)
+    for _ in range(3):
+        assert adapter.get_status(_signed()).state is TxState.NOT_FOUND
+        assert adapter.proves_unlandable(_signed()) is False
+
+
+def test_a_lagging_solidity_head_gives_no_proof(node: tuple[FakeNode, str]) -> None:
+    # A backend behind says its solidified head is before the expiration: not proven, whatever it lacks
+    fake, url = node
+    fake.answers["walletsolidity/getnowblock"] = fake.solid_blocks[110]
+    fake.solid_blocks = {n: b for n, b in fake.solid_blocks.items() if n <= 110}
+    assert _adapter(url).get_status(_signed()).state is TxState.NOT_FOUND
+
+
+def test_a_transaction_in_a_solidified_block_is_never_expired(node: tuple[FakeNode, str]) -> None:
+    # The receipt lookup (another backend) does not know it, but a solidified block lists it
+    fake, url = node
+    signed = _signed()
+    fake.solid_blocks = chain(200, {FIRST_PAST: (signed.tx_hash,)})
+    _solid_past_expiration(fake)
+    adapter = _adapter(url)
+    assert adapter.get_status(signed).state is TxState.PENDING
+    assert adapter.proves_unlandable(signed) is False
+
+
+def test_blocks_that_do_not_chain_from_the_reference_are_no_proof(node: tuple[FakeNode, str]) -> None:
+    fake, url = node
+    _solid_past_expiration(fake)
+    forked = block(110, NOW + 10 * BLOCK_MS)
+    forked["block_header"]["raw_data"]["parentHash"] = "ff" * 32
+    fake.solid_blocks[110] = forked
+    assert _adapter(url).get_status(_signed()).state is TxState.NOT_FOUND
+
+
+def test_a_reference_block_that_is_not_on_the_chain_is_no_proof(node: tuple[FakeNode, str]) -> None:
+    fake, url = node
+    _solid_past_expiration(fake)
+    other = block(REF, NOW)
+    other["blockID"] = block_id(REF)[:16] + "cd" * 24  # another block at that height
+    fake.solid_blocks[REF] = other
+    assert _adapter(url).get_status(_signed()).state is TxState.NOT_FOUND
+
+
+def test_the_reference_is_found_a_tapos_window_back(node: tuple[FakeNode, str]) -> None:
+    # Asked long after: the newest block with the reference's low 16 bits is a later one
+    fake, url = node
+    later = REF + 65_536
+    fake.solid_blocks[later] = block(later, NOW + 65_536 * BLOCK_MS)
+    fake.answers["walletsolidity/getnowblock"] = block(later + 10, NOW + (65_546) * BLOCK_MS)
+    fake.solid_blocks[later]["blockID"] = f"{later:016x}" + "cd" * 24
+    assert _adapter(url).get_status(_signed()).state is TxState.EXPIRED
+    nums = [b["num"] for p, b in fake.calls if p == "walletsolidity/getblockbynum"]
+    assert nums == [later, REF]
+
+
+@pytest.mark.parametrize("context", [
+    {"expiration": EXPIRATION - 1},  # the stored context is not the one these bytes were built with
+    {"ref_block_hash": "cd" * 8},
+])
+def test_a_context_that_disagrees_with_the_signed_bytes_proves_nothing(node: tuple[FakeNode, str],
+                                                                        context: dict[str, Any]) -> None:
+    fake, url = node
+    _solid_past_expiration(fake)
+    signed = replace(_signed(), context={"ref_block_bytes": "0064", "ref_block_hash": "ab" * 8,
+                                         "expiration": EXPIRATION, "timestamp": NOW, **context})
+    assert _adapter(url).get_status(signed).state is TxState.NOT_FOUND
+
+
+def test_the_matching_context_and_no_bytes(node: tuple[FakeNode, str]) -> None:
+    fake, url = node
+    _solid_past_expiration(fake)
+    context = {"ref_block_bytes": "0064", "ref_block_hash": "ab" * 8, "expiration": EXPIRATION, "timestamp": NOW}
+    assert _adapter(url).get_status(replace(_signed(), context=context)).state is TxState.EXPIRED
+    assert _adapter(url).get_status(replace(_signed(), raw=b"")).state is TxState.NOT_FOUND  # nothing to prove with
+
+
+@pytest.mark.parametrize("answer", [{"block": "nope"}, {"block": [{"blockID": "zz"}]}])
+def test_unusable_block_answers_are_rpc_errors(node: tuple[FakeNode, str], answer: dict[str, Any]) -> None:
+    fake, url = node
+    _solid_past_expiration(fake)
+    fake.answers["walletsolidity/getblockbylimitnext"] = answer
+    with pytest.raises(ChainRpcError):
+        _adapter(url).get_status(_signed())
 
 
 def test_a_status_needs_a_tron_txid(node: tuple[FakeNode, str]) -> None:

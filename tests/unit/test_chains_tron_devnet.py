@@ -205,6 +205,22 @@ def test_blocks_solidify_three_deep(chain: TronChain, clock: Clock) -> None:
     assert chain.solid.number == 1 and chain.transaction_info(txid, solid=True)["blockNumber"] == 1
 
 
+def test_the_solidity_api_serves_blocks_by_number_only_once_solidified(chain: TronChain, clock: Clock) -> None:
+    from devnet.tron.server import ROUTES
+
+    mine(chain, clock, 5)  # head 5, solid 3
+    by_num, by_range = ROUTES["/walletsolidity/getblockbynum"], ROUTES["/walletsolidity/getblockbylimitnext"]
+    assert by_num(chain, {"num": 3})["blockID"] == chain.blocks[3].block_id
+    assert by_num(chain, {"num": 4}) == {}  # not solidified yet: a solidity node does not have it
+    assert ROUTES["/wallet/getblockbynum"](chain, {"num": 4})["blockID"] == chain.blocks[4].block_id
+    listed = by_range(chain, {"startNum": 1, "endNum": 10})["block"]
+    assert [b["block_header"]["raw_data"]["number"] for b in listed] == [1, 2, 3]  # as far as it has them
+    assert [b["block_header"]["raw_data"]["parentHash"] for b in listed] == [chain.blocks[n].block_id for n in (0, 1, 2)]
+    assert by_range(chain, {"startNum": 4, "endNum": 6}) == {}
+    assert by_range(chain, {"startNum": 0, "endNum": 101}) == {}  # java-tron serves at most 100 per call
+    assert len(ROUTES["/wallet/getblockbylimitnext"](chain, {"startNum": 1, "endNum": 10})["block"]) == 5
+
+
 def test_a_pooled_transaction_past_its_expiration_at_block_time_is_dropped(chain: TronChain, clock: Clock) -> None:
     chain.fund(address(ALICE), 10 * TRX)
     mine(chain, clock)
