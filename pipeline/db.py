@@ -3,7 +3,8 @@
 SQLite (the embedded default) runs in WAL mode and opens every transaction with BEGIN IMMEDIATE,
 so concurrent workers serialise their writes instead of failing on a read-to-write upgrade;
 PostgreSQL uses row locks (`SELECT ... FOR UPDATE`). Database trouble that a retry can cure
-(locked database, lost connection, serialization failure, deadlock) surfaces as TransientError.
+(locked database, lost connection, serialization failure, deadlock) surfaces as DatabaseUnavailable
+(a TransientError); a missing table or column as SchemaNotMigrated (permanent: run `paratro migrate`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,12 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline.errors import TransientError
+from pipeline.errors import DatabaseUnavailable, SchemaNotMigrated
+
+NOT_MIGRATED = "database schema is not migrated: run `paratro migrate`"
+# SQLite says "no such table/column"; PostgreSQL's SQLSTATEs 42P01 / 42703 say the same.
+_MISSING_SCHEMA_TEXT = ("no such table", "no such column")
+_MISSING_SCHEMA_SQLSTATE = ("42P01", "42703")
 
 _lock = threading.Lock()
 _databases: dict[tuple[int, str], "Database"] = {}
@@ -54,6 +60,25 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
 
 
+def schema_missing(exc: DBAPIError) -> bool:
+    """True if the statement failed because a pipeline table or column does not exist."""
+    sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    return sqlstate in _MISSING_SCHEMA_SQLSTATE or any(text in str(exc.orig) for text in _MISSING_SCHEMA_TEXT)
+
+
+def translate_db_error(exc: DBAPIError) -> Exception:
+    """The domain error for a driver error: a missing schema is the deployment's fault (permanent);
+    an unreachable, locked or lost database is worth a retry (DatabaseUnavailable, transient)."""
+    if schema_missing(exc):
+        return SchemaNotMigrated(NOT_MIGRATED)
+    if isinstance(exc, OperationalError):
+        detail = " ".join(str(exc.orig).split())[:200]
+        return DatabaseUnavailable(f"database unavailable: {exc.orig.__class__.__name__}: {detail}")
+    if exc.connection_invalidated:
+        return DatabaseUnavailable("database connection lost")
+    return exc
+
+
 class Database:
     """An engine and its session factory, created once per process (Celery forks workers)."""
 
@@ -68,17 +93,16 @@ class Database:
 
     @contextmanager
     def unit_of_work(self) -> Iterator[Session]:
-        """Commit everything done inside, or nothing; DB trouble worth a retry -> TransientError."""
+        """Commit everything done inside, or nothing; DB trouble worth a retry -> DatabaseUnavailable."""
         session = self._sessions()
         try:
             with session.begin():
                 yield session
-        except OperationalError as exc:
-            raise TransientError(f"database unavailable: {exc.orig.__class__.__name__}: {str(exc.orig)[:200]}") from exc
         except DBAPIError as exc:
-            if exc.connection_invalidated:
-                raise TransientError("database connection lost") from exc
-            raise
+            mapped = translate_db_error(exc)
+            if mapped is exc:
+                raise
+            raise mapped from exc
         finally:
             session.close()
 

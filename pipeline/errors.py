@@ -10,8 +10,11 @@
     ├── NotFound                     an id that does not exist (or belongs to another client)
     ├── InvalidTransition            a stage change the state machine does not allow
     ├── LimitExceeded                a client limit (max_wallets) would be exceeded
+    ├── ConfigurationError           the deployment is misconfigured: settings, registry, schema, keys
+    │   └── SchemaNotMigrated        the database lacks the pipeline's tables: run `paratro migrate`
     ├── Superseded                   another driver took the transfer over: write nothing, pass nothing on
     └── TransientError               try again later: DB locked, RPC down, signer busy (transient)
+        ├── DatabaseUnavailable      the database cannot be reached or is busy
         └── UnprovenRejection        a send was refused without proof it cannot land: retry, then hold
 """
 
@@ -68,6 +71,18 @@ class TransientError(PipelineError):
     """A retry later can succeed."""
 
     transient = True
+
+
+class ConfigurationError(PipelineError):
+    """The deployment's configuration is wrong (settings, registry, schema, keys); no retry helps."""
+
+
+class SchemaNotMigrated(ConfigurationError):
+    """The database has no (or an older) pipeline schema."""
+
+
+class DatabaseUnavailable(TransientError):
+    """The database could not be reached, or was too busy to answer."""
 
 
 class UnprovenRejection(TransientError):

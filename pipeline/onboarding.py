@@ -21,6 +21,42 @@ from pipeline.ids import check_id, new_id
 from pipeline.models import Account, Asset, Client, Wallet
 
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+NAME_MAX_CHARS = 200  # the column width of clients.name and wallets.wallet_name
+
+
+def check_name(kind: str, name: object) -> str:
+    """The name with outer spaces removed; InvalidInput unless it is 1..NAME_MAX_CHARS printable
+    characters (no newline, tab or other control character). The name is never echoed back."""
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidInput(f"{kind} must be a non-empty string")
+    name = name.strip()
+    if len(name) > NAME_MAX_CHARS:
+        raise InvalidInput(f"{kind} is {len(name)} characters long; at most {NAME_MAX_CHARS} are allowed")
+    bad = next((i for i, char in enumerate(name) if not char.isprintable()), None)
+    if bad is not None:
+        raise InvalidInput(f"{kind} must be printable text: character {bad + 1} is a control or unprintable character")
+    return name
+
+
+def check_assets(registry: Registry, chains: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Every chain in the registry and every symbol configured on its chain, before anything is
+    written; returns the assets keyed by the registry's chain names with symbols as configured."""
+    checked: dict[str, list[str]] = {}
+    for chain, symbols in chains.items():
+        try:
+            spec = registry.chain(chain)
+        except UnknownChain as exc:
+            raise UnknownChainError(str(exc)) from None
+        if spec.name in checked:
+            raise InvalidInput(f"chain {spec.name} is listed twice")
+        found = []
+        for symbol in symbols:
+            try:
+                found.append(spec.token(symbol).symbol)
+            except UnknownToken as exc:
+                raise UnknownSymbol(str(exc)) from None
+        checked[spec.name] = list(dict.fromkeys(found))
+    return checked
 
 
 def hash_secret(secret: str) -> str:
@@ -37,28 +73,37 @@ def verify_secret(secret: str, stored: str) -> bool:
 
 def create_client(session: Session, name: str, max_wallets: int = 100, webhook_url: str | None = None) -> tuple[Client, str]:
     """A new client and its API secret; the secret is returned once and only its hash is kept."""
-    if not isinstance(name, str) or not name.strip():
-        raise InvalidInput("client name must be a non-empty string")
-    if not isinstance(max_wallets, int) or max_wallets < 1:
+    name = check_name("client name", name)
+    if not isinstance(max_wallets, int) or isinstance(max_wallets, bool) or max_wallets < 1:
         raise InvalidInput("max_wallets must be a positive integer")
     secret = secrets.token_urlsafe(32)
-    client = Client(client_id=new_id("client"), name=name.strip(), api_key_id="ak_" + secrets.token_hex(12),
+    client = Client(client_id=new_id("client"), name=name, api_key_id="ak_" + secrets.token_hex(12),
                     api_secret_hash=hash_secret(secret), max_wallets=max_wallets, webhook_url=webhook_url)
     session.add(client)
     session.flush()
     return client, secret
 
 
-def create_wallet(session: Session, client_id: str, wallet_name: str) -> Wallet:
-    """A wallet waiting for its key (PROGRESSING / GENERATING); raises LimitExceeded."""
+def check_wallet_capacity(session: Session, client_id: str, lock: bool = False) -> Client:
+    """The client, if it may have one more wallet; raises InvalidId, NotFound or LimitExceeded."""
     check_id("client", client_id)
-    client = session.get(Client, client_id, with_for_update=True)
+    client = session.get(Client, client_id, with_for_update=lock)
     if client is None:
         raise NotFound(f"client {client_id} not found")
     count = session.scalar(select(func.count()).select_from(Wallet).where(Wallet.client_id == client_id)) or 0
     if count >= client.max_wallets:
         raise LimitExceeded(f"client {client_id} already has {count} wallets (max_wallets={client.max_wallets})")
-    wallet = Wallet(wallet_id=new_id("wallet"), client_id=client_id, wallet_name=wallet_name,
+    return client
+
+
+def create_wallet(session: Session, client_id: str, wallet_name: str, wallet_id: str | None = None) -> Wallet:
+    """A wallet waiting for its key (PROGRESSING / GENERATING); raises InvalidInput, LimitExceeded.
+    `wallet_id` lets the caller generate the wallet's keys before the wallet is written."""
+    wallet_name = check_name("wallet name", wallet_name)
+    if wallet_id is not None:
+        check_id("wallet", wallet_id)
+    check_wallet_capacity(session, client_id, lock=True)
+    wallet = Wallet(wallet_id=wallet_id or new_id("wallet"), client_id=client_id, wallet_name=wallet_name,
                     status="PROGRESSING", key_status="GENERATING")
     session.add(wallet)
     session.flush()

@@ -6,10 +6,16 @@ reads the same names. Secrets are `SecretStr` so that they never print in a repr
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
+
+from pipeline.errors import ConfigurationError
+
+RPC_SCHEMES = ("http://", "https://", "ws://", "wss://")
 
 
 class Settings(BaseSettings):
@@ -37,6 +43,32 @@ class Settings(BaseSettings):
     beat_schedule_path: str = Field("var/celerybeat-schedule", description="where beat keeps its last-run times")
 
 
+    @field_validator("rpc_urls")
+    @classmethod
+    def _rpc_urls_are_urls(cls, value: dict[str, str]) -> dict[str, str]:
+        for chain, url in value.items():
+            if not url.startswith(RPC_SCHEMES):
+                raise ValueError(f"the URL for {chain!r} must start with http://, https://, ws:// or wss://")
+        return value
+
+
+def env_name(field: str) -> str:
+    return f"PARATRO_{field.upper()}"
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    """The settings. A wrong value raises ConfigurationError naming the variable and the problem,
+    never the value (an RPC URL or a database URL may carry credentials)."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{env_name(str(error['loc'][0])) if error['loc'] else 'settings'}: {error['msg']}"
+            for error in exc.errors(include_input=False, include_url=False, include_context=False)
+        )
+        raise ConfigurationError(f"invalid settings: {problems}") from None
+    except SettingsError as exc:
+        found = re.search(r'field "(\w+)"', str(exc))
+        name = env_name(found.group(1)) if found else "a PARATRO_* variable"
+        raise ConfigurationError(f"invalid settings: {name} could not be parsed (JSON expected; value not shown)") from None

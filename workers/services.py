@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from pipeline import onboarding
 from pipeline.amounts import format_amount
+from pipeline.ids import new_id
 from pipeline.models import Account, Asset, Transaction, TransactionEvent
 from pipeline.driving import Dispatch, load_tx
 from pipeline.recovery import claim_for_replay
@@ -34,25 +35,32 @@ class OnboardedWallet:
 
 
 def onboard_wallet(ctx: StepContext, client_id: str, name: str, chains: dict[str, list[str]]) -> OnboardedWallet:
-    """Create a wallet, generate its keys in the signer, and add accounts and assets per chain.
+    """Create a wallet with its keys (from the signer) and its accounts and assets per chain.
 
+    Everything is checked before anything is written (name, client, wallet limit, every chain and
+    symbol); the keys are generated under the new wallet's id first, and the wallet, its accounts
+    and assets are written together afterwards, so a failed key generation leaves no wallet that
+    counts against `max_wallets` (at most unused signer keys under an id nothing refers to).
     One key per chain family (the adapter's key_name): EVM chains share one key and therefore one
     address; each chain still gets its own account row.
     """
+    name = onboarding.check_name("wallet name", name)
+    assets_wanted = onboarding.check_assets(ctx.registry, chains)
     with ctx.db.unit_of_work() as session:
-        wallet_id = onboarding.create_wallet(session, client_id, name).wallet_id
+        onboarding.check_wallet_capacity(session, client_id)
+    wallet_id = new_id("wallet")
     addresses: dict[str, str] = {}
-    for chain in chains:
+    for chain in assets_wanted:
         adapter = ctx.adapter_for(chain)
         public = ctx.signer.create_key(KeyRef(wallet_id, adapter.key_name, adapter.curve))
         addresses[chain] = adapter.address_from_public_key(public.key)
     accounts: dict[str, str] = {}
     assets: dict[tuple[str, str], str] = {}
     with ctx.db.unit_of_work() as session:
+        onboarding.create_wallet(session, client_id, name, wallet_id=wallet_id)  # re-checks the limit, locked
         onboarding.activate_wallet(session, wallet_id)
-        for chain, symbols in chains.items():
-            address = addresses[chain]
-            account = onboarding.create_account(session, ctx.registry, wallet_id, chain, address)
+        for chain, symbols in assets_wanted.items():
+            account = onboarding.create_account(session, ctx.registry, wallet_id, chain, addresses[chain])
             accounts[chain] = account.address
             for symbol in symbols:
                 assets[(chain, symbol)] = onboarding.add_asset(session, ctx.registry, account.account_id, symbol).asset_id

@@ -126,3 +126,77 @@ def test_an_id_with_a_trailing_newline_is_malformed() -> None:
 
     with pytest.raises(InvalidId):
         check_id("wallet", new_id("wallet") + "\n")
+
+
+# -- names and onboarding checks -------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["a" * 201, "line\nbreak", "tab\there", "bell\x07", "nul\x00", "esc\x1b[31m", "rtl\u202e"],
+                         ids=["too long", "newline", "tab", "bell", "nul", "ansi escape", "bidi override"])
+def test_a_client_or_wallet_name_must_be_printable_and_at_most_200_chars(db: Database, name: str) -> None:
+    with db.unit_of_work() as s:
+        with pytest.raises(InvalidInput) as info:
+            onboarding.create_client(s, name)
+        assert "\n" not in str(info.value) and name not in str(info.value)  # one line, the name not echoed
+        client, _ = onboarding.create_client(s, "Fine Name  ")
+        assert client.name == "Fine Name"
+        with pytest.raises(InvalidInput):
+            onboarding.create_wallet(s, client.client_id, name)
+    assert onboarding.check_name("wallet name", "  ok ünïcode €  ") == "ok ünïcode €"
+    assert onboarding.check_name("wallet name", "x" * 200) == "x" * 200
+
+
+def test_max_wallets_must_be_a_real_positive_integer(db: Database) -> None:
+    with pytest.raises(InvalidInput), db.unit_of_work() as s:
+        onboarding.create_client(s, "C", max_wallets=True)  # type: ignore[arg-type]
+
+
+def _onboard(world: World, client_id: str, chains: dict[str, list[str]], name: str = "hot") -> object:
+    from workers.services import onboard_wallet
+
+    return onboard_wallet(world.ctx(), client_id, name, chains)
+
+
+def _client(world: World, max_wallets: int = 1) -> str:
+    with world.db.unit_of_work() as s:
+        return onboarding.create_client(s, "C", max_wallets=max_wallets)[0].client_id
+
+
+@pytest.mark.parametrize(("chains", "name", "error"), [
+    ({"ethereum": ["ETH"], "dogechain": ["DOGE"]}, "hot", UnknownChainError),
+    ({"ethereum": ["ETH", "NOPE"]}, "hot", UnknownSymbol),
+    ({"ethereum": ["ETH"]}, "bad\nname", InvalidInput),
+], ids=["unknown chain", "unknown symbol", "bad name"])
+def test_given_a_bad_asset_or_name_then_onboarding_writes_nothing(world: World, chains: dict[str, list[str]], name: str,
+                                                                  error: type[Exception]) -> None:
+    from pipeline.models import Wallet
+
+    client_id = _client(world)
+    with pytest.raises(error):
+        _onboard(world, client_id, chains, name)
+    assert world.count(Wallet) == 0
+    _onboard(world, client_id, {"ethereum": ["ETH", "USDT"]})  # the one wallet allowed is still free
+    assert world.count(Wallet) == 1
+
+
+def test_given_a_key_generation_failure_then_no_wallet_counts_against_the_limit(world: World) -> None:
+    from pipeline.models import Account, Wallet
+    from signer.base import SignerUnavailable
+
+    client_id = _client(world)
+
+    class Broken:
+        def create_key(self, ref: object) -> object:
+            raise SignerUnavailable("signer store busy")
+
+    from workers.services import onboard_wallet
+
+    with pytest.raises(SignerUnavailable):
+        onboard_wallet(world.ctx(signer=Broken()), client_id, "hot", {"ethereum": ["ETH"]})
+    assert (world.count(Wallet), world.count(Account)) == (0, 0)
+    wallet = _onboard(world, client_id, {"ethereum": ["ETH"], "bsc": ["BNB"]})
+    with world.db.unit_of_work() as s:
+        stored = s.get(Wallet, wallet.wallet_id)  # type: ignore[attr-defined]
+        assert (stored.status, stored.key_status) == ("ACTIVE", "ACTIVE")
+    with pytest.raises(LimitExceeded):
+        _onboard(world, client_id, {"ethereum": ["ETH"]})
+    assert world.count(Wallet) == 1
