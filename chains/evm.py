@@ -13,7 +13,14 @@ decisions that need a node:
   node's gasPrice. `FeeQuote.max_fee = gas * maxFeePerGas (or gasPrice)`;
 - broadcast is idempotent: the node already having *this* hash is success;
 - status is reorg-aware: a receipt only counts if its block is still the canonical one at its
-  height.
+  height. An EVM transaction has no expiry: status is never EXPIRED;
+- `proves_unlandable` (asked after a refusal for good): the sender's nonce at the head block is
+  still at or below our transaction's nonce (it is not mined: no transaction with our nonce is)
+  and the node does not know our hash (not pending). The head is read first and the nonce is read
+  *at that block number*, so any node answering has that block (one behind answers "header not
+  found": transient, no proof); the hash is asked last, so a transaction mined meanwhile is seen.
+  A nonce past ours is never proof: it may be our own transaction on a node that cannot find it
+  by hash (pruned transaction index, lagging backend).
 """
 
 from __future__ import annotations
@@ -239,6 +246,15 @@ class EvmAdapter:
             raise exc
         raise TransactionRejected("rejected_by_node", exc.node_message) from None
 
+    def proves_unlandable(self, signed: SignedTransaction) -> bool:
+        """True when our nonce is unused at the head and our hash is unknown (module docstring)."""
+        sender, nonce = _sender_and_nonce(signed)
+        head = to_int(self._call("eth_blockNumber", []), "block number")
+        mined = to_int(self._call("eth_getTransactionCount", [sender, hex(head)]), "nonce")
+        if mined > nonce:
+            return False  # our nonce is used, perhaps by this very transaction: never proof
+        return self._find_transaction(signed.tx_hash) is None
+
     def _find_transaction(self, tx_hash: str) -> dict[str, Any] | None:
         found = self._call("eth_getTransactionByHash", [tx_hash])
         return found if isinstance(found, dict) else None
@@ -292,3 +308,23 @@ class EvmAdapter:
                 "(is there a token contract at that address on this node?)"
             )
         return int(answer[2:66], 16)
+
+
+def _sender_and_nonce(signed: SignedTransaction) -> tuple[str, int]:
+    """(sender, nonce) read back from the signed bytes themselves (typed or legacy EIP-155)."""
+    from eth_account import Account
+    from eth_keys.exceptions import BadSignature, ValidationError
+    from eth_utils import keccak
+    import rlp
+    from rlp.exceptions import RLPException
+
+    raw = bytes(signed.raw)
+    if not raw or "0x" + keccak(raw).hex() != str(signed.tx_hash).lower():
+        raise MalformedTransaction(f"signed bytes are not transaction {signed.tx_hash!r}"[:200])
+    try:
+        fields = rlp.decode(raw[1:] if raw[0] < 0x80 else raw)  # typed: type byte, then [chainId, nonce, ...]
+        nonce = int.from_bytes(fields[1] if raw[0] < 0x80 else fields[0], "big")
+        sender = Account.recover_transaction(raw)
+    except (RLPException, BadSignature, ValidationError, ValueError, TypeError, IndexError, KeyError) as exc:
+        raise MalformedTransaction(f"unusable signed EVM transaction: {type(exc).__name__}") from None
+    return str(sender), nonce

@@ -187,6 +187,29 @@ def test_no_native_for_the_fee_is_rejected_at_broadcast(node: Node, adapter: Evm
         adapter.broadcast(signed)
     assert info.value.reason == "insufficient_funds_for_fee"
     assert adapter.get_status(signed).state is TxState.NOT_FOUND
+    assert adapter.proves_unlandable(signed)  # its nonce is unused and nobody has the bytes
+
+
+def test_proof_of_unlandable_needs_an_unused_nonce_and_an_unknown_hash(node: Node, adapter: EvmAdapter, spec: ChainSpec) -> None:
+    secret, sender = _funded_account(node, 10**18)
+    intent = TransferIntent(sender, Account.create().address, 1, spec.native)
+    first, fee = _sign_and_attach(adapter, secret, intent)
+    assert adapter.proves_unlandable(first)  # never sent: nonce 0 unused, hash unknown
+    node.rpc("evm_setAutomine", False)
+    try:
+        adapter.broadcast(first)
+        assert not adapter.proves_unlandable(first)  # pending: the node knows the hash
+    finally:
+        node.rpc("evm_setAutomine", True)
+    node.rpc("anvil_mine", "0x1")
+    assert _settled(adapter, first).state is TxState.INCLUDED
+    assert not adapter.proves_unlandable(first)  # mined: nonce used
+    # Another transaction with the same nonce 0 (never sent): the nonce is used, so it can never land,
+    # but an unknown hash behind a used nonce is not what proves_unlandable answers True for
+    other = TransferIntent(sender, Account.create().address, 2, spec.native)
+    unsigned = adapter.build(other, fee, 0)
+    rival = adapter.attach_signature(unsigned.payload, [keys.PrivateKey(secret).sign_msg_hash(unsigned.digests[0]).to_bytes()])
+    assert not adapter.proves_unlandable(rival)
 
 
 def test_pending_in_the_pool_then_included(node: Node, adapter: EvmAdapter, spec: ChainSpec) -> None:

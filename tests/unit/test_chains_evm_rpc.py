@@ -267,6 +267,87 @@ def test_broadcast_errors_are_classified(node, message: str, code: int, outcome)
         assert info.value.transient and not isinstance(info.value, TransactionRejected)
 
 
+# --- proof that refused bytes can never land ----------------------------------------------------
+
+KEY = "0x" + "4c" * 32
+OUR_NONCE = 7
+
+
+def _really_signed(nonce: int = OUR_NONCE, legacy: bool = False) -> tuple[SignedTransaction, str]:
+    """Signed bytes as attach makes them (eth_account produces the same), and their sender."""
+    from eth_account import Account
+
+    account = Account.from_key(KEY)
+    tx: dict[str, Any] = {"to": DEST, "value": 5, "gas": 21000, "nonce": nonce, "chainId": 31337}
+    tx.update({"gasPrice": 10**9} if legacy else {"maxFeePerGas": 2 * 10**9, "maxPriorityFeePerGas": 10**9, "type": 2})
+    signed = account.sign_transaction(tx)
+    return SignedTransaction(raw=bytes(signed.raw_transaction), tx_hash="0x" + bytes(signed.hash).hex()), account.address
+
+
+def _proof_node(fake, mined: int, known: Any, head: str = "0x40") -> None:
+    fake.answers.update({"eth_blockNumber": head, "eth_getTransactionCount": hex(mined), "eth_getTransactionByHash": known})
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+@pytest.mark.parametrize("mined", [OUR_NONCE - 2, OUR_NONCE])
+def test_our_nonce_unused_at_the_head_and_our_hash_unknown_is_proof(node, legacy: bool, mined: int) -> None:
+    fake, url = node
+    signed, sender = _really_signed(legacy=legacy)
+    _proof_node(fake, mined=mined, known=None)
+    assert _adapter(url).proves_unlandable(signed) is True
+    # the head first, the nonce of the sender read back from the bytes *at that block*, the hash last
+    assert [c for c in fake.calls if c[0] != "eth_chainId"] == [
+        ("eth_blockNumber", []), ("eth_getTransactionCount", [sender, "0x40"]),
+        ("eth_getTransactionByHash", [signed.tx_hash])]
+
+
+def test_our_hash_known_is_not_proof(node) -> None:
+    fake, url = node
+    signed, _ = _really_signed()
+    _proof_node(fake, mined=OUR_NONCE, known={"hash": TX_HASH, "blockHash": None})  # pending somewhere
+    assert _adapter(url).proves_unlandable(signed) is False
+
+
+@pytest.mark.parametrize("mined", [OUR_NONCE + 1, OUR_NONCE + 50])
+def test_our_nonce_used_at_the_head_is_not_proof(node, mined: int) -> None:
+    # Used, maybe by this very transaction on a node that cannot find it by hash: never proof
+    fake, url = node
+    signed, _ = _really_signed()
+    _proof_node(fake, mined=mined, known=None)
+    assert _adapter(url).proves_unlandable(signed) is False
+    assert "eth_getTransactionByHash" not in fake.methods()
+
+
+def test_a_backend_without_the_head_block_gives_no_proof(node) -> None:
+    # The nonce is read at the block number just seen: a backend behind it cannot answer for it
+    fake, url = node
+    signed, _ = _really_signed()
+    _proof_node(fake, mined=OUR_NONCE, known=None)
+    fake.answers["eth_getTransactionCount"] = RpcError(-32000, "header not found")
+    with pytest.raises(ChainRpcError) as info:
+        _adapter(url).proves_unlandable(signed)
+    assert info.value.transient and not isinstance(info.value, TransactionRejected)
+
+
+def test_bytes_that_are_not_the_stored_hash_are_malformed(node) -> None:
+    from chains.errors import MalformedTransaction
+
+    _, url = node
+    signed, _ = _really_signed()
+    with pytest.raises(MalformedTransaction):
+        _adapter(url).proves_unlandable(replace(signed, tx_hash=TX_HASH))
+    with pytest.raises(MalformedTransaction):
+        _adapter(url).proves_unlandable(SIGNED)
+
+
+def test_status_is_never_expired(node) -> None:
+    # An EVM transaction has no expiry: unknown stays NOT_FOUND however long
+    fake, url = node
+    signed, _ = _really_signed()
+    fake.answers.update({"eth_getTransactionReceipt": None, "eth_getTransactionByHash": None})
+    assert _adapter(url).get_status(signed).state is TxState.NOT_FOUND
+
+
 # --- status ------------------------------------------------------------------------------------
 
 
