@@ -34,6 +34,13 @@ the decisions that need a node, or that are policy:
 - Status is reorg-aware: a transaction counts as INCLUDED only while its block is on the main
   chain (`getblockheader.confirmations` is -1 for a block that was reorganised away). Bitcoin has
   no expiry: a transaction is PENDING, INCLUDED or NOT_FOUND, never EXPIRED.
+- `proves_unlandable` (asked after a refusal for good): every input of the signed bytes is still
+  unspent, in the chain and in the mempool (`gettxout` with include_mempool); then no block and no
+  mempool of that node has our transaction, and the pipeline may release the inputs. Asked in an
+  order a lagging node cannot pass: the tip first (`getblockchaininfo`; a node in initial block
+  download proves nothing), then each input, whose answer must come from a node whose best block
+  is at least that tip (its `bestblock` is the tip, or a main-chain block at or above its height).
+  An input spent or unknown is never proof: it may be spent by this very transaction.
 - balance_of is the sum of the address's spendable outputs as the UTXO source sees them (confirmed
   only with scantxoutset; immature coinbase left out), so after a confirmed send it has dropped
   by exactly amount + fee.
@@ -398,6 +405,46 @@ class BitcoinAdapter:
         return TxStatus(TxState.INCLUDED, block_number=to_int(header.get("height"), "height"),
                         block_hash=str(block_hash), confirmations=confirmations, fee_paid=self._fee_of(found))
 
+    def proves_unlandable(self, signed: SignedTransaction) -> bool:
+        """True when every input is unspent at a node at least as far as the tip (module docstring)."""
+        inputs = _inputs_of(signed)
+        tip = self._synced_tip()
+        if tip is None:
+            return False
+        for txid, vout in inputs:
+            out = self._call("gettxout", [txid, vout, True])
+            if out is None:
+                return False  # spent (perhaps by this very transaction) or unknown: never proof
+            if not isinstance(out, dict) or not self._reaches(out.get("bestblock"), tip):
+                return False
+        return True
+
+    def _synced_tip(self) -> tuple[str, int] | None:
+        """(best block hash, height), or None while the node is still in initial block download."""
+        info = self._call("getblockchaininfo", [])
+        if not isinstance(info, dict) or not isinstance(info.get("bestblockhash"), str):
+            raise ChainRpcError(f"{self.spec.name}: unusable getblockchaininfo answer")
+        if info.get("initialblockdownload") is not False:
+            return None  # catching up: what it says about outputs may be long out of date
+        return info["bestblockhash"], to_int(info.get("blocks"), "block count")
+
+    def _reaches(self, best_block: Any, tip: tuple[str, int]) -> bool:
+        """Whether an answer given at `best_block` saw at least `tip` (a backend behind did not)."""
+        if best_block == tip[0]:
+            return True
+        if not isinstance(best_block, str) or not _TXID.match(best_block):
+            return False
+        try:
+            header = self._call("getblockheader", [best_block, True])
+        except NodeRpcError as exc:
+            if exc.code == RPC_INVALID_ADDRESS_OR_KEY:
+                return False  # a block this node does not know
+            raise
+        if not isinstance(header, dict):
+            return False
+        height, confirmations = to_int(header.get("height"), "height"), to_int(header.get("confirmations"), "confirmations")
+        return height >= tip[1] and confirmations >= 1
+
     def _in_mempool(self, txid: str) -> bool:
         try:
             self._call("getmempoolentry", [txid])
@@ -430,3 +477,14 @@ class BitcoinAdapter:
         owner = self.validate_address(address)
         utxos = self._scan(owner) if self.utxo_source == "scantxoutset" else self._listunspent(owner)
         return sum(u.value for u in utxos)
+
+
+def _inputs_of(signed: SignedTransaction) -> list[tuple[str, int]]:
+    """The outpoints the signed bytes spend, read back from them (txid checked against tx_hash)."""
+    try:
+        tx = btx.parse_tx(signed.raw)
+    except (ValueError, IndexError) as exc:
+        raise MalformedTransaction(f"unusable signed bitcoin transaction: {exc}"[:200]) from None
+    if tx.txid != signed.tx_hash:
+        raise MalformedTransaction(f"signed bytes are transaction {tx.txid}, not {signed.tx_hash}")
+    return [(i.txid, i.vout) for i in tx.inputs]

@@ -3,7 +3,7 @@
 Amounts are BTC as JSON numbers with 8 decimals (`Decimal`, never float), heights and sizes are
 integers, errors carry bitcoind's codes. Methods: getblockchaininfo, getblockcount,
 getbestblockhash, getblockhash, getblockheader, getblock, getrawtransaction (verbosity 0/1/2),
-getrawmempool, getmempoolentry, getmempoolinfo, sendrawtransaction, estimatesmartfee,
+getrawmempool, getmempoolentry, getmempoolinfo, gettxout, sendrawtransaction, estimatesmartfee,
 scantxoutset, listunspent, generatetoaddress, invalidateblock, and the devnet faucet
 `sendtoaddress` (bitcoind's wallet call, paid from the devnet key).
 """
@@ -96,7 +96,8 @@ class Methods:
         self.table: dict[str, Callable[..., Any]] = {
             name: getattr(self, name) for name in (
                 "getblockchaininfo", "getblockcount", "getbestblockhash", "getblockhash", "getblockheader",
-                "getblock", "getrawtransaction", "getrawmempool", "getmempoolentry", "getmempoolinfo", "sendrawtransaction",
+                "getblock", "getrawtransaction", "getrawmempool", "getmempoolentry", "getmempoolinfo", "gettxout",
+                "sendrawtransaction",
                 "estimatesmartfee", "scantxoutset", "listunspent", "generatetoaddress", "invalidateblock",
                 "sendtoaddress",
             )
@@ -221,6 +222,17 @@ class Methods:
         mempool = self.state.mempool
         return {"loaded": True, "size": len(mempool), "bytes": sum(e.tx.vsize for e in mempool.values()),
                 "mempoolminfee": btc(1000), "minrelaytxfee": btc(1000)}
+
+    def gettxout(self, txid: Any, n: Any, include_mempool: Any = True) -> dict[str, Any] | None:
+        """The unspent output, or null when it is unknown or spent (with include_mempool, a spend in
+        the mempool counts and a mempool transaction's outputs are seen, at 0 confirmations)."""
+        outpoint = (_txid(txid), _int(n, "n"))
+        coin = self.state.coin(outpoint) if include_mempool else self.state.utxos.get(outpoint)
+        if coin is None:
+            return None
+        confirmations = 0 if coin.height < 0 else self.state.height - coin.height + 1
+        return {"bestblock": self.state.tip.hash, "confirmations": confirmations, "value": btc(coin.value),
+                "scriptPubKey": script_json(coin.script), "coinbase": coin.coinbase}
 
     def sendrawtransaction(self, hexstring: Any, maxfeerate: Any = None) -> str:
         try:

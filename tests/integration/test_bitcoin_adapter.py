@@ -153,7 +153,11 @@ def test_the_node_refuses_a_forged_signature(node: BitcoinNode, adapter: Bitcoin
         adapter.broadcast(SignedTransaction(raw=forged.serialize(), tx_hash=forged.txid))
     assert rejected.value.reason == "rejected_by_node" and "script-verify" in rejected.value.detail
     assert adapter.get_status(signed).state is TxState.NOT_FOUND  # nothing was accepted
+    assert adapter.proves_unlandable(SignedTransaction(raw=forged.serialize(), tx_hash=forged.txid))  # inputs unspent
     assert adapter.broadcast(signed) == signed.tx_hash  # the genuine bytes still go through
+    assert not adapter.proves_unlandable(signed)  # its inputs are spent in the mempool now
+    node.mine(1)
+    assert not adapter.proves_unlandable(signed)  # ... and in a block
 
 
 def test_a_double_spend_is_rejected_by_the_node(node: BitcoinNode, adapter: BitcoinAdapter) -> None:
@@ -168,6 +172,7 @@ def test_a_double_spend_is_rejected_by_the_node(node: BitcoinNode, adapter: Bitc
     node.mine(1)
     with pytest.raises(TransactionRejected, match="missingorspent"):
         adapter.broadcast(second)
+    assert not adapter.proves_unlandable(second)  # its input is spent (by the first): no proof, held for ops
 
 
 def test_insufficient_funds(node: BitcoinNode, adapter: BitcoinAdapter) -> None:

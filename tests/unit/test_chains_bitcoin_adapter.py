@@ -330,6 +330,79 @@ class TestStatus:
             adapter.get_status(SignedTransaction(raw=b"", tx_hash="0x" + TXID))
 
 
+TIP = "7a" * 32
+
+
+def _signed_spending(adapter: BitcoinAdapter, *utxos: Utxo) -> SignedTransaction:
+    quote = adapter.quote_fee(intent(adapter, 100_000), list(utxos))
+    unsigned = adapter.build(intent(adapter, 100_000), quote, None, {})
+    return adapter.attach_signature(unsigned.payload, [keys.PrivateKey(SECRET).sign_msg_hash(d).to_bytes()
+                                                       for d in unsigned.digests])
+
+
+def _proof_node(spent: set[tuple[str, int]] = frozenset(), best_block: str = TIP, ibd: bool = False,
+                **handlers: Any) -> FakeNode:
+    """A node at height 200 (tip TIP) whose gettxout answers from `best_block`, `spent` ones null."""
+    def txout(txid: str, vout: int, include_mempool: bool = False) -> dict[str, Any] | None:
+        assert include_mempool is True  # a spend in the mempool counts
+        if (txid, vout) in spent:
+            return None
+        return {"bestblock": best_block, "confirmations": 3, "value": Decimal("0.001"), "coinbase": False,
+                "scriptPubKey": {"hex": "0014", "type": "witness_v0_keyhash"}}
+
+    info = {"chain": "regtest", "blocks": 200, "headers": 200, "bestblockhash": TIP, "initialblockdownload": ibd}
+    return FakeNode(**{"getblockchaininfo": info, "gettxout": txout, **handlers})
+
+
+class TestProvesUnlandable:
+    INPUTS = (utxo(80_000, 0), utxo(60_000, 1))  # both needed for 100_000 + fee
+
+    def _signed(self) -> SignedTransaction:
+        return _signed_spending(adapter_with(FakeNode()), *self.INPUTS)
+
+    def test_every_input_unspent_in_chain_and_mempool_is_proof(self) -> None:
+        node = _proof_node()
+        signed = self._signed()
+        assert adapter_with(node).proves_unlandable(signed) is True
+        # the tip first, then every input the signed bytes spend
+        assert node.calls[-3:] == [("getblockchaininfo", []), ("gettxout", ["00" * 31 + "01", 0, True]),
+                                   ("gettxout", ["00" * 31 + "02", 1, True])]
+
+    @pytest.mark.parametrize("spent", [{("00" * 31 + "01", 0)}, {("00" * 31 + "02", 1)}])
+    def test_an_input_spent_is_not_proof(self, spent: set[tuple[str, int]]) -> None:
+        # spent in a block or in the mempool, perhaps by this very transaction
+        assert adapter_with(_proof_node(spent)).proves_unlandable(self._signed()) is False
+
+    def test_a_node_in_initial_block_download_proves_nothing(self) -> None:
+        node = _proof_node(ibd=True)
+        assert adapter_with(node).proves_unlandable(self._signed()) is False
+        assert "gettxout" not in [m for m, _ in node.calls]
+
+    def test_an_answer_from_a_backend_behind_the_tip_is_not_proof(self) -> None:
+        behind = "6b" * 32
+        node = _proof_node(best_block=behind, getblockheader={"height": 199, "confirmations": 2})
+        assert adapter_with(node).proves_unlandable(self._signed()) is False
+        node = _proof_node(best_block=behind, getblockheader=node_error(-5, "Block not found"))
+        assert adapter_with(node).proves_unlandable(self._signed()) is False
+        node = _proof_node(best_block=behind, getblockheader={"height": 201, "confirmations": -1})  # off the main chain
+        assert adapter_with(node).proves_unlandable(self._signed()) is False
+
+    def test_an_answer_from_a_node_past_the_tip_counts(self) -> None:
+        node = _proof_node(best_block="6b" * 32, getblockheader={"height": 201, "confirmations": 1})
+        assert adapter_with(node).proves_unlandable(self._signed()) is True
+
+    def test_node_trouble_is_transient_not_an_answer(self) -> None:
+        node = _proof_node(gettxout=node_error(-28, "Loading block index..."))
+        with pytest.raises(ChainRpcError):
+            adapter_with(node).proves_unlandable(self._signed())
+
+    def test_bytes_that_are_not_the_stored_txid_are_malformed(self) -> None:
+        with pytest.raises(MalformedTransaction):
+            adapter_with(_proof_node()).proves_unlandable(replace(self._signed(), tx_hash=TXID))
+        with pytest.raises(MalformedTransaction):
+            adapter_with(_proof_node()).proves_unlandable(SIGNED)
+
+
 class TestUtxos:
     SCAN = {"success": True, "height": 200, "unspents": [
         {"txid": "01" * 32, "vout": 0, "amount": Decimal("0.5"), "coinbase": False, "height": 200, "scriptPubKey": "0014"},

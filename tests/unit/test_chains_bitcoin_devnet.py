@@ -73,6 +73,19 @@ class TestAccepting:
             node.sendrawtransaction(raw.hex())
         assert caught.value.code == -27
 
+    def test_gettxout_sees_spends_and_outputs_in_the_mempool_only_when_asked(self, node: Methods) -> None:
+        outpoint = funded(node)
+        found = node.gettxout(*outpoint)
+        assert (found["bestblock"], found["confirmations"], found["value"]) == (node.getbestblockhash(), 1, Decimal("0.01"))
+        assert found["scriptPubKey"]["address"] == ALICE_ADDRESS and found["coinbase"] is False
+        txid = node.sendrawtransaction(spend(outpoint, 1_000_000, PAY).hex())
+        assert node.gettxout(*outpoint, True) is None  # spent in the mempool
+        assert node.gettxout(*outpoint, False)["confirmations"] == 1  # the chain alone still has it
+        assert node.gettxout(txid, 1, True)["confirmations"] == 0 and node.gettxout(txid, 1, False) is None
+        node.generatetoaddress(1, FAUCET_ADDRESS)
+        assert node.gettxout(*outpoint, False) is None and node.gettxout(txid, 1)["confirmations"] == 1
+        assert node.gettxout("ee" * 32, 0) is None
+
     def test_unconfirmed_parents_can_be_spent(self, node: Methods) -> None:
         outpoint = funded(node)
         parent = node.sendrawtransaction(spend(outpoint, 1_000_000, PAY).hex())
