@@ -1,0 +1,344 @@
+"""A lagging second node for Solana and TRON, simulated as a time-delayed view of the same node.
+
+A real deployment reads through a load balancer, and one of the nodes behind it may be seconds
+behind. Such a node is *consistent*: it answers as the whole chain looked L seconds ago (an old
+head, an old context slot, "not found" for what came later). This module gives a proxy that view:
+
+- every answer to a read request that passes through is recorded (request -> answer, time), and
+  a poller records the node's heads every 0.2 s;
+- asked to lag a read, it serves the newest recorded answer to the same request that is at least
+  L seconds old (and at most L + MAX_EXTRA_S: older than that it forwards instead);
+- with no such answer, a lookup gets the "has not seen it yet" answer of a node at the head of
+  L seconds ago (Solana getSignatureStatuses -> [null] with the old context slot, isBlockhashValid
+  -> false for a blockhash newer than that head, getTransaction -> null; TRON
+  gettransactioninfobyid / gettransactionbyid -> {}, getblockbynum past the old head -> {}), but
+  only when that is true of the old head: if the live node shows the item at or below the old head,
+  the live answer is served (a lagging node would have seen it too);
+- head requests (Solana getSlot / getBlockHeight / getLatestBlockhash, TRON getnowblock on
+  /wallet and /walletsolidity) get the head of L seconds ago from the poller's records.
+
+Writes (sendTransaction, broadcasttransaction, faucets) are never eligible.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from tests.chaos.proxy import Upstream
+
+MAX_EXTRA_S = 20.0  # an answer older than L + this is too stale even for a lagging node
+KEEP_S = 60.0
+POLL_S = 0.2
+
+Forward = Callable[[str, bytes], tuple[int, bytes]]
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+class RecordStore:
+    """key -> recent (time, answer) pairs, newest last."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, deque[tuple[float, Any]]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, key: str, answer: Any, at: float | None = None) -> None:
+        at = time.monotonic() if at is None else at
+        with self._lock:
+            records = self._records.setdefault(key, deque())
+            records.append((at, answer))
+            while len(records) > 1 and records[0][0] < at - KEEP_S:
+                records.popleft()
+
+    def aged(self, key: str, lag_s: float) -> Any | None:
+        """The newest answer at least `lag_s` old (and not older than lag_s + MAX_EXTRA_S)."""
+        now = time.monotonic()
+        with self._lock:
+            for at, answer in reversed(self._records.get(key, ())):
+                if at <= now - lag_s:
+                    return answer if at >= now - lag_s - MAX_EXTRA_S else None
+        return None
+
+
+class Lagger:
+    """Base: a record store, a head poller and the lag L of this view."""
+
+    poll_requests: tuple[tuple[str, Any], ...] = ()  # (path, body) asked every POLL_S
+
+    def __init__(self, lag_s: float) -> None:
+        self.lag_s = lag_s
+        self.store = RecordStore()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.upstream_url = ""
+
+    def start(self, upstream_url: str) -> None:
+        self.upstream_url = upstream_url
+        self._thread = threading.Thread(target=self._poll, name=f"lag-poller-{type(self).__name__}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _poll(self) -> None:
+        upstream = Upstream(self.upstream_url)
+        try:
+            while not self._stop.wait(POLL_S):
+                try:
+                    self.poll_once(upstream)
+                except (OSError, http.client.HTTPException, ValueError, KeyError, TypeError):
+                    upstream.close()
+        finally:
+            upstream.close()
+
+    def poll_once(self, upstream: Upstream) -> None:
+        raise NotImplementedError
+
+    # -- the proxy's interface -------------------------------------------------------------------
+    def eligible(self, path: str, body: bytes) -> bool:
+        raise NotImplementedError
+
+    def observe(self, path: str, body: bytes, answer: bytes) -> None:
+        raise NotImplementedError
+
+    def answer(self, path: str, body: bytes, forward: Forward) -> bytes | None:
+        """The lagged answer's bytes, or None to forward the request as usual."""
+        raise NotImplementedError
+
+
+# --- Solana --------------------------------------------------------------------------------------
+
+SOLANA_HEADS = {"getSlot", "getBlockHeight", "getLatestBlockhash", "getEpochInfo"}
+SOLANA_LOOKUPS = {"getSignatureStatuses", "isBlockhashValid", "getTransaction"}
+SOLANA_READS = SOLANA_HEADS | SOLANA_LOOKUPS | {"getBalance", "getAccountInfo", "getTokenAccountBalance"}
+COMMITMENTS = ("processed", "confirmed", "finalized")
+API_VERSION = "2.1.0"
+
+
+class SolanaLag(Lagger):
+    """JSON-RPC 2.0: a request is keyed by (method, params); the answer's `id` is the asker's."""
+
+    def __init__(self, lag_s: float) -> None:
+        super().__init__(lag_s)
+        self.blockhash_max_age = 150
+        self._last_valid: dict[str, int] = {}  # blockhash -> lastValidBlockHeight, from getLatestBlockhash answers
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _request(body: bytes) -> dict[str, Any] | None:
+        try:
+            request = json.loads(body)
+        except ValueError:
+            return None
+        if not isinstance(request, dict) or not isinstance(request.get("method"), str):
+            return None  # batches and garbage are never lagged
+        params = request.get("params", [])
+        return request if isinstance(params, list) else None
+
+    @staticmethod
+    def _key(method: str, params: list[Any]) -> str:
+        return _canonical([method, params])
+
+    def start(self, upstream_url: str) -> None:
+        try:
+            from devnet.solana_node import rpc_call
+
+            info = rpc_call(upstream_url, "devnet_info", timeout=5)
+            self.blockhash_max_age = int(info.get("blockhashMaxAge", self.blockhash_max_age))
+        except Exception:  # noqa: BLE001 - a real node has no devnet_info; keep the mainnet default
+            pass
+        super().start(upstream_url)
+
+    def poll_once(self, upstream: Upstream) -> None:
+        batch = []
+        for commitment in COMMITMENTS:
+            for method in ("getSlot", "getBlockHeight", "getLatestBlockhash"):
+                batch.append({"jsonrpc": "2.0", "id": len(batch), "method": method, "params": [{"commitment": commitment}]})
+        status, data, _ = upstream.request("POST", "/", json.dumps(batch).encode(), {"Content-Type": "application/json"})
+        if status != 200:
+            return
+        now = time.monotonic()
+        for reply in json.loads(data):
+            if "result" in reply and reply.get("error") is None:
+                request = batch[int(reply["id"])]
+                self._record(request["method"], request["params"], reply["result"], now)
+
+    def _record(self, method: str, params: list[Any], result: Any, at: float | None = None) -> None:
+        self.store.add(self._key(method, params), result, at)
+        if method == "getLatestBlockhash" and isinstance(result, dict):
+            value = result.get("value") or {}
+            if isinstance(value.get("blockhash"), str) and isinstance(value.get("lastValidBlockHeight"), int):
+                with self._lock:
+                    self._last_valid[value["blockhash"]] = value["lastValidBlockHeight"]
+
+    def eligible(self, path: str, body: bytes) -> bool:
+        request = self._request(body)
+        return request is not None and request["method"] in SOLANA_READS
+
+    def observe(self, path: str, body: bytes, answer: bytes) -> None:
+        request = self._request(body)
+        if request is None or request["method"] not in SOLANA_READS:
+            return
+        try:
+            reply = json.loads(answer)
+        except ValueError:
+            return
+        if isinstance(reply, dict) and reply.get("error") is None and "result" in reply:
+            self._record(request["method"], request.get("params", []), reply["result"])
+
+    def old_slot(self, commitment: str) -> int | None:
+        slot = self.store.aged(self._key("getSlot", [{"commitment": commitment}]), self.lag_s)
+        return slot if isinstance(slot, int) else None
+
+    def answer(self, path: str, body: bytes, forward: Forward) -> bytes | None:
+        request = self._request(body)
+        if request is None:
+            return None
+        method, params, ident = request["method"], request.get("params", []), request.get("id")
+        old = self.store.aged(self._key(method, params), self.lag_s)
+        if old is not None:
+            return self._reply(ident, old)
+        if method not in SOLANA_LOOKUPS:
+            return None  # heads and balances without an old enough answer: the live node answers
+        processed = self.old_slot("processed")
+        if processed is None:
+            return None
+        if method == "isBlockhashValid":
+            return self._blockhash_valid(ident, params, processed)
+        status, data = forward(path, body)
+        if status != 200:
+            return None
+        reply = json.loads(data)
+        if not isinstance(reply, dict) or reply.get("error") is not None or "result" not in reply:
+            return None
+        result = reply["result"]
+        self._record(method, params, result)
+        if method == "getSignatureStatuses":
+            value = result.get("value") if isinstance(result, dict) else None
+            if not isinstance(value, list):
+                return None
+            if all(entry is None or (isinstance(entry, dict) and isinstance(entry.get("slot"), int)
+                                     and entry["slot"] > processed) for entry in value):
+                return self._reply(ident, {"context": {"slot": processed, "apiVersion": API_VERSION},
+                                           "value": [None] * len(value)})
+            return data  # the old head had seen it: a lagging node answers as the live one
+        if method == "getTransaction":
+            if result is None or (isinstance(result, dict) and isinstance(result.get("slot"), int)
+                                  and result["slot"] > processed):
+                return self._reply(ident, None)
+            return data
+        return None
+
+    def _blockhash_valid(self, ident: Any, params: list[Any], processed: int) -> bytes | None:
+        blockhash = params[0] if params else None
+        config = params[1] if len(params) > 1 and isinstance(params[1], dict) else {}
+        commitment = {"recent": "processed", "single": "confirmed", "singleGossip": "confirmed", "max": "finalized",
+                      "root": "finalized"}.get(config.get("commitment", "finalized"), config.get("commitment", "finalized"))
+        with self._lock:
+            last_valid = self._last_valid.get(blockhash) if isinstance(blockhash, str) else None
+        at_commitment = self.old_slot(commitment) if commitment in COMMITMENTS else None
+        if last_valid is None or at_commitment is None:
+            return None  # a blockhash we never saw issued: no consistent old answer to give
+        made = last_valid - self.blockhash_max_age
+        valid = made <= processed and at_commitment <= last_valid
+        return self._reply(ident, {"context": {"slot": at_commitment, "apiVersion": API_VERSION}, "value": valid})
+
+    @staticmethod
+    def _reply(ident: Any, result: Any) -> bytes:
+        return json.dumps({"jsonrpc": "2.0", "result": result, "id": ident}).encode()
+
+
+# --- TRON ----------------------------------------------------------------------------------------
+
+TRON_HEADS = {"/wallet/getnowblock", "/walletsolidity/getnowblock"}
+TRON_INFO = {"/wallet/gettransactioninfobyid", "/walletsolidity/gettransactioninfobyid"}
+TRON_TX = {"/wallet/gettransactionbyid", "/walletsolidity/gettransactionbyid"}
+TRON_READS = TRON_HEADS | TRON_INFO | TRON_TX | {"/wallet/getblockbynum", "/wallet/getaccount",
+                                                 "/wallet/triggerconstantcontract", "/wallet/getaccountresource"}
+
+
+class TronLag(Lagger):
+    """TRON's HTTP wallet API: a request is keyed by (path, JSON body)."""
+
+    @staticmethod
+    def _path(path: str) -> str:
+        return path.split("?", 1)[0].rstrip("/")
+
+    @staticmethod
+    def _body(body: bytes) -> Any:
+        try:
+            return json.loads(body or b"{}")
+        except ValueError:
+            return None
+
+    def _key(self, path: str, body: Any) -> str:
+        return _canonical([self._path(path), body])
+
+    def poll_once(self, upstream: Upstream) -> None:
+        for path in sorted(TRON_HEADS):
+            status, data, _ = upstream.request("POST", path, b"{}", {"Content-Type": "application/json"})
+            if status == 200:
+                answer = json.loads(data)
+                if isinstance(answer, dict) and "blockID" in answer:
+                    self.store.add(self._key(path, {}), answer)
+
+    def eligible(self, path: str, body: bytes) -> bool:
+        return self._path(path) in TRON_READS and isinstance(self._body(body), dict)
+
+    def observe(self, path: str, body: bytes, answer: bytes) -> None:
+        parsed = self._body(body)
+        if self._path(path) not in TRON_READS or not isinstance(parsed, dict):
+            return
+        try:
+            doc = json.loads(answer)
+        except ValueError:
+            return
+        if isinstance(doc, dict) and "Error" not in doc:
+            self.store.add(self._key(path, parsed), doc)
+
+    def old_number(self, solid: bool) -> int | None:
+        block = self.store.aged(self._key("/walletsolidity/getnowblock" if solid else "/wallet/getnowblock", {}), self.lag_s)
+        if not isinstance(block, dict):
+            return None
+        number = ((block.get("block_header") or {}).get("raw_data") or {}).get("number", 0)
+        return number if isinstance(number, int) else None
+
+    def answer(self, path: str, body: bytes, forward: Forward) -> bytes | None:
+        route, parsed = self._path(path), self._body(body)
+        if not isinstance(parsed, dict):
+            return None
+        old = self.store.aged(self._key(route, parsed), self.lag_s)
+        if old is not None:
+            return json.dumps(old).encode()
+        if route in TRON_HEADS:
+            return None
+        solid = route.startswith("/walletsolidity/")
+        head = self.old_number(solid)
+        if head is None:
+            return None
+        if route == "/wallet/getblockbynum":
+            num = parsed.get("num", 0)
+            return b"{}" if isinstance(num, int) and num > head else None
+        if route in TRON_INFO or route in TRON_TX:
+            info_path = ("/walletsolidity" if solid else "/wallet") + "/gettransactioninfobyid"
+            status, data = forward(info_path, json.dumps(parsed).encode())
+            if status != 200:
+                return None
+            info = json.loads(data)
+            if not isinstance(info, dict) or "Error" in info:
+                return None
+            number = info.get("blockNumber")
+            if not info or (isinstance(number, int) and number > head):
+                return b"{}"
+            return data if route in TRON_INFO else None  # seen by the old head too: the live answer
+        return None
