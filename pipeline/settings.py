@@ -16,6 +16,7 @@ from pydantic_settings.exceptions import SettingsError
 from pipeline.errors import ConfigurationError
 
 RPC_SCHEMES = ("http://", "https://", "ws://", "wss://")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class Settings(BaseSettings):
@@ -42,6 +43,13 @@ class Settings(BaseSettings):
     log_json: bool = Field(False, description="JSON log lines instead of key=value console lines")
     beat_schedule_path: str = Field("var/celerybeat-schedule", description="where beat keeps its last-run times")
 
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_log_level(cls, value: str) -> str:
+        if value.upper() not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return value.upper()
 
     @field_validator("rpc_urls")
     @classmethod

@@ -30,7 +30,7 @@ from pipeline.steps.context import (
     signing_payloads_of,
     touch,
 )
-from signer.base import KeyRef, SignatureRefused, SignerError
+from signer.base import KeyRef, SignerError
 
 
 def request_signature(ctx: StepContext, run: Run) -> Outcome:
@@ -60,12 +60,12 @@ def request_signature(ctx: StepContext, run: Run) -> Outcome:
     try:
         ctx.signer.request_signature(request_id, key, to_sign)
         signatures = ctx.signer.fetch_signature(request_id)
-    except SignatureRefused as exc:
-        return fail_at(ctx, run, attempt, FailureReason.SIGNATURE_REFUSED, str(exc))
     except SignerError as exc:
         if exc.transient:
             raise TransientError(f"signer: {exc}") from exc
-        raise  # the deployment's fault (a key the master key cannot open): hold, keep the locks
+        if getattr(exc, "holds", False):
+            raise  # the deployment's fault (a master key that cannot open the key): hold, keep the locks
+        return fail_at(ctx, run, attempt, FailureReason.SIGNATURE_REFUSED, str(exc))
     if signatures is None:
         return _still_waiting(ctx, run, attempt)
 

@@ -44,7 +44,9 @@ from pipeline import ledger, onboarding
 from pipeline.db import Database
 from pipeline.models import Asset, LedgerEntry, Transaction, TransactionEvent
 from pipeline.driving import Run, load_tx, take
-from pipeline.steps import STEP_FUNCTIONS, Outcome, StepContext
+from pipeline.stages import Stage
+from pipeline.steps import STEP_FUNCTIONS, Outcome, OutcomeKind, StepContext
+from pipeline.steps.runner import StepReport, run_message
 from pipeline.transfers import TransferRequest, create_transfer
 from signer.base import KeyRef, PublicKey, SignatureRefused, SignerError, UnknownKey
 
@@ -324,29 +326,43 @@ class World:
                 onboarding.activate_wallet(s, wallet_id)
         return party
 
-    def transfer(self, party: Party, amount: str, *, symbol: str = "ETH", to: str = OTHER_ADDRESS,
-                 chain: str = "ethereum", from_address: str | None = None, key: str | None = None) -> str:
+    def request(self, party: Party, amount: str, *, symbol: str = "ETH", to: str = OTHER_ADDRESS,
+                chain: str = "ethereum", from_address: str | None = None, key: str | None = None) -> TransferRequest:
         self._keys += 1
-        req = TransferRequest(client_id=party.client_id, from_address=from_address or party.address,
-                              to_address=to, chain=chain, token_symbol=symbol, amount=amount,
-                              idempotency_key=key or f"key-{self._keys}")
+        return TransferRequest(client_id=party.client_id, from_address=from_address or party.address,
+                               to_address=to, chain=chain, token_symbol=symbol, amount=amount,
+                               idempotency_key=key or f"key-{self._keys}")
+
+    def transfer(self, party: Party, amount: str, **fields: str | None) -> str:
+        req = self.request(party, amount, **fields)  # type: ignore[arg-type]
         with self.db.unit_of_work() as s:
             tx, _ = create_transfer(s, self.registry, req)
             return tx.transaction_id
 
     # -- driving ----------------------------------------------------------------------------
-    def take(self, name: str, tx_id: str, ctx: StepContext | None = None) -> Run:
-        """Pick the transfer up the way a delivered message does: the run gets the next token."""
+    def take(self, name: str, tx_id: str, ctx: StepContext | None = None) -> Run | None:
+        """Pick the transfer up the way a current message does: the run gets the next token
+        (None: the transfer is final or held, and a message for it is dropped)."""
         ctx = ctx or self.ctx()
         with ctx.db.unit_of_work() as s:
-            run = take(s, tx_id, load_tx(s, tx_id).driver_seq, name, ctx.step_lease_s)
-        assert run is not None, f"{tx_id} cannot be driven (final or held)"
-        return run
+            return take(s, tx_id, load_tx(s, tx_id).driver_seq, name, ctx.step_lease_s)
 
     def step(self, name: str, tx_id: str, ctx: StepContext | None = None) -> Outcome:
-        """One run of step `name` by a driver that has just taken the transfer over."""
+        """One run of step `name` by a driver that has just taken the transfer over. A message for
+        a final transfer is dropped before any step code runs: reported as NOOP at its stage."""
         ctx = ctx or self.ctx()
-        return STEP_FUNCTIONS[name](ctx, self.take(name, tx_id, ctx))
+        run = self.take(name, tx_id, ctx)
+        if run is None:
+            return Outcome(OutcomeKind.NOOP, Stage(self.tx(tx_id).stage))
+        return STEP_FUNCTIONS[name](ctx, run)
+
+    def deliver(self, name: str, tx_id: str, ctx: StepContext | None = None, *, seq: int | None = None,
+                errors: int = 0) -> StepReport:
+        """Deliver a message for step `name` through the runner, as a worker does (by default one
+        carrying the transfer's current token; `seq` sends an older or forged one)."""
+        ctx = ctx or self.ctx()
+        current = self.tx(tx_id).driver_seq if seq is None else seq
+        return run_message(ctx, name, tx_id, current, errors)
 
     def run_until(self, tx_id: str, last_step: str, ctx: StepContext | None = None) -> list[Outcome]:
         """Run the steps in order up to and including `last_step` (each once)."""

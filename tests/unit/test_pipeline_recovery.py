@@ -1,66 +1,93 @@
-"""The sweeper's claim: a pending transfer whose heartbeat is old is re-driven once; final ones never."""
+"""The sweeper, the relay and replay: who drives a transfer nobody drives, and nothing twice.
+
+A transfer is in exactly one of: running (a step holds its lease), waiting (an outbox row: a
+message is on its way), parked (a step gave up for a while), held (ops), final. The sweeper takes
+only running-with-an-expired-lease and parked-and-due; the relay re-publishes waiting messages.
+"""
 
 from __future__ import annotations
 
 from datetime import timedelta
 
-from pipeline.models import Transaction, utcnow
-from pipeline.recovery import Redrive, claim_for_replay, claim_stalled, hold
+from sqlalchemy import select
+
+from pipeline.driving import Dispatch, load_tx
+from pipeline.models import OutboxMessage, Transaction, utcnow
+from pipeline.recovery import claim_for_replay, claim_stalled, due_messages, hold
 from pipeline.stages import Stage
 from tests.unit.fakes import World, included
 
 ETH = 10**18
 
 
-def age(world: World, tx_id: str, seconds: float) -> None:
+def sweep(world: World, park_s: float = 120, limit: int = 500) -> list[tuple[str, Stage, str]]:
+    with world.db.unit_of_work() as s:
+        return [(r.transaction_id, r.stage, r.step) for r in claim_stalled(s, park_s, limit)]
+
+
+def outbox(world: World, tx_id: str) -> list[tuple[str, int]]:
+    with world.db.unit_of_work() as s:
+        return [(row.step, row.seq) for row in s.scalars(
+            select(OutboxMessage).where(OutboxMessage.transaction_id == tx_id).order_by(OutboxMessage.id))]
+
+
+def expire_lease(world: World, tx_id: str, seconds: float = 1) -> None:
     def change(tx: Transaction) -> None:
-        tx.heartbeat_at = utcnow() - timedelta(seconds=seconds)
+        tx.lease_until = utcnow() - timedelta(seconds=seconds)
     world.edit(tx_id, change)
 
 
-def sweep(world: World, older_than_s: float = 120, limit: int = 500) -> list[Redrive]:
-    with world.db.unit_of_work() as s:
-        return claim_stalled(s, older_than_s, limit)
-
-
-def test_given_a_pending_transfer_with_an_old_heartbeat_then_it_is_claimed_exactly_once(world: World) -> None:
-    # Given a transfer whose message was lost 10 minutes ago
+def test_a_new_transfer_is_written_with_its_first_message_in_the_outbox(world: World) -> None:
     alice = world.onboard(balances={"ETH": ETH})
     tx_id = world.transfer(alice, "0.1")
-    age(world, tx_id, 600)
-
-    # When the sweeper runs twice in a row
-    first = sweep(world)
-    second = sweep(world)
-
-    # Then the first run claims it, from the stage it is in, and the second finds nothing
-    assert first == [Redrive(tx_id, Stage.RECEIVED, "resolve_source")]
-    assert second == []
-    assert utcnow() - world.tx(tx_id).heartbeat_at < timedelta(seconds=5)  # touched
-    last = world.events(tx_id)[-1]
-    assert (last.from_stage, last.to_stage, last.reason) == ("RECEIVED", "RECEIVED", "redriven_by_sweeper")
-    assert world.tx(tx_id).stage == "RECEIVED"  # claiming does not move the transfer
+    assert outbox(world, tx_id) == [("resolve_source", 1)]
+    assert world.tx(tx_id).driver_seq == 1 and world.tx(tx_id).lease_until is None
 
 
-def test_a_fresh_transfer_is_not_claimed(world: World) -> None:
+def test_a_transfer_whose_message_waits_in_the_queue_is_never_redriven(world: World) -> None:
+    # Given a transfer whose message has waited in a backed-up queue for an hour
     alice = world.onboard(balances={"ETH": ETH})
-    world.transfer(alice, "0.1")
-    assert sweep(world) == []
+    tx_id = world.transfer(alice, "0.1")
+    world.edit(tx_id, lambda tx: setattr(tx, "heartbeat_at", utcnow() - timedelta(hours=1)))
+    # Then the sweeper leaves it alone: its outbox row says a message is on its way
+    assert sweep(world, park_s=0) == []
+    assert world.tx(tx_id).generation == 0
 
 
-def test_the_redrive_names_the_step_for_the_stage_and_carries_the_last_error(world: World) -> None:
+def test_a_dead_drivers_expired_lease_is_redriven_once_and_supersedes_it(world: World) -> None:
+    # Given a step that took the transfer and whose worker died (its lease expired)
+    alice = world.onboard(balances={"ETH": ETH})
+    tx_id = world.transfer(alice, "0.1")
+    dead = world.take("resolve_source", tx_id)
+    assert sweep(world) == []  # lease still live
+    expire_lease(world, tx_id)
+
+    # When the sweeper runs twice
+    first, second = sweep(world), sweep(world)
+
+    # Then it is re-driven once, from its stage, with a new token and a new outbox row
+    assert first == [(tx_id, Stage.RECEIVED, "resolve_source")] and second == []
+    tx = world.tx(tx_id)
+    assert tx.generation == 1 and tx.driver_seq == dead.seq + 1
+    assert outbox(world, tx_id) == [("resolve_source", tx.driver_seq)]
+    assert world.events(tx_id)[-1].reason == "redriven_by_sweeper"
+
+
+def test_a_parked_transfer_is_redriven_when_its_time_is_up_and_carries_its_last_error(world: World) -> None:
     alice = world.onboard(balances={"ETH": ETH})
     world.adapter().statuses = [included(1)]
     tx_id = world.transfer(alice, "0.1")
     world.run_until(tx_id, "confirm")
-    assert world.tx(tx_id).stage == "CONFIRMING"
 
-    def stale(tx: Transaction) -> None:
-        tx.heartbeat_at = utcnow() - timedelta(seconds=600)
+    def parked(tx: Transaction) -> None:
+        tx.lease_until = utcnow() - timedelta(seconds=1)
         tx.last_error = "rpc timed out"
-    world.edit(tx_id, stale)
+    world.edit(tx_id, parked)
+    with world.db.unit_of_work() as s:  # the test's direct steps leave outbox rows behind
+        for row in s.scalars(select(OutboxMessage)):
+            s.delete(row)
 
-    assert sweep(world) == [Redrive(tx_id, Stage.CONFIRMING, "confirm")]
+    assert sweep(world) == [(tx_id, Stage.CONFIRMING, "confirm")]
     assert world.events(tx_id)[-1].detail == "rpc timed out"
 
 
@@ -70,31 +97,44 @@ def test_final_transfers_are_never_claimed(world: World) -> None:
     confirmed, failed = world.transfer(alice, "0.1"), world.transfer(alice, "0.1", from_address="0x" + "99" * 20)
     world.run_until(confirmed, "confirm")
     world.step("resolve_source", failed)
-    assert (world.tx(confirmed).status, world.tx(failed).status) == ("CONFIRMED", "FAILED")
-    events = {t: len(world.events(t)) for t in (confirmed, failed)}
     for tx_id in (confirmed, failed):
-        age(world, tx_id, 86_400)
-
-    assert sweep(world, older_than_s=0) == []
+        world.edit(tx_id, lambda tx: setattr(tx, "lease_until", utcnow() - timedelta(days=1)))
+    events = {t: len(world.events(t)) for t in (confirmed, failed)}
+    with world.db.unit_of_work() as s:
+        for row in s.scalars(select(OutboxMessage)):
+            s.delete(row)
+    assert sweep(world, park_s=0) == []
     assert {t: len(world.events(t)) for t in (confirmed, failed)} == events
 
 
-def test_the_oldest_are_claimed_first_up_to_the_limit(world: World) -> None:
+def test_the_relay_republishes_a_waiting_message_with_the_same_token_and_backs_off(world: World) -> None:
+    # Given a transfer whose first message never reached the broker
     alice = world.onboard(balances={"ETH": ETH})
-    tx_ids = [world.transfer(alice, "0.1") for _ in range(3)]
-    for tx_id, seconds in zip(tx_ids, (300, 900, 600), strict=True):
-        age(world, tx_id, seconds)
-    assert [r.transaction_id for r in sweep(world, limit=2)] == [tx_ids[1], tx_ids[2]]
-    assert [r.transaction_id for r in sweep(world, limit=2)] == [tx_ids[0]]
+    tx_id = world.transfer(alice, "0.1")
+    with world.db.unit_of_work() as s:
+        assert due_messages(s, 2, 120) == []  # not due yet: the submitter publishes it
+        for row in s.scalars(select(OutboxMessage)):
+            row.due_at = utcnow() - timedelta(seconds=1)
+    # When the relay runs twice
+    with world.db.unit_of_work() as s:
+        first = due_messages(s, 2, 120)
+    with world.db.unit_of_work() as s:
+        second = due_messages(s, 2, 120)
+    # Then it publishes the same token once, and not again before its back-off
+    assert first == [Dispatch(tx_id, "resolve_source", 1)] and second == []
+    assert world.tx(tx_id).driver_seq == 1
 
 
-def test_replay_claims_a_pending_transfer_and_refuses_a_final_one(world: World) -> None:
+def test_replay_supersedes_the_driver_in_flight_and_refuses_a_final_transfer(world: World) -> None:
     alice = world.onboard(balances={"ETH": ETH})
     pending, failed = world.transfer(alice, "0.1"), world.transfer(alice, "5")
     world.run_until(failed, "lock_funds")  # insufficient funds
+    running = world.take("resolve_source", pending)
     with world.db.unit_of_work() as s:
-        assert claim_for_replay(s, s.get(Transaction, pending)) == Redrive(pending, Stage.RECEIVED, "resolve_source")
-        assert claim_for_replay(s, s.get(Transaction, failed)) is None
+        redrive = claim_for_replay(s, load_tx(s, pending), 120)
+        assert claim_for_replay(s, load_tx(s, failed), 120) is None
+    assert redrive is not None and (redrive.stage, redrive.step) == (Stage.RECEIVED, "resolve_source")
+    assert redrive.dispatch.seq == running.seq + 1
     assert world.events(pending)[-1].reason == "replayed"
     assert world.events(failed)[-1].to_stage == "FAILED"
 
@@ -104,14 +144,17 @@ def test_a_held_transfer_is_left_to_ops_until_replayed(world: World) -> None:
     alice = world.onboard(balances={"ETH": ETH})
     tx_id = world.transfer(alice, "0.1")
     with world.db.unit_of_work() as s:
-        hold(s, s.get(Transaction, tx_id), "request_signature: ChainMismatch: node serves chain 1")
-    age(world, tx_id, 600)
-    # Then the sweeper never claims it
-    assert sweep(world) == []
+        for row in s.scalars(select(OutboxMessage)):
+            s.delete(row)
+        hold(s, load_tx(s, tx_id), "request_signature: ChainMismatch: node serves chain 1")
+    world.edit(tx_id, lambda tx: setattr(tx, "heartbeat_at", utcnow() - timedelta(hours=1)))
+    # Then the sweeper never claims it, and a message for it is dropped
+    assert sweep(world, park_s=0) == []
+    assert world.take("resolve_source", tx_id) is None
     assert world.tx(tx_id).last_error.startswith("request_signature: ChainMismatch")
     # When ops replays it, it is released from hold and re-driven from its stage
     with world.db.unit_of_work() as s:
-        redrive = claim_for_replay(s, s.get(Transaction, tx_id))
-    assert redrive == Redrive(tx_id, Stage.RECEIVED, "resolve_source")
+        redrive = claim_for_replay(s, load_tx(s, tx_id), 120)
+    assert redrive is not None and (redrive.stage, redrive.step) == (Stage.RECEIVED, "resolve_source")
     assert world.tx(tx_id).held_at is None
     assert [e.reason for e in world.events(tx_id)][-2:] == ["held", "replayed"]

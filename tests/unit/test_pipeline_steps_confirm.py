@@ -8,7 +8,10 @@ from datetime import timedelta
 import pytest
 
 from chains.errors import TransactionRejected
-from pipeline.models import Transaction, utcnow
+from sqlalchemy import select
+
+from pipeline.errors import UnprovenRejection
+from pipeline.models import ReleasedNonce, Transaction, utcnow
 from pipeline.steps import OutcomeKind
 from pipeline.stages import Stage
 from tests.unit.fakes import DEFAULT_FEE, DEFAULT_FEE_PAID, NOT_FOUND, PENDING, Party, World, included, reverted
@@ -126,15 +129,46 @@ def test_given_the_node_forgot_the_tx_for_long_enough_then_the_same_bytes_are_re
     assert len(adapter.built) == 1
 
 
-def test_given_a_rebroadcast_the_node_rejects_then_polling_continues(world: World) -> None:
+def test_given_a_refused_rebroadcast_of_a_transaction_the_chain_still_has_then_polling_continues(world: World) -> None:
     alice, tx_id = broadcast_transfer(world)
     adapter = world.adapter()
-    adapter.statuses = [NOT_FOUND]
+    adapter.statuses = [NOT_FOUND, PENDING]  # dropped by this node, but another backend has it
     adapter.broadcast_errors = [TransactionRejected("rejected_by_node", "nonce too low")]
     world.edit(tx_id, long_ago(10, "last_broadcast_at"))
     outcome = world.step("confirm", tx_id)
     assert (outcome.kind, outcome.stage) == (OutcomeKind.WAIT, Stage.BROADCAST)
     assert world.tx(tx_id).status == "PENDING"
+
+
+def test_given_a_refused_rebroadcast_without_proof_then_it_is_retried_never_ignored(world: World) -> None:
+    # Given a dropped transaction that the node now refuses, and no proof it cannot land
+    alice, tx_id = broadcast_transfer(world)
+    adapter = world.adapter()
+    adapter.statuses = [NOT_FOUND]
+    adapter.broadcast_errors = [TransactionRejected("rejected_by_node", "replacement transaction underpriced")]
+    world.edit(tx_id, long_ago(10, "last_broadcast_at"))
+    # Then the step raises a retryable error (the runner retries, then holds): nothing is released
+    with pytest.raises(UnprovenRejection):
+        world.step("confirm", tx_id)
+    assert adapter.unlandable_calls == [world.tx(tx_id).tx_hash]
+    assert world.tx(tx_id).stage == "BROADCAST"
+    assert world.balances(alice, "ETH") == (ETH, ETH // 10 + RESERVE)
+
+
+def test_given_a_refused_rebroadcast_proven_unlandable_then_failed_and_everything_released(world: World) -> None:
+    alice, tx_id = broadcast_transfer(world)
+    adapter = world.adapter()
+    adapter.statuses = [NOT_FOUND]
+    adapter.unlandable = True  # e.g. EVM: our hash unknown and the account nonce still at ours
+    adapter.broadcast_errors = [TransactionRejected("insufficient_funds_for_fee", "insufficient funds for gas")]
+    world.edit(tx_id, long_ago(10, "last_broadcast_at"))
+    outcome = world.step("confirm", tx_id)
+    assert (outcome.kind, outcome.stage) == (OutcomeKind.FINAL, Stage.FAILED)
+    assert world.tx(tx_id).failure_reason == "insufficient_funds_for_fee"
+    assert world.balances(alice, "ETH") == (ETH, 0)
+    nonce = world.tx(tx_id).nonce
+    with world.db.unit_of_work() as s:  # the nonce never landed: the next transfer reuses it
+        assert s.scalar(select(ReleasedNonce.nonce)) == nonce
 
 
 def test_given_a_reverted_tx_at_depth_then_failed_reverted_with_only_the_fee_debited(world: World) -> None:

@@ -5,9 +5,12 @@ keeping its locks and nonce, and is signed again under a new request id. Nothing
 
 from __future__ import annotations
 
+import pytest
+
 from sqlalchemy import func, select
 
 from chains.errors import TransactionRejected
+from pipeline.errors import UnprovenRejection
 from pipeline.models import ReleasedNonce
 from pipeline.steps import OutcomeKind
 from pipeline.stages import Stage
@@ -107,6 +110,7 @@ def test_given_the_node_refuses_the_bytes_as_expired_then_the_same_replacement(w
     old = world.tx(tx_id)
     adapter = world.adapter()
     adapter.broadcast_errors = [TransactionRejected("expired", "TRANSACTION_EXPIRATION_ERROR")]
+    adapter.statuses = [EXPIRED]  # the chain's proof, asked after the refusal
 
     outcome = world.step("broadcast", tx_id)
 
@@ -116,6 +120,20 @@ def test_given_the_node_refuses_the_bytes_as_expired_then_the_same_replacement(w
     assert_resigned(world, alice, tx_id, old)
     assert world.step("broadcast", tx_id).stage is Stage.BROADCAST
     assert [b.raw for b in adapter.broadcasts] == [old.signed_payload, world.tx(tx_id).signed_payload]
+
+
+def test_a_refusal_as_expired_without_proof_is_never_a_replacement(world: World) -> None:
+    # Given a node that refuses the bytes as expired while the chain does not prove it (a lagging
+    # backend: it has not seen the blockhash, or its head is behind)
+    alice, tx_id = in_flight(world, "request_signature")
+    adapter = world.adapter()
+    adapter.broadcast_errors = [TransactionRejected("expired", "Blockhash not found")]
+    adapter.statuses = [NOT_FOUND]
+    # Then the send is retried, never re-signed
+    with pytest.raises(UnprovenRejection):
+        world.step("broadcast", tx_id)
+    tx = world.tx(tx_id)
+    assert (tx.stage, tx.replacement_count, tx.send_attempts) == ("SIGNED", 0, 1)
 
 
 def test_an_expired_transaction_seen_while_confirming_records_the_reorg_then_the_replacement(world: World) -> None:

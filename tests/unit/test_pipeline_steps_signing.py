@@ -14,6 +14,7 @@ from eth_keys import keys as eth_keys
 from sqlalchemy import select
 
 from chains.base import Curve
+from pipeline.steps.runner import RETRY_BUDGETS
 from chains.errors import ChainRpcError, InvalidSignature, TransactionRejected
 from pipeline.db import Database
 from pipeline.errors import TransientError
@@ -160,15 +161,22 @@ def test_given_the_signer_is_unavailable_then_a_transient_error_and_the_transfer
     assert world.tx(tx_id).nonce == 0
 
 
-def test_given_a_local_signer_whose_master_key_changed_then_signature_refused(world: World, db: Database) -> None:
+def test_given_a_local_signer_whose_master_key_changed_then_the_transfer_is_held_with_its_locks(
+        world: World, db: Database) -> None:
+    # Given a worker started with a well-formed but wrong master key
     alice = world.onboard(balances={"ETH": ETH})
     wrong = LocalKeySigner(db.engine, new_master_key())
     ctx = world.ctx(signer=wrong)
     tx_id = world.transfer(alice, "0.1")
-    world.run_until(tx_id, "request_signature", ctx)
+    world.run_until(tx_id, "lock_funds", ctx)
+    # When its message for the signature step is delivered
+    report = world.deliver("request_signature", tx_id, ctx)
+    # Then the fault is the deployment's: held with the reason, nothing failed, nothing released
     tx = world.tx(tx_id)
-    assert (tx.stage, tx.failure_reason) == ("FAILED", "signature_refused")
-    assert world.balances(alice, "ETH") == (ETH, 0)
+    assert report.result == "held" and report.dispatch is None
+    assert (tx.status, tx.stage, tx.failure_reason) == ("PENDING", "SIGNATURE_REQUESTED", None)
+    assert tx.held_at is not None and "MasterKeyMismatch" in tx.last_error
+    assert world.balances(alice, "ETH") == (ETH, ETH // 10 + RESERVE)
 
 
 # -- broadcast -------------------------------------------------------------------------------------
@@ -177,6 +185,7 @@ def test_given_the_node_rejects_the_bytes_then_failed_locks_released_nonce_relea
     alice = world.onboard(balances={"ETH": ETH})
     adapter = world.adapter()
     adapter.broadcast_errors = [TransactionRejected("insufficient_funds", "balance too low on chain")]
+    adapter.unlandable = True  # the chain proves it: our hash unknown, the account nonce still ours
     tx_id = world.transfer(alice, "0.1")
     world.run_until(tx_id, "request_signature")
 
@@ -184,7 +193,8 @@ def test_given_the_node_rejects_the_bytes_then_failed_locks_released_nonce_relea
 
     assert (outcome.kind, outcome.stage) == (OutcomeKind.FINAL, Stage.FAILED)
     tx = world.tx(tx_id)
-    assert (tx.status, tx.failure_reason, tx.failure_detail) == ("FAILED", "insufficient_funds", "balance too low on chain")
+    assert (tx.status, tx.failure_reason) == ("FAILED", "insufficient_funds")
+    assert tx.failure_detail.startswith("balance too low on chain") and "proven" in tx.failure_detail
     assert (tx.broadcast_count, tx.broadcast_at) == (0, None)
     assert world.balances(alice, "ETH") == (ETH, 0)
     assert world.ledger_entries(tx_id) == []
@@ -192,10 +202,35 @@ def test_given_the_node_rejects_the_bytes_then_failed_locks_released_nonce_relea
     assert len(adapter.broadcasts) == 1
 
 
+def test_given_a_refusal_after_an_earlier_send_whose_reply_was_lost_then_never_failed(world: World) -> None:
+    # Given a first send that the node accepted but whose reply was lost (an RPC error), and a
+    # retry that another backend refuses with a message nobody listed
+    alice = world.onboard(balances={"ETH": ETH})
+    adapter = world.adapter()
+    adapter.broadcast_errors = [ChainRpcError("read timed out"),
+                                TransactionRejected("rejected_by_node", "could not replace existing tx")]
+    tx_id = world.transfer(alice, "0.1")
+    world.run_until(tx_id, "request_signature")
+    assert world.deliver("broadcast", tx_id).result == "retry"
+    # When the retry is refused and the chain cannot prove the first one will never land
+    report = world.deliver("broadcast", tx_id)
+    # Then nothing is failed or released: retried, and held for ops when the retries run out
+    assert report.result == "retry" and "without proof" in (report.error or "")
+    tx = world.tx(tx_id)
+    assert (tx.stage, tx.send_attempts) == ("SIGNED", 2)
+    adapter.broadcast_errors = [TransactionRejected("rejected_by_node", "could not replace existing tx")]
+    exhausted = world.deliver("broadcast", tx_id, errors=RETRY_BUDGETS["broadcast"].max_retries)
+    assert exhausted.result == "held"
+    assert (world.tx(tx_id).status, world.tx(tx_id).stage) == ("PENDING", "SIGNED")
+    assert world.balances(alice, "ETH") == (ETH, ETH // 10 + RESERVE)
+    assert released_nonces(world) == []
+
+
 def test_given_a_rejection_that_consumed_the_nonce_then_the_nonce_is_not_reused(world: World) -> None:
     alice = world.onboard(balances={"ETH": ETH})
     rejection = TransactionRejected("rejected_by_node", "nonce too low", nonce_consumed=True)
     world.adapter().broadcast_errors = [rejection]
+    world.adapter().unlandable = True
     tx_id = world.transfer(alice, "0.1")
     world.run_until(tx_id, "broadcast")
     assert world.tx(tx_id).failure_reason == "rejected_by_node"

@@ -182,6 +182,7 @@ def test_a_failed_transfer_releases_its_outputs_for_the_next_one(world: World, w
         signer.refuse = SignatureRefused("policy says no")
     else:
         adapter.broadcast_errors = [TransactionRejected("rejected_by_node", "bad-txns-inputs-missingorspent")]
+        adapter.unlandable = True  # every input still unspent: the chain proves it cannot land
 
     outcome = world.run_until(failing, where, ctx)[-1]
 

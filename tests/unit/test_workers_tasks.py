@@ -1,187 +1,153 @@
-"""How a step task maps outcomes and errors to Celery: pass on, poll later, retry, give up, hold.
+"""How a delivered step message is concluded: hand off, poll later, retry, park, hold, or drop.
 
-The task body is exercised with a stand-in for Celery's bound task (its `request.chain` and
-`retry`), the real pipeline steps on SQLite, and steps swapped for ones that raise.
+The runner is exercised with the real pipeline steps on SQLite and steps swapped for ones that
+return or raise; the Celery task is exercised with publishing captured instead of sent.
 """
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from celery.exceptions import Retry
+from sqlalchemy import select
 
-from chains.errors import ChainMismatch, ChainRpcError, TransactionRejected
+from chains.errors import ChainMismatch, ChainRpcError
+from pipeline.driving import Dispatch
+from pipeline.errors import UnprovenRejection
+from pipeline.models import OutboxMessage
 from pipeline.steps import Outcome, OutcomeKind
+from pipeline.steps import runner
 from pipeline.stages import Stage
-from tests.unit.fakes import EXPIRED, World
-from workers import tasks
+from tests.unit.fakes import World
+from workers import routing, tasks
 
 ETH = 10**18
 
 
-class StandInTask:
-    """Just what run_step touches on a bound Celery task."""
-
-    def __init__(self) -> None:
-        self.request = SimpleNamespace(chain=[{"task": "paratro.next"}])
-        self.retried: list[dict[str, Any]] = []
-
-    def retry(self, **options: Any) -> Retry:
-        self.retried.append(options)
-        return Retry("retry")
-
-
 @pytest.fixture
-def wired(world: World, monkeypatch: pytest.MonkeyPatch) -> World:
+def published(world: World, monkeypatch: pytest.MonkeyPatch) -> list[Dispatch]:
+    """The task layer wired to the test world, with what it publishes captured."""
+    sent: list[Dispatch] = []
     monkeypatch.setattr(tasks.runtime, "context", world.ctx)
-    return world
+    monkeypatch.setattr(routing, "publish", sent.append)
+    return sent
 
 
-def step_returning(outcome: Outcome) -> Any:
-    return lambda ctx, tx_id: outcome
+def swap_step(monkeypatch: pytest.MonkeyPatch, name: str, body: Any) -> None:
+    monkeypatch.setitem(runner.STEP_FUNCTIONS, name, body)
 
 
-def step_raising(exc: Exception) -> Any:
-    def step(ctx: Any, tx_id: str) -> Outcome:
+def raising(exc: Exception) -> Any:
+    def step(ctx: Any, run: Any) -> Outcome:
         raise exc
     return step
 
 
-def test_an_advanced_step_passes_the_chain_on(wired: World) -> None:
-    alice = wired.onboard(balances={"ETH": ETH})
-    tx_id = wired.transfer(alice, "0.1")
-    task = StandInTask()
-    assert tasks.run_step(task, "resolve_source", tx_id, 0) == tx_id
-    assert wired.tx(tx_id).stage == "SOURCE_RESOLVED"
-    assert task.request.chain and not task.retried
+def test_an_advanced_step_hands_the_transfer_to_the_next_step_with_a_new_token(world: World, published: list[Dispatch]) -> None:
+    alice = world.onboard(balances={"ETH": ETH})
+    tx_id = world.transfer(alice, "0.1")
+    tasks.run_step("resolve_source", tx_id, 1, 0)
+    tx = world.tx(tx_id)
+    assert tx.stage == "SOURCE_RESOLVED" and tx.lease_until is None
+    assert published == [Dispatch(tx_id, "validate_destination", tx.driver_seq)]
+    with world.db.unit_of_work() as s:
+        assert [(r.step, r.seq) for r in s.scalars(select(OutboxMessage))] == [("validate_destination", tx.driver_seq)]
 
 
-def test_a_final_outcome_ends_the_chain(wired: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(tasks.STEP_FUNCTIONS, "lock_funds", step_returning(Outcome(OutcomeKind.FINAL, Stage.FAILED)))
-    task = StandInTask()
-    tasks.run_step(task, "lock_funds", "tx_01JAAAAAAAAAAAAAAAAAAAAAAA", 0)
-    assert task.request.chain is None
+def test_a_message_delivered_twice_runs_once_and_the_copy_passes_nothing_on(world: World, published: list[Dispatch]) -> None:
+    alice = world.onboard(balances={"ETH": ETH})
+    tx_id = world.transfer(alice, "0.1")
+    tasks.run_step("resolve_source", tx_id, 1, 0)
+    events = len(world.events(tx_id))
+    tasks.run_step("resolve_source", tx_id, 1, 0)  # Redis redelivers the same message
+    assert len(world.events(tx_id)) == events and len(published) == 1
 
 
-def test_wait_polls_again_after_the_countdown_without_counting_an_error(wired: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(tasks.STEP_FUNCTIONS, "confirm", step_returning(Outcome(OutcomeKind.WAIT, Stage.CONFIRMING, 2.5)))
-    task = StandInTask()
-    with pytest.raises(Retry):
-        tasks.run_step(task, "confirm", "tx_01JAAAAAAAAAAAAAAAAAAAAAAA", 3)
-    assert task.retried[0]["countdown"] == 2.5
-    assert task.retried[0]["kwargs"] == {"errors": 3}
+def test_a_message_from_a_superseded_driver_is_dropped(world: World) -> None:
+    alice = world.onboard(balances={"ETH": ETH})
+    tx_id = world.transfer(alice, "0.1")
+    assert world.deliver("resolve_source", tx_id, seq=0).result == "dropped"
+    assert world.deliver("resolve_source", tx_id, seq=7).result == "dropped"  # a forged future token too
+    assert world.tx(tx_id).stage == "RECEIVED"
 
 
-def test_a_transient_error_retries_with_jittered_backoff_and_counts(wired: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(tasks.STEP_FUNCTIONS, "broadcast", step_raising(ChainRpcError("connection refused")))
-    task = StandInTask()
-    with pytest.raises(Retry):
-        tasks.run_step(task, "broadcast", "tx_01JAAAAAAAAAAAAAAAAAAAAAAA", 2)
-    budget = tasks.RETRY_BUDGETS["broadcast"]
-    assert task.retried[0]["kwargs"] == {"errors": 3}
-    assert 0 <= task.retried[0]["countdown"] <= budget.base_s * 2**2
+def test_a_waiting_step_polls_itself_again_after_its_countdown(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    alice = world.onboard(balances={"ETH": ETH})
+    tx_id = world.transfer(alice, "0.1")
+    swap_step(monkeypatch, "resolve_source", lambda ctx, run: Outcome(OutcomeKind.WAIT, Stage.RECEIVED, 5.0))
+    report = world.deliver("resolve_source", tx_id)
+    assert report.result == "wait" and report.dispatch is not None
+    assert (report.dispatch.step, report.dispatch.countdown_s) == ("resolve_source", 5.0)
 
 
-def test_exhausted_retries_leave_the_stage_and_the_reason_for_the_sweeper(wired: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    alice = wired.onboard(balances={"ETH": ETH})
-    tx_id = wired.transfer(alice, "0.1")
-    monkeypatch.setitem(tasks.STEP_FUNCTIONS, "resolve_source", step_raising(ChainRpcError("node timed out")))
-    task = StandInTask()
-    budget = tasks.RETRY_BUDGETS["resolve_source"]
-    assert tasks.run_step(task, "resolve_source", tx_id, budget.max_retries) == tx_id
-    tx = wired.tx(tx_id)
-    assert (tx.stage, tx.status, tx.held_at) == ("RECEIVED", "PENDING", None)
-    assert "retries exhausted" in tx.last_error and "node timed out" in tx.last_error
-    assert wired.events(tx_id)[-1].reason == "retries_exhausted"
-    assert task.request.chain is None and not task.retried
+def test_a_transient_error_retries_the_same_step_with_backoff_and_counts_it(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    alice = world.onboard(balances={"ETH": ETH})
+    tx_id = world.transfer(alice, "0.1")
+    swap_step(monkeypatch, "resolve_source", raising(ChainRpcError("connection reset")))
+    report = world.deliver("resolve_source", tx_id, errors=2)
+    assert report.result == "retry" and report.dispatch is not None
+    assert (report.dispatch.step, report.dispatch.errors) == ("resolve_source", 3)
+    assert 0 <= report.dispatch.countdown_s <= min(runner.RETRY_BUDGETS["resolve_source"].cap_s, 0.5 * 2**2)
 
 
-def test_an_incurable_error_holds_the_transfer_for_ops(wired: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    alice = wired.onboard(balances={"ETH": ETH})
-    tx_id = wired.transfer(alice, "0.1")
-    monkeypatch.setitem(tasks.STEP_FUNCTIONS, "resolve_source", step_raising(ChainMismatch("node serves chain 1")))
-    task = StandInTask()
-    tasks.run_step(task, "resolve_source", tx_id, 0)
-    tx = wired.tx(tx_id)
-    assert tx.held_at is not None and tx.status == "PENDING"
-    assert tx.last_error == "resolve_source: ChainMismatch: node serves chain 1"
-    assert task.request.chain is None and not task.retried
+def test_exhausted_retries_park_the_transfer_for_the_sweeper_with_the_reason(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    alice = world.onboard(balances={"ETH": ETH})
+    tx_id = world.transfer(alice, "0.1")
+    swap_step(monkeypatch, "resolve_source", raising(ChainRpcError("connection reset")))
+    report = world.deliver("resolve_source", tx_id, errors=runner.RETRY_BUDGETS["resolve_source"].max_retries)
+    tx = world.tx(tx_id)
+    assert report.result == "exhausted" and report.dispatch is None
+    assert tx.lease_until is not None and tx.held_at is None and "retries exhausted" in tx.last_error
 
 
-@pytest.mark.parametrize("attempt", range(12))
-def test_backoff_never_exceeds_the_step_cap_or_the_global_cap(attempt: int) -> None:
-    budget = tasks.RETRY_BUDGETS["confirm"]
-    for _ in range(50):
-        assert 0 <= tasks.backoff(budget, attempt, cap=30) <= min(30, budget.cap_s)
+@pytest.mark.parametrize("exc", [ChainMismatch("node serves chain 1"), KeyError("bug")], ids=["config", "bug"])
+def test_an_error_no_retry_can_cure_holds_the_transfer(world: World, monkeypatch: pytest.MonkeyPatch, exc: Exception) -> None:
+    alice = world.onboard(balances={"ETH": ETH})
+    tx_id = world.transfer(alice, "0.1")
+    swap_step(monkeypatch, "resolve_source", raising(exc))
+    assert world.deliver("resolve_source", tx_id).result == "held"
+    tx = world.tx(tx_id)
+    assert tx.held_at is not None and tx.stage == "RECEIVED" and tx.status == "PENDING"
 
 
-# -- RESTART: an expired transaction is re-signed from request_signature ---------------------------
-
-@pytest.fixture
-def enqueued(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
-    """Record what run_step hands to the queue instead of sending it."""
-    calls: list[tuple[str, str]] = []
-    monkeypatch.setattr(tasks, "enqueue", lambda transaction_id, from_step="resolve_source": calls.append(
-        (transaction_id, from_step)))
-    return calls
+def test_an_unproven_refusal_is_retried_then_held_never_parked(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    alice = world.onboard(balances={"ETH": ETH})
+    tx_id = world.transfer(alice, "0.1")
+    swap_step(monkeypatch, "resolve_source", raising(UnprovenRejection("refused without proof")))
+    assert world.deliver("resolve_source", tx_id).result == "retry"
+    last = world.deliver("resolve_source", tx_id, errors=runner.RETRY_BUDGETS["resolve_source"].max_retries)
+    assert last.result == "held" and world.tx(tx_id).held_at is not None
 
 
-def test_a_restart_ends_the_current_chain_and_enqueues_a_new_one_from_its_step(
-    wired: World, monkeypatch: pytest.MonkeyPatch, enqueued: list[tuple[str, str]]
-) -> None:
+def test_a_restart_hands_off_to_the_named_step(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    alice = world.onboard(balances={"ETH": ETH})
+    tx_id = world.transfer(alice, "0.1")
     restart = Outcome(OutcomeKind.RESTART, Stage.FUNDS_LOCKED, step="request_signature")
-    monkeypatch.setitem(tasks.STEP_FUNCTIONS, "confirm", step_returning(restart))
-    task = StandInTask()
-    tx_id = "tx_01JAAAAAAAAAAAAAAAAAAAAAAA"
-    assert tasks.run_step(task, "confirm", tx_id, 2) == tx_id
-    assert task.request.chain is None and not task.retried
-    assert enqueued == [(tx_id, "request_signature")]
+    swap_step(monkeypatch, "resolve_source", lambda ctx, run: restart)
+    report = world.deliver("resolve_source", tx_id)
+    assert report.dispatch is not None and report.dispatch.step == "request_signature"
 
 
-@pytest.mark.parametrize(
-    "outcome",
-    [Outcome(OutcomeKind.ADVANCED, Stage.SIGNED), Outcome(OutcomeKind.NOOP, Stage.SIGNED),
-     Outcome(OutcomeKind.FINAL, Stage.FAILED), Outcome(OutcomeKind.STALLED, Stage.BROADCAST)],
-    ids=lambda o: o.kind.value,
-)
-def test_no_other_outcome_enqueues_anything(
-    wired: World, monkeypatch: pytest.MonkeyPatch, enqueued: list[tuple[str, str]], outcome: Outcome
-) -> None:
-    monkeypatch.setitem(tasks.STEP_FUNCTIONS, "broadcast", step_returning(outcome))
-    task = StandInTask()
-    tasks.run_step(task, "broadcast", "tx_01JAAAAAAAAAAAAAAAAAAAAAAA", 0)
-    assert enqueued == []
-    assert (task.request.chain is None) is (outcome.kind in (OutcomeKind.FINAL, OutcomeKind.STALLED))
+def test_a_final_outcome_publishes_nothing_and_clears_the_lease(world: World) -> None:
+    alice = world.onboard(balances={"ETH": ETH})
+    tx_id = world.transfer(alice, "0.1", from_address="0x" + "99" * 20)  # no such account: FAILED
+    report = world.deliver("resolve_source", tx_id)
+    assert (report.result, report.dispatch) == ("final", None)
+    assert world.tx(tx_id).lease_until is None
 
 
-def test_an_expired_transaction_found_by_confirm_is_re_driven_from_request_signature(
-    wired: World, enqueued: list[tuple[str, str]]
-) -> None:
-    alice = wired.onboard(balances={"ETH": ETH})
-    tx_id = wired.transfer(alice, "0.1")
-    wired.run_until(tx_id, "broadcast")
-    wired.adapter().statuses = [EXPIRED]
-    task = StandInTask()
+def test_when_the_broker_is_down_the_dispatch_waits_in_the_outbox_due_now(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    from workers.services import submit_transfer
 
-    assert tasks.run_step(task, "confirm", tx_id, 0) == tx_id
+    def down(dispatch: Dispatch) -> None:
+        raise ConnectionRefusedError("Error 111 connecting to 127.0.0.1:6399")
 
-    assert (wired.tx(tx_id).stage, wired.tx(tx_id).replacement_count) == ("FUNDS_LOCKED", 1)
-    assert task.request.chain is None and not task.retried
-    assert enqueued == [(tx_id, "request_signature")]
-
-
-def test_a_broadcast_refused_as_expired_is_re_driven_from_request_signature(
-    wired: World, enqueued: list[tuple[str, str]]
-) -> None:
-    alice = wired.onboard(balances={"ETH": ETH})
-    tx_id = wired.transfer(alice, "0.1")
-    wired.run_until(tx_id, "request_signature")
-    wired.adapter().broadcast_errors = [TransactionRejected("expired", "blockhash not found")]
-    task = StandInTask()
-
-    tasks.run_step(task, "broadcast", tx_id, 0)
-
-    assert wired.tx(tx_id).stage == "FUNDS_LOCKED"
-    assert task.request.chain is None and enqueued == [(tx_id, "request_signature")]
+    monkeypatch.setattr(routing, "publish", down)
+    alice = world.onboard(balances={"ETH": ETH})
+    first = submit_transfer(world.ctx(), world.request(alice, "0.1", key="inv-7"))
+    again = submit_transfer(world.ctx(), world.request(alice, "0.1", key="inv-7"))
+    assert (first.published, first.created) == (False, True)
+    assert (again.transaction_id, again.created) == (first.transaction_id, False)
+    from pipeline.recovery import due_messages
+    with world.db.unit_of_work() as s:
+        assert due_messages(s, 2, 120) == [Dispatch(first.transaction_id, "resolve_source", 1)]
