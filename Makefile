@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-unit clean
+.PHONY: install demo test test-unit chaos clean
 
 install: $(STAMP)
 
@@ -25,6 +25,14 @@ demo: install
 test: install
 	$(BIN)/python -m devnet.ensure redis postgres anvil
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# The chaos harness (tests/chaos): N transfers under worker kills, redis restarts, database
+# backend terminations, a driver storm and faulty/lagging RPC; DB=postgresql (default) or sqlite.
+N  ?= 200
+DB ?= postgresql
+chaos: install
+	$(BIN)/python -m devnet.ensure redis postgres anvil
+	$(BIN)/python -m tests.chaos --transfers $(N) --db $(DB)
 
 test-unit: install
 	$(BIN)/python -m pytest -q -m "not integration"
