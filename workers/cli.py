@@ -1,7 +1,9 @@
 """`paratro`: the ops command line (worker, beat, migrate, transfer, show, replay, sweep, demo).
 
 Configuration comes from `PARATRO_*` environment variables (see README). Bad input exits 2 with a
-one-line error and changes nothing.
+one-line error and changes nothing; a configuration or environment problem (settings, registry,
+master key, database unreachable or not migrated, broker unreachable) exits 1 with one line.
+`paratro --debug COMMAND` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -9,14 +11,33 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, NoReturn, Optional
 
 import typer
+from typer.main import get_command
 
-from pipeline.errors import InvalidInput, LimitExceeded, NotFound
 from pipeline.settings import get_settings
+from workers.schema import check_schema, install_schema
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+MAX_ERROR_CHARS = 400
+
+
+class _Cli(typer.Typer):
+    """Typer whose every uncaught error ends as one redacted line on stderr (traceback with --debug)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return get_command(self)(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - the whole point: no traceback for ops
+            if _debug:
+                raise
+            line, code = error_line(exc)
+            typer.echo(f"error: {line}", err=True)
+            sys.exit(code)
+
+
+_debug = False
+app = _Cli(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
 signer_app = typer.Typer(no_args_is_help=True, help="Local signer utilities.")
 client_app = typer.Typer(no_args_is_help=True, help="Clients (organisations).")
 wallet_app = typer.Typer(no_args_is_help=True, help="Wallets, accounts and assets.")
@@ -25,26 +46,121 @@ app.add_typer(client_app, name="client")
 app.add_typer(wallet_app, name="wallet")
 
 
+@app.callback()
+def main(debug: Annotated[bool, typer.Option("--debug", help="show the traceback of an error")] = False) -> None:
+    """Paratro pipeline operations."""
+    global _debug
+    _debug = debug
+    from workers.logconfig import configure_logging
+
+    try:  # commands print their results; their logs are for trouble (all of them at DEBUG)
+        settings = get_settings()
+        configure_logging("DEBUG" if settings.log_level == "DEBUG" else "WARNING", settings.log_json)
+    except Exception:  # noqa: BLE001 - the command reports bad settings in one line; log plainly meanwhile
+        configure_logging("WARNING")
+
+
+def _one_line(text: str) -> str:
+    from workers.logconfig import redact
+
+    line = redact(" ".join(str(text).split()))
+    return line if len(line) <= MAX_ERROR_CHARS else line[:MAX_ERROR_CHARS - 3] + "..."
+
+
+def error_line(exc: BaseException) -> tuple[str, int]:
+    """One line saying what went wrong (never a secret), and the exit code: 2 bad input, 1 the rest."""
+    from sqlalchemy.exc import DBAPIError
+
+    from chains.errors import ChainError
+    from pipeline.db import translate_db_error
+    from pipeline.errors import ConfigurationError, InvalidInput, LimitExceeded, NotFound, PipelineError
+    from signer.base import SignerError
+
+    if isinstance(exc, (InvalidInput, NotFound, LimitExceeded)):
+        return _one_line(f"{type(exc).__name__}: {exc}"), 2
+    if isinstance(exc, DBAPIError):
+        mapped = translate_db_error(exc)
+        if mapped is exc:
+            return _one_line(f"database error: {type(exc.orig).__name__}: {exc.orig}"), 1
+        exc = mapped
+    if isinstance(exc, (ConfigurationError, PipelineError)):
+        return _one_line(str(exc)), 1
+    if _is_broker_error(exc):
+        return _one_line(f"broker unreachable at {_broker_shown()}: {type(exc).__name__}: {exc}"), 1
+    if isinstance(exc, SignerError):
+        return _one_line(f"signer: {exc}"), 1
+    if isinstance(exc, ChainError):
+        return _one_line(f"{type(exc).__name__}: {exc}"), 1
+    return _one_line(f"unexpected {type(exc).__name__}: {exc} (`paratro --debug ...` shows the traceback)"), 1
+
+
+def _is_broker_error(exc: BaseException) -> bool:
+    from kombu.exceptions import OperationalError as KombuOperationalError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    return isinstance(exc, (KombuOperationalError, RedisConnectionError, RedisTimeoutError))
+
+
+def _broker_shown() -> str:
+    from kombu.utils.url import maybe_sanitize_url
+
+    try:
+        return str(maybe_sanitize_url(get_settings().broker_url))
+    except Exception:  # noqa: BLE001
+        return "PARATRO_BROKER_URL"
+
+
 def _ctx() -> Any:
+    """This process's StepContext; a bad registry or master key is a ConfigurationError (one line)."""
+    from chains.errors import ChainError
+    from pipeline.errors import ConfigurationError
+    from signer.base import SignerError
     from workers import runtime
 
-    return runtime.context()
+    settings = get_settings()
+    try:
+        runtime.registry_from(settings)
+    except (ValueError, OSError, ChainError) as exc:
+        raise ConfigurationError(f"chain registry {settings.chain_registry!r}: {exc}") from exc
+    try:
+        return runtime.context()
+    except SignerError as exc:
+        raise ConfigurationError(f"PARATRO_SIGNER_MASTER_KEY: {exc}") from None
 
 
 def _print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, default=str))
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = 2) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
 
 
-def _guard(fn: Any) -> Any:
+def check_worker_config() -> None:
+    """What a worker needs before it takes a task, each failure one ConfigurationError line: the
+    settings, the master key (present, well formed, and opening the stored wallet keys), the chain
+    registry, and a reachable database at the current schema."""
+    from pipeline.errors import ConfigurationError
+    from signer.base import SignerError
+    from signer.local import LocalKeySigner
+    from pipeline.db import get_database
+
+    settings = get_settings()
+    if settings.signer_master_key is None:
+        raise ConfigurationError("PARATRO_SIGNER_MASTER_KEY is not set: a worker could not sign "
+                                 "(see `paratro signer new-master-key`)")
     try:
-        return fn()
-    except (InvalidInput, NotFound, LimitExceeded) as exc:
-        _fail(f"{type(exc).__name__}: {exc}")
+        signer = LocalKeySigner(get_database(settings.database_url).engine, settings.signer_master_key.get_secret_value())
+    except SignerError as exc:
+        raise ConfigurationError(f"PARATRO_SIGNER_MASTER_KEY is malformed: {exc}") from None
+    _ctx()  # the registry, with its RPC overrides
+    check_schema(settings.database_url)
+    try:
+        signer.check_master_key()
+    except SignerError as exc:
+        raise ConfigurationError(str(exc)) from None
 
 
 @app.command()
@@ -53,20 +169,33 @@ def worker(
     concurrency: Annotated[int, typer.Option("--concurrency", "-c")] = 2,
     beat: Annotated[bool, typer.Option(help="also run the periodic sweeper in this worker")] = False,
     hostname: Annotated[Optional[str], typer.Option(help="worker node name")] = None,
+    supervise: Annotated[bool, typer.Option(help="run Celery in a child process, restarted when it dies on its own "
+                                                 "(e.g. kombu's crash on a broker restart)")] = True,
 ) -> None:
-    """Run a Celery worker (prefork) on some or all step queues."""
+    """Run a Celery worker (prefork) on some or all step queues; refuses to start on a bad configuration."""
+    check_worker_config()
+    if supervise:
+        from workers.logconfig import configure_logging
+        from workers.supervisor import supervise as run_supervised
+
+        configure_logging(get_settings().log_level, get_settings().log_json)
+        argv = [sys.executable, "-m", "workers.cli", "worker", "--no-supervise", "-c", str(concurrency)]
+        argv += ["--beat"] if beat else []
+        argv += ["--queues", queues] if queues else []
+        argv += ["--hostname", hostname] if hostname else []
+        raise typer.Exit(run_supervised(argv))
+
     from workers.app import ALL_QUEUES
     from workers.app import app as celery_app
 
-    if get_settings().signer_master_key is None:
-        _fail("PARATRO_SIGNER_MASTER_KEY is not set: a worker could not sign (see `paratro signer new-master-key`)")
     argv = ["worker", "-Q", queues or ",".join(ALL_QUEUES), "-c", str(concurrency), "--pool", "prefork",
             "--loglevel", get_settings().log_level, "--without-gossip", "--without-mingle"]
     if beat:
         argv += ["-B", "--schedule", _beat_schedule_path()]
     if hostname:
         argv += ["-n", hostname]
-    celery_app.worker_main(argv)
+    # start(), not worker_main(): it returns the worker's exit code (1 after an "Unrecoverable error")
+    raise typer.Exit(celery_app.start(argv) or 0)
 
 
 @app.command("beat")
@@ -93,17 +222,6 @@ def migrate() -> None:
     typer.echo(f"database at {url} is up to date")
 
 
-def install_schema() -> None:
-    """Alembic upgrade of the pipeline's tables, then the local signer's own tables."""
-    from pipeline.db import get_database
-    from pipeline.migrate import upgrade
-    from signer.local import SignerBase
-
-    url = get_settings().database_url
-    upgrade(url)
-    SignerBase.metadata.create_all(get_database(url).engine)
-
-
 @app.command()
 def transfer(
     client_id: Annotated[str, typer.Option(help="cli_… id of the client")],
@@ -120,8 +238,12 @@ def transfer(
 
     req = TransferRequest(client_id=client_id, from_address=from_address, to_address=to_address, chain=chain,
                           token_symbol=token, amount=amount, idempotency_key=idempotency_key)
-    transaction_id, created = _guard(lambda: submit_transfer(_ctx(), req))
-    _print_json({"transaction_id": transaction_id, "created": created})
+    submission = submit_transfer(_ctx(), req)
+    published = getattr(submission, "published", True)
+    if not published:  # stored, its dispatch waits in the outbox: not an error
+        typer.echo(f"{submission.transaction_id} accepted, queued when the broker returns")
+        return
+    _print_json({"transaction_id": submission.transaction_id, "created": submission.created, "published": published})
 
 
 @app.command()
@@ -132,7 +254,7 @@ def show(
     """Show one transfer: stage, amounts, hashes and every event."""
     from workers.services import describe_transfer
 
-    data = _guard(lambda: describe_transfer(_ctx(), transaction_id))
+    data = describe_transfer(_ctx(), transaction_id)
     if as_json:
         _print_json(data)
         return
@@ -155,7 +277,7 @@ def replay(
         ids += stalled_transfers(_ctx())
     if not ids:
         _fail("name transaction ids or pass --stalled")
-    _print_json(_guard(lambda: replay_ids(_ctx(), ids)))
+    _print_json(replay_ids(_ctx(), ids))
 
 
 @app.command()
@@ -163,6 +285,7 @@ def sweep() -> None:
     """Run the sweeper once now: re-drive pending transfers with no recent progress."""
     from workers.tasks import sweep as sweep_task
 
+    _ctx()
     typer.echo(json.dumps({"redriven": sweep_task.run()}))
 
 
@@ -179,7 +302,7 @@ def client_create(
             client, secret = create_client(session, name, max_wallets)
             return {"client_id": client.client_id, "api_key_id": client.api_key_id, "api_secret": secret}
 
-    _print_json(_guard(run))
+    _print_json(run())
 
 
 @wallet_app.command("create")
@@ -197,7 +320,7 @@ def wallet_create(
         if not chain or not symbol:
             _fail(f"--asset {item!r} must look like CHAIN:SYMBOL")
         chains.setdefault(chain, []).append(symbol)
-    wallet = _guard(lambda: onboard_wallet(_ctx(), client_id, name, chains))
+    wallet = onboard_wallet(_ctx(), client_id, name, chains)
     _print_json({"wallet_id": wallet.wallet_id, "accounts": wallet.accounts,
                  "assets": {f"{c}:{s}": a for (c, s), a in wallet.assets.items()}})
 
