@@ -12,11 +12,13 @@ from sqlalchemy import func, select
 from chains.base import TokenSpec
 from pipeline import ledger, onboarding
 from pipeline.amounts import parse_amount
-from pipeline.models import Asset, LedgerEntry, Transaction, TransactionEvent
-from pipeline.steps import StepContext
+from pipeline.driving import Dispatch, load_tx, take
+from pipeline.models import Asset, LedgerEntry, OutboxMessage, Transaction, TransactionEvent
+from pipeline.steps import STEP_FUNCTIONS, Outcome, StepContext
 from pipeline.transfers import TransferRequest, create_transfer
 from workers import runtime
-from workers.app import ALL_QUEUES, app, task_name
+from workers.app import ALL_QUEUES, app
+from workers.routing import publish
 from workers.services import fresh_destination, onboard_wallet, submit_transfer
 from workers.stack import EmbeddedStack
 
@@ -81,11 +83,40 @@ def submit(f: Funded, symbol: str, amount: str, to: str | None = None, key: str 
     return submit_transfer(ctx(), request(f, symbol, amount, to, key)).transaction_id
 
 
-def record_only(f: Funded, symbol: str, amount: str, to: str | None = None) -> str:
-    """Write the transfer without enqueueing it: a message lost before the first step."""
+def record_only(f: Funded, symbol: str, amount: str, to: str | None = None, grace_s: float = 3600.0) -> str:
+    """Write the transfer and its outbox row without publishing: a message lost before the first
+    step. The relay publishes it `grace_s` later (by default: not within a test)."""
     with ctx().db.unit_of_work() as session:
-        tx, _ = create_transfer(session, ctx().registry, request(f, symbol, amount, to))
+        tx, _ = create_transfer(session, ctx().registry, request(f, symbol, amount, to), publish_grace_s=grace_s)
         return tx.transaction_id
+
+
+def drive(context: StepContext, step: str, transaction_id: str, lease_s: float = 3600.0) -> Outcome:
+    """Run one step here, as the driver that has just taken the transfer (its current token)."""
+    with context.db.unit_of_work() as session:
+        run = take(session, transaction_id, load_tx(session, transaction_id).driver_seq, step, lease_s)
+    assert run is not None, f"{transaction_id} cannot be driven"
+    return STEP_FUNCTIONS[step](context, run)
+
+
+def duplicate_every_message(transaction_id: str, copies: int = 2, timeout: float = 120.0) -> int:
+    """Until the transfer is final, publish every message it is handed (same token) `copies` more
+    times: what Redis redelivery, the relay and a racing publisher can do. Returns copies sent."""
+    seen: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with ctx().db.unit_of_work() as session:
+            rows = session.scalars(select(OutboxMessage).where(OutboxMessage.transaction_id == transaction_id)).all()
+            waiting = [Dispatch(r.transaction_id, r.step, r.seq) for r in rows if r.seq not in seen]
+            status = session.get(Transaction, transaction_id).status  # type: ignore[union-attr]
+        for dispatch in waiting:
+            seen.add(dispatch.seq)
+            for _ in range(copies):
+                publish(dispatch)
+        if status != "PENDING" and not waiting:
+            return len(seen) * copies
+        time.sleep(0.02)
+    raise AssertionError(f"{transaction_id} not final within {timeout} s")
 
 
 def load(transaction_id: str) -> Transaction:
@@ -115,12 +146,6 @@ def wait_stage(transaction_id: str, stages: set[str], timeout: float = 30.0) -> 
         if time.monotonic() > deadline:
             raise AssertionError(f"{transaction_id} is at {tx.stage} ({tx.last_error}), expected one of {stages}")
         time.sleep(0.1)
-
-
-def send_step_twice(step: str, transaction_id: str) -> None:
-    """The same step message delivered twice (what Redis does after a visibility timeout)."""
-    for _ in range(2):
-        app.send_task(task_name(step), args=(transaction_id,))
 
 
 def wait_idle(stack: EmbeddedStack, timeout: float = 30.0) -> None:

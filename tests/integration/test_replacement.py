@@ -7,12 +7,11 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
-from chains.base import SignedTransaction, TxState
+from chains.base import TxState
 from chains.tron import TronAdapter
 from pipeline.amounts import parse_amount
-from pipeline.models import utcnow
-from pipeline.steps import STEP_FUNCTIONS, OutcomeKind
-from pipeline.steps.context import load_tx
+from pipeline.steps import OutcomeKind
+from pipeline.steps.context import signed_of
 from pipeline.stages import Stage
 from tests.integration import helpers as h
 
@@ -24,20 +23,18 @@ def test_an_expired_tron_transfer_is_replaced_once_and_confirms(stack):
     hasty = TronAdapter(replace(spec, options={**spec.options, "expiration_s": 1}))
     ctx = replace(h.ctx(), adapter_for=lambda chain: hasty if chain == "tron" else h.ctx().adapter_for(chain))
     to = h.fresh_address("tron")
-    tx_id = h.record_only(f, "TRX", "5", to=to)
-    with ctx.db.unit_of_work() as session:
-        load_tx(session, tx_id).held_at = utcnow()  # the stack's worker must leave it to us
+    tx_id = h.record_only(f, "TRX", "5", to=to)  # never published: the stack's worker leaves it to us
     for step in ("resolve_source", "validate_destination", "lock_funds", "request_signature"):
-        assert STEP_FUNCTIONS[step](ctx, tx_id).kind is OutcomeKind.ADVANCED
+        assert h.drive(ctx, step, tx_id).kind is OutcomeKind.ADVANCED
     first = h.load(tx_id)
-    signed = SignedTransaction(first.signed_payload, first.tx_hash)
+    signed = signed_of(first)
 
     # When its expiration passes before it is broadcast (proven: past the solidified head, unknown)
     deadline = time.monotonic() + 30
     while hasty.get_status(signed).state is not TxState.EXPIRED:
         assert time.monotonic() < deadline, "never became provably expired"
         time.sleep(0.2)
-    outcome = STEP_FUNCTIONS["broadcast"](ctx, tx_id)
+    outcome = h.drive(ctx, "broadcast", tx_id)
 
     # Then it goes back to FUNDS_LOCKED with an `expired` event naming the old hash, locks kept
     assert (outcome.kind, outcome.stage, outcome.step) == (OutcomeKind.RESTART, Stage.FUNDS_LOCKED, "request_signature")
@@ -48,12 +45,12 @@ def test_an_expired_tron_transfer_is_replaced_once_and_confirms(stack):
     assert h.asset(f.assets["TRX"]).locked_balance == replaced.amount + replaced.fee_reserved
 
     # And the re-signed transaction (new request id, new hash) is broadcast and confirmed once
-    assert STEP_FUNCTIONS["request_signature"](ctx, tx_id).stage is Stage.SIGNED
+    assert h.drive(ctx, "request_signature", tx_id).stage is Stage.SIGNED
     second = h.load(tx_id)
     assert second.signature_request_id == f"{tx_id}.1" and second.tx_hash != first.tx_hash
-    assert STEP_FUNCTIONS["broadcast"](ctx, tx_id).stage is Stage.BROADCAST
+    assert h.drive(ctx, "broadcast", tx_id).stage is Stage.BROADCAST
     deadline = time.monotonic() + 30
-    while STEP_FUNCTIONS["confirm"](ctx, tx_id).kind is not OutcomeKind.FINAL:
+    while h.drive(ctx, "confirm", tx_id).kind is not OutcomeKind.FINAL:
         assert time.monotonic() < deadline, "replacement never confirmed"
         time.sleep(0.25)
     final = h.load(tx_id)

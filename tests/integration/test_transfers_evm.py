@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 from pipeline.amounts import parse_amount
+from pipeline.driving import load_tx, take
 from workers.services import replay, submit_transfer
 from tests.integration import helpers as h
 
@@ -102,26 +103,22 @@ def test_same_idempotency_key_concurrently_creates_one_transfer(stack):
     req = h.request(f, "ETH", "0.25", key="pay-invoice-42")
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda _: submit_transfer(h.ctx(), req), range(8)))
-    assert len({tx_id for tx_id, _ in results}) == 1
-    assert sum(created for _, created in results) == 1
+    assert len({r.transaction_id for r in results}) == 1
+    assert sum(r.created for r in results) == 1
     assert h.count_transactions(f.client_id) == 1
-    h.wait_final([results[0][0]])
+    h.wait_final([results[0].transaction_id])
     h.assert_reconciled(f)
 
 
-def test_every_step_delivered_twice_has_one_effect(stack):
-    # Given a transfer written to the DB, driven step by step with each message delivered twice
+def test_every_step_delivered_three_times_has_one_effect(stack):
+    # Given a transfer each of whose step messages is published twice more (same token)
     f = h.funded_wallet(stack, eth="2", usdt="0")
     to = h.fresh_address()
-    tx_id = h.record_only(f, "ETH", "0.5", to=to)
-    for step, reached in [("resolve_source", {"SOURCE_RESOLVED"}), ("validate_destination", {"DESTINATION_VALID"}),
-                          ("lock_funds", {"FUNDS_LOCKED"}), ("request_signature", {"SIGNED"}),
-                          ("broadcast", {"BROADCAST", "CONFIRMING"}), ("confirm", {"CONFIRMED"})]:
-        h.send_step_twice(step, tx_id)
-        h.wait_stage(tx_id, reached)
-        h.wait_idle(stack)
-    tx = h.load(tx_id)
+    tx_id = h.submit(f, "ETH", "0.5", to=to)
+    assert h.duplicate_every_message(tx_id) >= 2 * 6
+    tx = h.wait_final([tx_id])[tx_id]
     # Then every stage changed once, value moved once, one broadcast, one debit and one fee
+    assert tx.status == "CONFIRMED"
     assert h.stage_changes(tx_id) in (EXPECTED_STAGES, EXPECTED_STAGES_AT_DEPTH)
     assert tx.broadcast_count == 1
     assert [kind for kind, _ in h.ledger_entries(tx_id)] == ["DEBIT", "FEE"]
@@ -146,13 +143,25 @@ def test_200_concurrent_transfers_on_one_asset_never_overdraw(stack):
     assert nonces == list(range(nonces[0], nonces[0] + 100))
 
 
-def test_lost_message_is_found_by_the_sweeper(stack):
+def test_lost_message_is_published_again_by_the_relay(stack):
     # Given a transfer in the DB whose first message never reached Redis
     f = h.funded_wallet(stack, eth="1", usdt="0")
-    tx_id = h.record_only(f, "ETH", "0.2")
-    # Then the periodic sweeper re-drives it to the end
+    tx_id = h.record_only(f, "ETH", "0.2", grace_s=h.ctx().stall_after_s)
+    # Then the relay publishes its outbox row, and it runs to the end once
     tx = h.wait_final([tx_id], timeout=60)[tx_id]
-    assert tx.status == "CONFIRMED"
+    assert tx.status == "CONFIRMED" and tx.generation == 0
+    h.assert_reconciled(f)
+
+
+def test_a_dead_drivers_transfer_is_taken_over_by_the_sweeper_once_its_lease_expires(stack):
+    # Given a transfer whose step was picked up by a worker that then died (a 1 s lease)
+    f = h.funded_wallet(stack, eth="1", usdt="0")
+    tx_id = h.record_only(f, "ETH", "0.2")
+    with h.ctx().db.unit_of_work() as session:
+        assert take(session, tx_id, load_tx(session, tx_id).driver_seq, "resolve_source", 1) is not None
+    # Then the sweeper re-drives it after the lease, and it confirms once
+    tx = h.wait_final([tx_id], timeout=60)[tx_id]
+    assert tx.status == "CONFIRMED" and tx.generation == 1
     assert "redriven_by_sweeper" in [e.reason for e in h.events(tx_id)]
     h.assert_reconciled(f)
 
