@@ -123,7 +123,13 @@ class RedisServer(Service):
             raise
         return self
 
-    def restart(self) -> None:
-        """Stop and start again on the same port (data is lost: there is no persistence)."""
+    def restart(self, down_s: float = 0.0) -> None:
+        """Stop, stay down `down_s` seconds, start again on the same port (data is lost: there is
+        no persistence), as a broker restart looks to its clients."""
+        import time
+
+        port = self.port
         self.stop()
+        time.sleep(down_s)
+        self.port = port
         self.start()

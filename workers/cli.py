@@ -194,8 +194,23 @@ def worker(
         argv += ["-B", "--schedule", _beat_schedule_path()]
     if hostname:
         argv += ["-n", hostname]
-    # start(), not worker_main(): it returns the worker's exit code (1 after an "Unrecoverable error")
-    raise typer.Exit(celery_app.start(argv) or 0)
+    raise typer.Exit(_run_celery(celery_app, argv))
+
+
+def _run_celery(celery_app: Any, argv: list[str]) -> int:
+    """Celery's command line as `Celery.start` runs it, but keeping the exit code that `start` and
+    `worker_main` drop (1 after an "Unrecoverable error"; they return, and the process exits 0)."""
+    from celery.bin.celery import celery as celery_command
+    from click.exceptions import Exit
+
+    celery_command.params[0].default = celery_app
+    try:
+        code = celery_command.main(args=argv, standalone_mode=False)
+    except Exit as exc:
+        code = exc.exit_code
+    finally:
+        celery_command.params[0].default = None
+    return code if isinstance(code, int) else 0
 
 
 @app.command("beat")
