@@ -138,10 +138,19 @@ def release(tx: Transaction) -> None:
     tx.lease_until = None
 
 
-def park(tx: Transaction, park_s: float) -> None:
-    """A step gave up for now (retries exhausted, a deadline passed): nobody drives it until the
-    sweeper takes it again after `park_s`."""
-    tx.lease_until = utcnow() + timedelta(seconds=park_s)
+def park(tx: Transaction) -> None:
+    """A step gave up for now (retries exhausted, a deadline passed): nobody drives it (no lease,
+    no message) until the sweeper takes it again, `park_s` after this heartbeat."""
+    tx.lease_until = None
+    tx.heartbeat_at = utcnow()
+
+
+def is_driven(session: Session, tx: Transaction) -> bool:
+    """A live driver holds it: a running step's lease, or a message on its way (an outbox row)."""
+    if tx.lease_until is not None and tx.lease_until > utcnow():
+        return True
+    return session.scalar(select(OutboxMessage.id).where(OutboxMessage.transaction_id == tx.transaction_id,
+                                                         OutboxMessage.kind == "step").limit(1)) is not None
 
 
 def redrive(session: Session, tx: Transaction, publish_grace_s: float) -> Dispatch:

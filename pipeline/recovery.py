@@ -17,7 +17,7 @@ from datetime import timedelta
 from sqlalchemy import and_, exists, or_, select
 from sqlalchemy.orm import Session
 
-from pipeline.driving import Dispatch, due_outbox, redrive, release
+from pipeline.driving import Dispatch, due_outbox, is_driven, redrive, release
 from pipeline.lifecycle import record_note
 from pipeline.models import OutboxMessage, Transaction, utcnow
 from pipeline.stages import Stage, Status
@@ -32,15 +32,16 @@ class Redrive:
 
 
 def claim_stalled(session: Session, park_s: float, limit: int = 500) -> list[Redrive]:
-    """Pending transfers that nobody drives: a running step's lease expired, or a parked
-    transfer's time is up. Transfers with a message waiting (an outbox row) are not touched."""
+    """Pending transfers that nobody drives: a running step's lease expired, or a parked transfer
+    (no lease, no message) has waited `park_s`. A transfer with a message on its way (an outbox
+    row) is not touched: the relay looks after its message."""
     now = utcnow()
     waiting = exists().where(OutboxMessage.transaction_id == Transaction.transaction_id)
-    legacy = and_(Transaction.lease_until.is_(None), Transaction.heartbeat_at < now - timedelta(seconds=park_s))
+    parked = and_(Transaction.lease_until.is_(None), Transaction.heartbeat_at < now - timedelta(seconds=park_s))
     rows = session.scalars(
         select(Transaction)
         .where(Transaction.status == Status.PENDING.value, Transaction.held_at.is_(None), ~waiting,
-               or_(Transaction.lease_until < now, legacy))
+               or_(Transaction.lease_until < now, parked))
         .order_by(Transaction.heartbeat_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -48,10 +49,12 @@ def claim_stalled(session: Session, park_s: float, limit: int = 500) -> list[Red
     return [_redrive(session, tx, "redriven_by_sweeper", park_s) for tx in rows]
 
 
-def claim_for_replay(session: Session, tx: Transaction, grace_s: float) -> Redrive | None:
-    """An operator's re-drive of one pending transfer from its last durable stage (None if final).
-    It supersedes every driver and message in flight: whatever they conclude is not written."""
-    if tx.status != Status.PENDING.value:
+def claim_for_replay(session: Session, tx: Transaction, grace_s: float, force: bool = False) -> Redrive | None:
+    """An operator's re-drive of one pending transfer from its last durable stage: None if it is
+    final, or if a live driver holds it (a running step's lease, a message on its way) unless
+    `force`. A forced replay supersedes every driver and message in flight (a step hung in an RPC):
+    whatever they conclude is not written."""
+    if tx.status != Status.PENDING.value or (not force and tx.held_at is None and is_driven(session, tx)):
         return None
     tx.held_at = None
     return _redrive(session, tx, "replayed", grace_s)

@@ -282,8 +282,9 @@ def show(
 def replay(
     transaction_ids: Annotated[Optional[list[str]], typer.Argument(help="tx_… ids")] = None,
     stalled: Annotated[bool, typer.Option("--stalled", help="every pending transfer whose step gave up")] = False,
+    force: Annotated[bool, typer.Option("--force", help="also take over from a live driver (a step hung in an RPC)")] = False,
 ) -> None:
-    """Re-drive pending transfers from their last durable stage (final ones are left alone)."""
+    """Re-drive pending transfers from their last durable stage (final and live-driven ones are left alone)."""
     from workers.services import replay as replay_ids
     from workers.services import stalled_transfers
 
@@ -292,7 +293,7 @@ def replay(
         ids += stalled_transfers(_ctx())
     if not ids:
         _fail("name transaction ids or pass --stalled")
-    _print_json(replay_ids(_ctx(), ids))
+    _print_json(replay_ids(_ctx(), ids, force))
 
 
 @app.command()

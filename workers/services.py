@@ -99,18 +99,19 @@ def submit_transfer(ctx: StepContext, req: TransferRequest) -> Submission:
     return Submission(transaction_id, created, published)
 
 
-def replay(ctx: StepContext, transaction_ids: list[str]) -> list[dict[str, str]]:
-    """Re-drive pending transfers from their last durable stage; final ones are reported, untouched.
-    A replay supersedes whatever driver and message are still in flight for the transfer."""
+def replay(ctx: StepContext, transaction_ids: list[str], force: bool = False) -> list[dict[str, str]]:
+    """Re-drive pending transfers from their last durable stage; final ones, and ones a live driver
+    holds (unless `force`: it supersedes the driver and message in flight), are reported untouched."""
     report = []
     for transaction_id in transaction_ids:
         with ctx.db.unit_of_work() as session:
             get_transfer(session, transaction_id)  # typed errors for a malformed or unknown id
             tx = load_tx(session, transaction_id)
-            redrive = claim_for_replay(session, tx, ctx.stall_after_s)
+            redrive = claim_for_replay(session, tx, ctx.stall_after_s, force)
             status = tx.status
         if redrive is None:
-            report.append({"transaction_id": transaction_id, "action": "none", "status": status})
+            action = "none" if status != "PENDING" else "none: a live driver holds it (--force supersedes it)"
+            report.append({"transaction_id": transaction_id, "action": action, "status": status})
             continue
         publish_after_commit(ctx, redrive.dispatch)
         report.append({"transaction_id": transaction_id, "action": f"re-driven from {redrive.step}",

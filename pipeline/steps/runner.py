@@ -103,7 +103,7 @@ def _conclude(ctx: StepContext, run: Run, outcome: Outcome) -> StepReport:
             elif outcome.kind is OutcomeKind.RESTART and outcome.step:
                 dispatch = hand_off(session, tx, outcome.step, publish_grace_s=grace)
             elif outcome.kind is OutcomeKind.STALLED:
-                park(tx, grace)
+                park(tx)
             else:
                 release(tx)
             return StepReport(outcome.kind.value, dispatch, tx.stage)
@@ -123,7 +123,7 @@ def _after_error(ctx: StepContext, run: Run, exc: Exception) -> StepReport:
                 return StepReport("held", stage=tx.stage, error=error)
             if run.errors >= budget.max_retries:
                 _exhausted(session, tx, f"{run.step}: retries exhausted: {error}")
-                park(tx, ctx.stall_after_s)
+                park(tx)
                 return StepReport("exhausted", stage=tx.stage, error=error)
             countdown = backoff(budget, run.errors, ctx.max_countdown_s)
             dispatch = hand_off(session, tx, run.step, countdown, run.errors + 1, ctx.stall_after_s)

@@ -129,11 +129,16 @@ class StormThread(threading.Thread):
             began = time.monotonic()
             try:
                 ids = self.pending_ids()
+                # Every pending transfer is offered to replay (only undriven ones are taken), and a
+                # random 5% are taken over by force: a second driver racing a live one.
+                forced = set(random.sample(ids, max(1, len(ids) // 20))) if ids else set()
                 for start in range(0, len(ids), 50):
                     if self.stop_event.is_set():
                         break
-                    report = replay(self.ctx, ids[start:start + 50])
-                    self.redrives += sum(1 for row in report if row.get("action", "none") != "none")
+                    batch = ids[start:start + 50]
+                    report = replay(self.ctx, [i for i in batch if i not in forced])
+                    report += replay(self.ctx, [i for i in batch if i in forced], force=True)
+                    self.redrives += sum(1 for row in report if row.get("action", "").startswith("re-driven"))
                 self.tally["storm-replay-pass"] += 1
             except Exception:  # noqa: BLE001 - broker or database down mid-pass: next second
                 self.errors += 1

@@ -169,7 +169,7 @@ def test_a_dead_drivers_transfer_is_taken_over_by_the_sweeper_once_its_lease_exp
 def test_replay_redrives_from_the_last_durable_stage(stack):
     f = h.funded_wallet(stack, eth="1", usdt="0")
     tx_id = h.record_only(f, "ETH", "0.2")
-    report = replay(h.ctx(), [tx_id])
+    report = replay(h.ctx(), [tx_id], force=True)  # its message is "lost": take over
     assert report[0]["action"] == "re-driven from resolve_source"
     assert h.wait_final([tx_id])[tx_id].status == "CONFIRMED"
     # A final transfer is left alone

@@ -154,3 +154,45 @@ def test_the_cli_the_demo_and_the_stack_do_not_import_each_other() -> None:
             "assert 'workers.cli' not in sys.modules, 'stack/demo import the cli'; print('ok')")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+# -- the worker's supervisor -----------------------------------------------------------------------
+
+def _child(tmp_path: Path, codes: list[int]) -> list[str]:
+    """A child that exits with the next code of `codes` each run (counting runs in a file)."""
+    counter = tmp_path / "runs"
+    script = (f"import pathlib, sys; p = pathlib.Path({str(counter)!r}); n = int(p.read_text()) if p.exists() else 0; "
+              f"p.write_text(str(n + 1)); codes = {codes!r}; sys.exit(codes[min(n, len(codes) - 1)])")
+    return [sys.executable, "-c", script]
+
+
+def test_the_supervisor_restarts_a_child_that_dies_until_it_stops_cleanly(tmp_path: Path) -> None:
+    from workers.supervisor import Supervisor
+
+    supervisor = Supervisor(_child(tmp_path, [1, -9 % 256, 0]), max_delay_s=0.05)
+    assert supervisor.run() == 0
+    assert supervisor.restarts == 2 and (tmp_path / "runs").read_text() == "3"
+
+
+def test_the_supervisor_gives_up_on_a_crash_loop_with_a_failing_exit_code(tmp_path: Path) -> None:
+    from workers.supervisor import Supervisor
+
+    supervisor = Supervisor(_child(tmp_path, [3]), max_quick_failures=2, max_delay_s=0.01)
+    assert supervisor.run() == 3
+    assert (tmp_path / "runs").read_text() == "3"
+
+
+def test_a_signal_stops_the_supervisor_and_its_child(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    code = ("import sys, time; sys.path.insert(0, %r); from workers.supervisor import Supervisor; "
+            "sys.exit(Supervisor([sys.executable, '-c', 'import time; time.sleep(60)']).run())" % str(ROOT))
+    parent = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
+    try:
+        time.sleep(1.5)
+        started = time.monotonic()
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(timeout=20) != 0 and time.monotonic() - started < 10  # the child got SIGTERM too
+    finally:
+        parent.kill()

@@ -23,9 +23,9 @@ RESERVE = DEFAULT_FEE.max_fee
 
 
 def take_over(world: World, tx_id: str) -> None:
-    """A second driver (ops' replay, or the sweeper after the first one's lease expired)."""
+    """A second driver (ops' forced replay, or the sweeper after the first one's lease expired)."""
     with world.db.unit_of_work() as s:
-        assert claim_for_replay(s, load_tx(s, tx_id), 120) is not None
+        assert claim_for_replay(s, load_tx(s, tx_id), 120, force=True) is not None
 
 
 def test_a_late_expired_verdict_never_throws_away_a_live_replacement(world: World) -> None:

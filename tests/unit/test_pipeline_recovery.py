@@ -125,14 +125,17 @@ def test_the_relay_republishes_a_waiting_message_with_the_same_token_and_backs_o
     assert world.tx(tx_id).driver_seq == 1
 
 
-def test_replay_supersedes_the_driver_in_flight_and_refuses_a_final_transfer(world: World) -> None:
+def test_replay_leaves_a_live_driver_alone_unless_forced_and_refuses_a_final_transfer(world: World) -> None:
     alice = world.onboard(balances={"ETH": ETH})
     pending, failed = world.transfer(alice, "0.1"), world.transfer(alice, "5")
     world.run_until(failed, "lock_funds")  # insufficient funds
+    with world.db.unit_of_work() as s:  # its message is on its way: a replay would only compete
+        assert claim_for_replay(s, load_tx(s, pending), 120) is None
     running = world.take("resolve_source", pending)
     with world.db.unit_of_work() as s:
-        redrive = claim_for_replay(s, load_tx(s, pending), 120)
-        assert claim_for_replay(s, load_tx(s, failed), 120) is None
+        assert claim_for_replay(s, load_tx(s, pending), 120) is None  # a step holds its lease
+        redrive = claim_for_replay(s, load_tx(s, pending), 120, force=True)
+        assert claim_for_replay(s, load_tx(s, failed), 120, force=True) is None
     assert redrive is not None and (redrive.stage, redrive.step) == (Stage.RECEIVED, "resolve_source")
     assert redrive.dispatch.seq == running.seq + 1
     assert world.events(pending)[-1].reason == "replayed"

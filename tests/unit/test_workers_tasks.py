@@ -33,6 +33,13 @@ def published(world: World, monkeypatch: pytest.MonkeyPatch) -> list[Dispatch]:
     return sent
 
 
+def sweep_now(world: World, park_s: float) -> list[str]:
+    from pipeline.recovery import claim_stalled
+
+    with world.db.unit_of_work() as s:
+        return [r.transaction_id for r in claim_stalled(s, park_s)]
+
+
 def swap_step(monkeypatch: pytest.MonkeyPatch, name: str, body: Any) -> None:
     monkeypatch.setitem(runner.STEP_FUNCTIONS, name, body)
 
@@ -97,7 +104,8 @@ def test_exhausted_retries_park_the_transfer_for_the_sweeper_with_the_reason(wor
     report = world.deliver("resolve_source", tx_id, errors=runner.RETRY_BUDGETS["resolve_source"].max_retries)
     tx = world.tx(tx_id)
     assert report.result == "exhausted" and report.dispatch is None
-    assert tx.lease_until is not None and tx.held_at is None and "retries exhausted" in tx.last_error
+    assert tx.lease_until is None and tx.held_at is None and "retries exhausted" in tx.last_error
+    assert sweep_now(world, park_s=0) == [tx_id]  # parked: no lease, no message; the sweeper takes it
 
 
 @pytest.mark.parametrize("exc", [ChainMismatch("node serves chain 1"), KeyError("bug")], ids=["config", "bug"])
