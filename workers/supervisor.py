@@ -72,13 +72,14 @@ class Supervisor:
             started = time.monotonic()
             self.child = subprocess.Popen(self.argv, preexec_fn=_die_with_parent)
             code = self.child.wait()
+            code = code if code >= 0 else 128 - code  # killed by signal N: the shell's 128 + N
             if self.stopping or code == 0:
                 return code
             lived = time.monotonic() - started
             quick_failures = quick_failures + 1 if lived < self.healthy_after_s else 1
             if quick_failures > self.max_quick_failures:
                 log.error("worker.crash_loop", exit_code=code, failures=quick_failures - 1)
-                return code if code > 0 else 1
+                return code
             delay = min(self.max_delay_s, 2.0 ** (quick_failures - 1))
             log.warning("worker.restarting", exit_code=code, ran_s=round(lived, 1), delay_s=delay)
             deadline = time.monotonic() + delay
