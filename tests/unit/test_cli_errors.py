@@ -196,3 +196,25 @@ def test_a_signal_stops_the_supervisor_and_its_child(tmp_path: Path) -> None:
         assert parent.wait(timeout=20) != 0 and time.monotonic() - started < 10  # the child got SIGTERM too
     finally:
         parent.kill()
+
+
+def test_error_lines_for_broker_and_driver_errors_are_one_line_and_masked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kombu.exceptions import OperationalError as KombuOperationalError
+    from sqlalchemy.exc import OperationalError
+
+    from pipeline.settings import get_settings
+    from workers.cli import error_line
+
+    monkeypatch.setenv("PARATRO_BROKER_URL", f"redis://:{SECRET_PW}@10.1.2.3:6379/0")
+    get_settings.cache_clear()
+    try:
+        line, code = error_line(KombuOperationalError("Error 111 connecting to 10.1.2.3:6379.\nConnection refused."))
+        assert code == 1 and line.startswith("broker unreachable at redis://***@10.1.2.3:6379/0: ")
+        assert "\n" not in line and SECRET_PW not in line
+        line, code = error_line(OperationalError("SELECT 1", {}, Exception("no such table: clients")))
+        assert (line, code) == ("database schema is not migrated: run `paratro migrate`", 1)
+        line, code = error_line(RuntimeError(f"boom at http://u:{SECRET_PW}@h/x?key={PATH_KEY}\nsecond line"))
+        assert code == 1 and line.startswith("unexpected RuntimeError: boom at http://***@h/x?key=***")
+        assert "--debug" in line and "\n" not in line
+    finally:
+        get_settings.cache_clear()
