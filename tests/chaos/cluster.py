@@ -22,13 +22,17 @@ from devnet.processes import ManagedProcess
 from tests.chaos.proxy import FaultProxy, FaultRates
 
 LAGGING_FAMILIES = {"solana", "tron"}
+MIN_AGE_S = 8.0  # a worker is a kill target once it has been up this long
 
-# Short deadlines so that recovery happens within the run: the sweeper runs every 2 s and
-# re-drives a transfer idle for 10 s; countdowns are capped at 5 s and Redis redelivers an
-# unacknowledged task after 60 s (the app wants the timeout >= 10x the countdown cap).
+# Short deadlines so that recovery happens within the run: the sweeper runs every 2 s and takes
+# over a transfer whose driver's step lease (30 s, the least the app accepts: longer than any RPC,
+# timeout 10 s) ran out; a queued message is published again after 10 s; countdowns are capped at 5 s and
+# Redis redelivers an unacknowledged task after 60 s (the app wants >= 10x the countdown cap).
 PIPELINE_ENV = {
     "PARATRO_SWEEP_INTERVAL_S": "2",
     "PARATRO_STALL_AFTER_S": "10",
+    "PARATRO_STEP_LEASE_S": "30",
+    "PARATRO_RELAY_INTERVAL_S": "2",
     "PARATRO_MAX_COUNTDOWN_S": "5",
     "PARATRO_VISIBILITY_TIMEOUT_S": "60",
     "PARATRO_LOG_JSON": "true",
@@ -170,30 +174,59 @@ class ChaosCluster:
         self.exited += notes
         return notes
 
-    def kill_random_worker(self) -> str:
-        """SIGKILL a random worker: its whole process group (then start a replacement), or one
-        prefork child (its parent forks a new one; the child's task is lost with acks_late)."""
-        alive = [w for w in self.workers if w.process.is_running()]
-        if not alive:
-            self.start_worker()
-            return "no worker alive; started one"
-        victim = self.rng.choice(alive)
-        children = _children(victim.process.pid or 0)
-        if children and self.rng.random() < 0.4:
-            child = self.rng.choice(children)
-            try:
-                os.kill(child, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            return f"child {child} of {victim.name}"
+    def kill_random_worker(self) -> tuple[str, str] | None:
+        """SIGKILL a random worker process among workers up for MIN_AGE_S (a worker killed while it
+        still imports its libraries tests nothing), at one of three levels:
+        - "worker-kill": the whole process group (supervisor, Celery worker, pool), then a
+          replacement starts, as an orchestrator would after a lost machine;
+        - "celery-kill": the Celery worker under `paratro worker`'s supervisor, which restarts it;
+        - "pool-kill": one prefork pool process, which Celery replaces (its task is lost or,
+          with acks_late and reject_on_worker_lost, delivered again).
+        (kind, description), or None when no worker is old enough."""
+        now = time.monotonic()
+        mature = [w for w in self.workers if w.process.is_running() and now - w.started >= MIN_AGE_S]
+        if not mature:
+            return None
+        victim = self.rng.choice(mature)
+        pid = victim.process.pid or 0
+        kids = _children(pid)
+        grandkids = [g for k in kids for g in _children(k)]
+        celery, pool = (kids, grandkids) if grandkids else ([], kids)
+        r = self.rng.random()
+        if r < 0.3 and celery:
+            target = self.rng.choice(celery)
+            _kill(target)
+            victim.started = now  # it starts again under the supervisor
+            return "celery-kill", f"Celery worker {target} of {victim.name} (its supervisor restarts it)"
+        if r < 0.65 and pool:
+            target = self.rng.choice(pool)
+            _kill(target)
+            return "pool-kill", f"pool process {target} of {victim.name}"
         try:
-            os.killpg(victim.process.pid or 0, signal.SIGKILL)
+            os.killpg(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         victim.process.stop(grace=0)
         self.workers.remove(victim)
         replacement = self.start_worker()
-        return f"{victim.name} (replaced by {replacement.name})"
+        return "worker-kill", f"{victim.name} (replaced by {replacement.name})"
+
+    def wait_ready(self, timeout: float = 90.0) -> float:
+        """Until every worker answers a ping (seconds waited); the fault phase starts on a warm cluster."""
+        from workers.app import app
+
+        began = time.monotonic()
+        wanted = {w.name for w in self.workers}
+        while time.monotonic() - began < timeout:
+            try:
+                replies = app.control.ping(timeout=1.0)
+            except Exception:  # noqa: BLE001 - broker not reachable yet
+                replies = []
+            answered = {name.split("@", 1)[0] for reply in replies for name in reply}
+            if wanted <= answered:
+                break
+            time.sleep(0.5)
+        return time.monotonic() - began
 
     def ensure_workers(self) -> None:
         while len(self.workers) < self.worker_count:
@@ -224,10 +257,16 @@ class ChaosCluster:
 
     # -- stop ----------------------------------------------------------------------------------
     def stop_processes(self) -> None:
-        for worker in self.workers:
-            worker.process.stop(grace=5.0)
-        if self.beat is not None:
-            self.beat.stop(grace=3.0)
+        """SIGTERM every worker and beat at once (warm shutdown in parallel), then reap each."""
+        processes = [worker.process for worker in self.workers] + ([self.beat] if self.beat is not None else [])
+        for process in processes:
+            if process.is_running():
+                try:
+                    os.killpg(process.pid or 0, signal.SIGTERM)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        for process in processes:
+            process.stop(grace=5.0)
 
     def stop(self) -> None:
         """Workers and beat first (they use everything else), then proxies, nodes, redis, database."""
@@ -248,6 +287,13 @@ class ChaosCluster:
                     os.killpg(proc.pid, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
                     pass
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _children(pid: int) -> list[int]:

@@ -1,8 +1,9 @@
 """When each fault happens, and the tally of every fault injected (the K of the last line).
 
 The schedule, relative to the start of the fault phase (the first submission):
-- SIGKILL a random worker every 2-4 s (its whole process group, then a replacement starts; or one
-  prefork child, which its parent replaces): the task it ran is lost or redelivered;
+- SIGKILL a random worker process every 2-4 s (cluster.kill_random_worker: a whole worker, then a
+  replacement starts; the Celery worker under its supervisor; or one prefork pool process): the
+  task it ran is lost or redelivered;
 - restart redis-server twice (every queued message is lost: only the sweeper can recover);
 - terminate every PostgreSQL backend of the pipeline's database every 5-9 s (SQLite: none);
 - a driver storm: for `storm_s` seconds, beat runs the sweeper every second and `paratro replay`
@@ -69,8 +70,9 @@ class Chaos:
     def tick(self, now: float) -> None:
         s = self.schedule
         if now >= s.next_kill:
-            what = self.cluster.kill_random_worker()
-            self.tally["worker-child-kill" if what.startswith("child") else "worker-kill"] += 1
+            killed = self.cluster.kill_random_worker()
+            if killed is not None:
+                self.tally[killed[0]] += 1
             s.next_kill = now + self.rng.uniform(2.0, 4.0)
         if s.redis_restarts and now >= s.redis_restarts[0]:
             s.redis_restarts.pop(0)

@@ -5,7 +5,7 @@ behind. Such a node is *consistent*: it answers as the whole chain looked L seco
 head, an old context slot, "not found" for what came later). This module gives a proxy that view:
 
 - every answer to a read request that passes through is recorded (request -> answer, time), and
-  a poller records the node's heads every 0.2 s;
+  a poller records the node's heads every 0.5 s;
 - asked to lag a read, it serves the newest recorded answer to the same request that is at least
   L seconds old (and at most L + MAX_EXTRA_S: older than that it forwards instead);
 - with no such answer, a lookup gets the "has not seen it yet" answer of a node at the head of
@@ -26,7 +26,7 @@ import http.client
 import json
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -34,7 +34,7 @@ from tests.chaos.proxy import Upstream
 
 MAX_EXTRA_S = 20.0  # an answer older than L + this is too stale even for a lagging node
 KEEP_S = 60.0
-POLL_S = 0.2
+POLL_S = 0.5
 
 Forward = Callable[[str, bytes], tuple[int, bytes]]
 
@@ -71,11 +71,10 @@ class RecordStore:
 class Lagger:
     """Base: a record store, a head poller and the lag L of this view."""
 
-    poll_requests: tuple[tuple[str, Any], ...] = ()  # (path, body) asked every POLL_S
-
     def __init__(self, lag_s: float) -> None:
         self.lag_s = lag_s
         self.store = RecordStore()
+        self.kinds: Counter[str] = Counter()  # lagged answers served: "old" (recorded), "unseen" (synthesized)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.upstream_url = ""
@@ -207,6 +206,7 @@ class SolanaLag(Lagger):
         method, params, ident = request["method"], request.get("params", []), request.get("id")
         old = self.store.aged(self._key(method, params), self.lag_s)
         if old is not None:
+            self.kinds["old"] += 1
             return self._reply(ident, old)
         if method not in SOLANA_LOOKUPS:
             return None  # heads and balances without an old enough answer: the live node answers
@@ -229,12 +229,14 @@ class SolanaLag(Lagger):
                 return None
             if all(entry is None or (isinstance(entry, dict) and isinstance(entry.get("slot"), int)
                                      and entry["slot"] > processed) for entry in value):
+                self.kinds["unseen"] += 1
                 return self._reply(ident, {"context": {"slot": processed, "apiVersion": API_VERSION},
                                            "value": [None] * len(value)})
             return data  # the old head had seen it: a lagging node answers as the live one
         if method == "getTransaction":
             if result is None or (isinstance(result, dict) and isinstance(result.get("slot"), int)
                                   and result["slot"] > processed):
+                self.kinds["unseen"] += 1
                 return self._reply(ident, None)
             return data
         return None
@@ -251,6 +253,7 @@ class SolanaLag(Lagger):
             return None  # a blockhash we never saw issued: no consistent old answer to give
         made = last_valid - self.blockhash_max_age
         valid = made <= processed and at_commitment <= last_valid
+        self.kinds["old" if made <= processed else "unseen"] += 1
         return self._reply(ident, {"context": {"slot": at_commitment, "apiVersion": API_VERSION}, "value": valid})
 
     @staticmethod
@@ -319,6 +322,7 @@ class TronLag(Lagger):
             return None
         old = self.store.aged(self._key(route, parsed), self.lag_s)
         if old is not None:
+            self.kinds["old"] += 1
             return json.dumps(old).encode()
         if route in TRON_HEADS:
             return None
@@ -328,7 +332,10 @@ class TronLag(Lagger):
             return None
         if route == "/wallet/getblockbynum":
             num = parsed.get("num", 0)
-            return b"{}" if isinstance(num, int) and num > head else None
+            if isinstance(num, int) and num > head:
+                self.kinds["unseen"] += 1
+                return b"{}"
+            return None
         if route in TRON_INFO or route in TRON_TX:
             info_path = ("/walletsolidity" if solid else "/wallet") + "/gettransactioninfobyid"
             status, data = forward(info_path, json.dumps(parsed).encode())
@@ -339,6 +346,7 @@ class TronLag(Lagger):
                 return None
             number = info.get("blockNumber")
             if not info or (isinstance(number, int) and number > head):
+                self.kinds["unseen"] += 1
                 return b"{}"
             return data if route in TRON_INFO else None  # seen by the old head too: the live answer
         return None

@@ -149,8 +149,7 @@ class FaultProxy:
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> "FaultProxy":
         handler = type("Handler", (_Handler,), {"proxy": self})
-        self._server = ThreadingHTTPServer((LOOPBACK, 0), handler)
-        self._server.daemon_threads = True
+        self._server = _Server((LOOPBACK, 0), handler)
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
                                         name=f"proxy-{self.name}", daemon=True)
         self._thread.start()
@@ -173,6 +172,17 @@ class FaultProxy:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up (a killed worker, a timed-out call) is no news; anything else is."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -56,6 +56,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--lag", type=float, default=FaultRates.lag, help="share of Solana/TRON reads from the lagging view")
     parser.add_argument("--deadline", type=float, default=None, help="global limit in seconds (default 240 + 1.2 N)")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--inject-double", action="store_true",
+                        help="self-test: before the checks, pay one confirmed transfer's destination again from the "
+                             "devnet faucet; the verdict must show 1 doubled and exit 1")
     args = parser.parse_args(argv)
     if args.transfers < 2 * len(CHAINS):
         parser.error(f"--transfers must be at least {2 * len(CHAINS)}")
@@ -122,6 +125,7 @@ def run(args: argparse.Namespace, cluster: ChaosCluster, clock: Clock, workdir: 
     log(f"chaos: {args.transfers} transfers on {args.db}, {args.workers} workers x {args.concurrency}, "
         f"{args.wallets} source wallets, seed {args.seed}; work folder {workdir}")
     cluster.start(log)
+    cluster.start_processes()  # they warm up (imports, connections) while the wallets are funded
 
     from chains import get_adapter
     from pipeline import onboarding
@@ -146,7 +150,8 @@ def run(args: argparse.Namespace, cluster: ChaosCluster, clock: Clock, workdir: 
     log(f"funded {args.wallets} wallets on {len(CHAINS)} chains; planned {len(planned)} transfers "
         f"({fault_breakdown(failures) or 'no failures'} expected to fail), {len(repeats)} idempotency-key repeats")
 
-    cluster.start_processes()
+    waited = cluster.wait_ready()
+    log(f"{len(cluster.workers)} workers and beat up ({waited:.1f} s more for every worker to answer a ping)")
     ids = lambda: [item.transaction_id for item in planned if item.transaction_id]  # noqa: E731
 
     def pending_ids() -> list[str]:
@@ -203,6 +208,8 @@ def run(args: argparse.Namespace, cluster: ChaosCluster, clock: Clock, workdir: 
     # --- verdict -----------------------------------------------------------------------------
     cluster.stop_processes()  # nothing moves while we look
     time.sleep(2.0 * args.block_time + 1.0)  # let the last blocks settle (finalized reads on solana)
+    if args.inject_double:
+        _inject_double(ctx, cluster, workload, log)
     log("checking: outcomes, destination balances on every devnet, ledger vs devnet, locks, events")
     verdict: Verdict = check_all(ctx, workload, adapter)
     faults = chaos.tally + sum((proxy.snapshot() for proxy in cluster.proxies.values()), Counter())
@@ -220,13 +227,21 @@ def run(args: argparse.Namespace, cluster: ChaosCluster, clock: Clock, workdir: 
     rpc_calls = sum(proxy.requests for proxy in cluster.proxies.values())
     lines.append(f"faults: {fault_breakdown(faults)} (of {rpc_calls} RPC calls; {chaos.backends_terminated} "
                  f"database backends terminated; submissions retried {submitter.retries} times)")
+    lagging = [f"{chain} {proxy.lagger.lag_s} s behind ({proxy.lagger.kinds['old']} old answers, "
+               f"{proxy.lagger.kinds['unseen']} not yet seen)" for chain, proxy in cluster.proxies.items() if proxy.lagger]
+    if lagging:
+        lines.append(f"lagging views: {'; '.join(lagging)}")
     lines.append(stats.line())
     lines.append(last_line(verdict, sum(faults.values())))
     return (0 if not verdict.violations else 1), lines
 
 
 class Progress:
-    """A progress line every few seconds: final / pending by stage, faults so far."""
+    """A progress line every few seconds: final / pending by stage, faults so far; and, when a few
+    transfers stay pending for a while, which ones and where (the tail is where bugs hide)."""
+
+    COUNT_EVERY_S = 1.0
+    STRAGGLERS_AFTER_S = 20.0
 
     def __init__(self, ctx: Any, client_id: str, cluster: ChaosCluster, chaos: Chaos, submitter: Submitter,
                  total: int, log: Callable[[str], None]) -> None:
@@ -234,7 +249,10 @@ class Progress:
         self.total = total
         self.log = log
         self.next = 0.0
+        self.next_count = 0.0
         self.last: dict[str, int] | None = None
+        self.pending_since: tuple[int, float] = (-1, 0.0)
+        self.next_stragglers = 0.0
 
     def counts(self) -> dict[str, int] | None:
         stages = _retry(lambda: count_transfers(self.ctx, self.client_id), attempts=1)
@@ -245,18 +263,42 @@ class Progress:
         return {"final": final, "pending": total - final, "total": total, **stages}
 
     def maybe(self, now: float, force: bool = False) -> dict[str, int] | None:
-        counts = self.counts()
-        if counts is not None:
-            self.last = counts
+        if force or now >= self.next_count:
+            self.next_count = now + self.COUNT_EVERY_S
+            counts = self.counts()
+            if counts is not None:
+                self.last = counts
+        c = self.last
         if force or now >= self.next:
             self.next = now + PROGRESS_EVERY_S
-            c = self.last or {"final": 0, "pending": 0, "total": 0}
+            shown = c or {"final": 0, "pending": 0, "total": 0}
             faults = sum(self.chaos.tally.values()) + sum(sum(p.snapshot().values()) for p in self.cluster.proxies.values())
-            stages = stage_summary(c)
-            self.log(f"submitted {self.submitter.done}/{self.total}, final {c['final']} "
-                     f"(confirmed {c.get('CONFIRMED', 0)}, failed {c.get('FAILED', 0)}), pending {c['pending']}"
+            stages = stage_summary(shown)
+            self.log(f"submitted {self.submitter.done}/{self.total}, final {shown['final']} "
+                     f"(confirmed {shown.get('CONFIRMED', 0)}, failed {shown.get('FAILED', 0)}), pending {shown['pending']}"
                      f"{' [' + stages + ']' if stages else ''}; faults {faults}; workers {len(self.cluster.workers)}")
-        return counts
+        if c is not None:
+            if c["pending"] != self.pending_since[0]:
+                self.pending_since = (c["pending"], now)
+            elif 0 < c["pending"] <= 5 and now - self.pending_since[1] >= self.STRAGGLERS_AFTER_S \
+                    and now >= self.next_stragglers:
+                self.next_stragglers = now + 30.0
+                for row in _retry(lambda: stragglers(self.ctx, self.client_id), attempts=1) or []:
+                    self.log(f"  still pending: {row}")
+        return c
+
+
+def stragglers(ctx: Any, client_id: str) -> list[str]:
+    from sqlalchemy import select
+
+    from pipeline.models import Transaction
+
+    with ctx.db.unit_of_work() as session:
+        rows = session.scalars(select(Transaction).where(Transaction.client_id == client_id,
+                                                         Transaction.status == "PENDING")).all()
+        return [f"{t.transaction_id} {t.chain} {t.token_symbol} at {t.stage} since {t.stage_changed_at:%H:%M:%S}"
+                f"{' held' if t.held_at else ''}, {t.broadcast_count} broadcasts, {t.replacement_count} replacements; "
+                f"last error: {(t.last_error or '-')[:160]}" for t in rows]
 
 
 def _wait_final(progress: Progress, cluster: ChaosCluster, until: float, log: Callable[[str], None]) -> None:
@@ -269,6 +311,23 @@ def _wait_final(progress: Progress, cluster: ChaosCluster, until: float, log: Ca
             return
         time.sleep(0.5)
     progress.maybe(time.monotonic(), force=True)
+
+
+def _inject_double(ctx: Any, cluster: ChaosCluster, workload: Workload, log: Callable[[str], None]) -> None:
+    """The harness's self-test: value moved a second time outside the pipeline must be caught."""
+    from sqlalchemy import select
+
+    from pipeline.models import Transaction
+
+    with ctx.db.unit_of_work() as session:
+        confirmed = set(session.scalars(select(Transaction.transaction_id).where(
+            Transaction.client_id == workload.client_id, Transaction.status == "CONFIRMED")))
+    for item in workload.planned:
+        if item.transaction_id in confirmed:
+            token = ctx.registry.chain(item.chain).token(item.symbol)
+            cluster.nodes[item.chain].fund(item.to_address, token, item.base_units)  # type: ignore[attr-defined]
+            log(f"self-test: paid {item.transaction_id}'s destination {item.amount} {item.symbol} on {item.chain} again")
+            return
 
 
 def _retry(fn: Callable[[], Any], attempts: int = 5) -> Any:
