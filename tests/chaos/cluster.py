@@ -121,7 +121,10 @@ class ChaosCluster:
         from workers.stack import activate
 
         activate(self.env)
-        from workers.cli import install_schema
+        try:
+            from workers.schema import install_schema
+        except ImportError:  # older layout
+            from workers.cli import install_schema  # type: ignore[no-redef]
 
         install_schema()
 

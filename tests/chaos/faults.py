@@ -6,8 +6,9 @@ The schedule, relative to the start of the fault phase (the first submission):
   task it ran is lost or redelivered;
 - restart redis-server twice (every queued message is lost: only the sweeper can recover);
 - terminate every PostgreSQL backend of the pipeline's database every 5-9 s (SQLite: none);
-- a driver storm: for `storm_s` seconds, beat runs the sweeper every second and `paratro replay`
-  re-drives every pending transfer every second, so several drivers race for each transfer;
+- a driver storm: for `storm_s` seconds, beat runs the sweeper every second, and every second
+  `paratro replay` is offered every pending transfer (it takes the ones no live driver holds) and
+  `paratro replay --force` a random 5% of them (a second driver racing a live one);
 - all the while, the fault proxies delay, drop, time out and (Solana, TRON) lag RPC calls.
 """
 
@@ -92,8 +93,8 @@ class Chaos:
             self.cluster.start_beat(1.0)
             self._storm = StormThread(self.ctx, self.pending_ids, self.tally)
             self._storm.start()
-            self.say(f"fault: driver storm for {s.storm_s:.0f} s (sweeper every 1 s, replay of every pending "
-                     "transfer every 1 s)")
+            self.say(f"fault: driver storm for {s.storm_s:.0f} s (sweeper every 1 s; every 1 s, replay of every "
+                     "pending transfer and replay --force of 5%)")
         if self._storm is not None and now >= s.storm_end:
             self.stop_storm()
 
@@ -125,7 +126,12 @@ class StormThread(threading.Thread):
         self.errors = 0
 
     def run(self) -> None:
+        import inspect
+
         from workers.services import replay
+
+        # `force` supersedes a live driver; a pipeline without it (older) re-drives every transfer anyway
+        self.force = {"force": True} if "force" in inspect.signature(replay).parameters else {}
 
         while not self.stop_event.is_set():
             began = time.monotonic()
@@ -139,7 +145,7 @@ class StormThread(threading.Thread):
                         break
                     batch = ids[start:start + 50]
                     report = replay(self.ctx, [i for i in batch if i not in forced])
-                    report += replay(self.ctx, [i for i in batch if i in forced], force=True)
+                    report += replay(self.ctx, [i for i in batch if i in forced], **self.force)
                     self.redrives += sum(1 for row in report if row.get("action", "").startswith("re-driven"))
                 self.tally["storm-replay-pass"] += 1
             except Exception:  # noqa: BLE001 - broker or database down mid-pass: next second
