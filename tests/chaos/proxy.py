@@ -47,7 +47,7 @@ class FaultRates:
     delay: float = 0.06
     drop: float = 0.02
     timeout: float = 0.003
-    lag: float = 0.3  # share of eligible reads answered by the lagging view (lag-enabled proxies only)
+    lag: float = 0.5  # share of eligible reads answered by the lagging view (lag-enabled proxies only)
     delay_s: tuple[float, float] = (0.05, 1.5)
     hold_s: tuple[float, float] = (10.5, 11.5)  # just past the clients' 10 s RPC timeout
 
