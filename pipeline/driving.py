@@ -88,14 +88,21 @@ def take(session: Session, transaction_id: str, seq: int | None, step: str, leas
     """Pick up a message: the run gets the next token and a lease, or None if it was superseded
     (or the transfer is final or held by ops)."""
     tx = load_tx(session, transaction_id)
-    if seq is None or tx.driver_seq != seq or tx.status != Status.PENDING.value or tx.held_at is not None:
+    if tx.status != Status.PENDING.value or tx.held_at is not None:
+        _drop_step_messages(session, transaction_id)  # nobody drives it: nothing left to publish
+        return None
+    if seq is None or tx.driver_seq != seq:
         return None
     tx.driver_seq += 1
     tx.lease_until = utcnow() + timedelta(seconds=lease_s)
     tx.heartbeat_at = utcnow()
+    _drop_step_messages(session, transaction_id)
+    return Run(transaction_id, step, tx.driver_seq)
+
+
+def _drop_step_messages(session: Session, transaction_id: str) -> None:
     session.execute(delete(OutboxMessage).where(OutboxMessage.transaction_id == transaction_id,
                                                 OutboxMessage.kind == "step"))
-    return Run(transaction_id, step, tx.driver_seq)
 
 
 def load_held(session: Session, run: Run, attempt: Attempt | None = None) -> Transaction:

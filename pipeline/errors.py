@@ -13,6 +13,7 @@
     ├── ConfigurationError           the deployment is misconfigured: settings, registry, schema, keys
     │   └── SchemaNotMigrated        the database lacks the pipeline's tables: run `paratro migrate`
     ├── Superseded                   another driver took the transfer over: write nothing, pass nothing on
+    ├── ReplacementLimit             expiry after expiry: hold the transfer for ops instead of re-signing again
     └── TransientError               try again later: DB locked, RPC down, signer busy (transient)
         ├── DatabaseUnavailable      the database cannot be reached or is busy
         └── UnprovenRejection        a send was refused without proof it cannot land: retry, then hold
@@ -65,6 +66,11 @@ class LimitExceeded(PipelineError):
 
 class Superseded(PipelineError):
     """The run no longer holds the transfer's fencing token (or what it read has changed)."""
+
+
+class ReplacementLimit(PipelineError):
+    """The transfer was re-signed after expiry too many times (every signing refused or unsent):
+    held for ops, with its locks, instead of signing forever."""
 
 
 class TransientError(PipelineError):

@@ -34,7 +34,8 @@ def _refuse_negative(amounts: Iterable[int]) -> None:
 def load_for_update(session: Session, asset_ids: Iterable[str]) -> dict[str, Asset]:
     """Lock the assets' rows in id order and return them by id."""
     ids = sorted(set(asset_ids))
-    rows = session.scalars(select(Asset).where(Asset.asset_id.in_(ids)).order_by(Asset.asset_id).with_for_update())
+    rows = session.scalars(select(Asset).where(Asset.asset_id.in_(ids)).order_by(Asset.asset_id).with_for_update()
+                           .execution_options(populate_existing=True))
     assets = {asset.asset_id: asset for asset in rows}
     missing = set(ids) - set(assets)
     if missing:

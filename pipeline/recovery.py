@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import and_, exists, or_, select
+from sqlalchemy import and_, delete, exists, or_, select
 from sqlalchemy.orm import Session
 
 from pipeline.driving import Dispatch, due_outbox, is_driven, redrive, release
@@ -36,7 +36,7 @@ def claim_stalled(session: Session, park_s: float, limit: int = 500) -> list[Red
     (no lease, no message) has waited `park_s`. A transfer with a message on its way (an outbox
     row) is not touched: the relay looks after its message."""
     now = utcnow()
-    waiting = exists().where(OutboxMessage.transaction_id == Transaction.transaction_id)
+    waiting = exists().where(OutboxMessage.transaction_id == Transaction.transaction_id, OutboxMessage.kind == "step")
     parked = and_(Transaction.lease_until.is_(None), Transaction.heartbeat_at < now - timedelta(seconds=park_s))
     rows = session.scalars(
         select(Transaction)
@@ -77,6 +77,8 @@ def hold(session: Session, tx: Transaction, error: str) -> None:
     tx.held_at = utcnow()
     tx.last_error = error[:1000]
     release(tx)
+    session.execute(delete(OutboxMessage).where(OutboxMessage.transaction_id == tx.transaction_id,
+                                                OutboxMessage.kind == "step"))
     record_note(session, tx, "held", tx.last_error)
 
 

@@ -96,9 +96,9 @@ def lock_funds(ctx: StepContext, run: Run) -> Outcome:
         tx = load_held(session, run)
         if stage_of(tx) is not Stage.DESTINATION_VALID:
             return Outcome.of(OutcomeKind.NOOP, tx)
-        asset = session.get(Asset, tx.asset_id, populate_existing=True)
+        asset = session.get(Asset, tx.asset_id, with_for_update=True, populate_existing=True) if tx.asset_id else None
         if asset is None or asset.available < tx.amount:
-            # Decided on the row this run holds locked: no other driver can have moved it meanwhile.
+            # Decided under the transfer's and the asset's row locks (transfer first, as ledger.lock).
             fail(session, tx, FailureReason.INSUFFICIENT_FUNDS,
                  f"available {asset.available if asset else 0} < amount {tx.amount} base units")
             return Outcome.of(OutcomeKind.FINAL, tx)

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from chains.errors import ChainError
 from pipeline.driving import Dispatch, Run, hand_off, hand_to_stage, load_held, park, release, take
 from pipeline.errors import NotFound, PipelineError, Superseded, UnprovenRejection
-from pipeline.lifecycle import record_note
+from pipeline.lifecycle import is_final, record_note
 from pipeline.models import Transaction
 from pipeline.recovery import hold
 from pipeline.steps import STEP_FUNCTIONS
@@ -98,8 +98,8 @@ def _conclude(ctx: StepContext, run: Run, outcome: Outcome) -> StepReport:
             if outcome.kind in (OutcomeKind.ADVANCED, OutcomeKind.NOOP):
                 dispatch = hand_to_stage(session, tx, grace)
             elif outcome.kind is OutcomeKind.WAIT:
-                countdown = min(outcome.countdown, ctx.max_countdown_s)
-                dispatch = hand_off(session, tx, run.step, countdown, run.errors, grace)
+                countdown = min(outcome.countdown, ctx.max_countdown_s)  # a poll that worked: errors start over
+                dispatch = hand_off(session, tx, run.step, countdown, 0, grace)
             elif outcome.kind is OutcomeKind.RESTART and outcome.step:
                 dispatch = hand_off(session, tx, outcome.step, publish_grace_s=grace)
             elif outcome.kind is OutcomeKind.STALLED:
@@ -118,6 +118,9 @@ def _after_error(ctx: StepContext, run: Run, exc: Exception) -> StepReport:
     try:
         with ctx.db.unit_of_work() as session:
             tx = load_held(session, run)
+            if is_final(tx):  # the step's final commit landed though its acknowledgement was lost
+                release(tx)
+                return StepReport("final", stage=tx.stage, error=error)
             if not is_transient(exc) or (isinstance(exc, UnprovenRejection) and run.errors >= budget.max_retries):
                 hold(session, tx, f"{run.step}: {error}")
                 return StepReport("held", stage=tx.stage, error=error)

@@ -18,7 +18,7 @@ from chains.base import ChainAdapter, SignedTransaction, TxState, TxStatus
 from chains.errors import TransactionRejected
 from pipeline import ledger
 from pipeline.driving import Attempt, Run, load_held
-from pipeline.errors import UnprovenRejection
+from pipeline.errors import ReplacementLimit, UnprovenRejection
 from pipeline.lifecycle import advance, record_note, stage_of
 from pipeline.models import Transaction, utcnow
 from pipeline.stages import FailureReason, Stage
@@ -81,15 +81,30 @@ def _refused(ctx: StepContext, run: Run, attempt: Attempt, adapter: ChainAdapter
         return Outcome(OutcomeKind.WAIT, Stage(attempt.stage), _poll_s(ctx, adapter))
     if status.state is TxState.EXPIRED and exc.reason == FailureReason.EXPIRED.value:
         return _replace(ctx, run, attempt, f"refused as expired and proven not on chain: {exc.detail}")
-    if status.state is TxState.EXPIRED or adapter.proves_unlandable(signed):
+    if status.state is TxState.EXPIRED or (_first_send(ctx, run, attempt) and adapter.proves_unlandable(signed)):
         detail = f"{exc.detail} (proven: the transaction cannot land)"
         return fail_at(ctx, run, attempt, failure_reason(exc.reason), detail, nonce_unused=not exc.nonce_consumed)
     raise UnprovenRejection(f"send refused ({exc.reason}: {exc.detail[:200]}) without proof it cannot land")
 
 
+def _first_send(ctx: StepContext, run: Run, attempt: Attempt) -> bool:
+    """Whether this refusal answers the only send ever attempted. Once one send may have been
+    accepted (a later attempt, a reply lost, a rebroadcast) the bytes can sit in mempools this
+    node does not see, and "not landed yet" is no proof that they never will: hold instead."""
+    if Stage(attempt.stage) is not Stage.SIGNED:
+        return False
+    with ctx.db.unit_of_work() as session:
+        return load_held(session, run, attempt).send_attempts == 1
+
+
+MAX_REPLACEMENTS = 5  # a transfer whose every signing expires unsent is refused for a reason of its own
+
+
 def _replace(ctx: StepContext, run: Run, attempt: Attempt, detail: str) -> Outcome:
     with ctx.db.unit_of_work() as session:
         tx = load_held(session, run, attempt)
+        if tx.replacement_count >= MAX_REPLACEMENTS:
+            raise ReplacementLimit(f"{tx.replacement_count} replacements expired unsent; last: {detail}"[:500])
         replace_expired(session, tx, detail)
         return Outcome(OutcomeKind.RESTART, Stage.FUNDS_LOCKED, step="request_signature")
 
@@ -124,6 +139,8 @@ def confirm(ctx: StepContext, run: Run) -> Outcome:
                         detail=f"block {tx.block_number} {tx.block_hash} left the canonical chain")
                 tx.block_number, tx.block_hash, tx.confirmations = None, None, 0
             if status.state is TxState.EXPIRED:
+                if tx.replacement_count >= MAX_REPLACEMENTS:
+                    raise ReplacementLimit(f"{tx.replacement_count} replacements expired without landing")
                 replace_expired(session, tx, "proven: past its validity and not on chain")
                 return Outcome(OutcomeKind.RESTART, Stage.FUNDS_LOCKED, step="request_signature")
             # A dropped transaction is sent again (same bytes) even after the timeout: a re-drive by

@@ -11,6 +11,7 @@ from chains.errors import TransactionRejected
 from sqlalchemy import select
 
 from pipeline.errors import UnprovenRejection
+from pipeline.steps.runner import RETRY_BUDGETS
 from pipeline.models import ReleasedNonce, Transaction, utcnow
 from pipeline.steps import OutcomeKind
 from pipeline.stages import Stage
@@ -150,25 +151,27 @@ def test_given_a_refused_rebroadcast_without_proof_then_it_is_retried_never_igno
     # Then the step raises a retryable error (the runner retries, then holds): nothing is released
     with pytest.raises(UnprovenRejection):
         world.step("confirm", tx_id)
-    assert adapter.unlandable_calls == [world.tx(tx_id).tx_hash]
     assert world.tx(tx_id).stage == "BROADCAST"
     assert world.balances(alice, "ETH") == (ETH, ETH // 10 + RESERVE)
 
 
-def test_given_a_refused_rebroadcast_proven_unlandable_then_failed_and_everything_released(world: World) -> None:
+def test_given_a_refused_rebroadcast_then_not_landed_yet_is_no_proof_and_nothing_is_released(world: World) -> None:
+    # Given a broadcast transaction evicted from this node's mempool during a fee spike: other
+    # mempools may still hold it, so "hash unknown, nonce still ours" proves nothing any more
     alice, tx_id = broadcast_transfer(world)
     adapter = world.adapter()
     adapter.statuses = [NOT_FOUND]
-    adapter.unlandable = True  # e.g. EVM: our hash unknown and the account nonce still at ours
-    adapter.broadcast_errors = [TransactionRejected("insufficient_funds_for_fee", "insufficient funds for gas")]
+    adapter.unlandable = True
+    adapter.broadcast_errors = [TransactionRejected("rejected_by_node", "max fee per gas less than block base fee")]
     world.edit(tx_id, long_ago(10, "last_broadcast_at"))
-    outcome = world.step("confirm", tx_id)
-    assert (outcome.kind, outcome.stage) == (OutcomeKind.FINAL, Stage.FAILED)
-    assert world.tx(tx_id).failure_reason == "insufficient_funds_for_fee"
-    assert world.balances(alice, "ETH") == (ETH, 0)
-    nonce = world.tx(tx_id).nonce
-    with world.db.unit_of_work() as s:  # the nonce never landed: the next transfer reuses it
-        assert s.scalar(select(ReleasedNonce.nonce)) == nonce
+    # When it is sent again and refused, then the retries run out
+    report = world.deliver("confirm", tx_id, errors=RETRY_BUDGETS["confirm"].max_retries)
+    # Then it is held with its locks and nonce: never FAILED
+    tx = world.tx(tx_id)
+    assert report.result == "held" and (tx.status, tx.stage) == ("PENDING", "BROADCAST")
+    assert world.balances(alice, "ETH") == (ETH, ETH // 10 + RESERVE)
+    with world.db.unit_of_work() as s:
+        assert s.scalar(select(ReleasedNonce.nonce)) is None
 
 
 def test_given_a_reverted_tx_at_depth_then_failed_reverted_with_only_the_fee_debited(world: World) -> None:

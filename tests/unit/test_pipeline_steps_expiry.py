@@ -176,3 +176,20 @@ def test_a_pending_or_unknown_transaction_is_never_replaced(world: World) -> Non
     tx = world.tx(tx_id)
     assert (tx.stage, tx.replacement_count, tx.signature_request_id) == ("BROADCAST", 0, f"{tx_id}.0")
     assert len(world.adapter().built) == 1
+
+
+def test_expiry_after_expiry_is_held_for_ops_after_the_replacement_limit(world: World) -> None:
+    # Given a transfer whose every signed transaction expires unsent (refused each time)
+    from pipeline.steps.settlement import MAX_REPLACEMENTS
+
+    alice, tx_id = in_flight(world, "request_signature")
+    world.edit(tx_id, lambda tx: setattr(tx, "replacement_count", MAX_REPLACEMENTS))
+    adapter = world.adapter()
+    adapter.broadcast_errors = [TransactionRejected("expired", "TRANSACTION_EXPIRATION_ERROR")]
+    adapter.statuses = [EXPIRED]
+    # When it expires once more
+    report = world.deliver("broadcast", tx_id)
+    # Then it is held with its locks, not signed again
+    tx = world.tx(tx_id)
+    assert report.result == "held" and "ReplacementLimit" in tx.last_error
+    assert (tx.stage, tx.replacement_count, tx.status) == ("SIGNED", MAX_REPLACEMENTS, "PENDING")

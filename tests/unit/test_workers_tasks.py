@@ -159,3 +159,23 @@ def test_when_the_broker_is_down_the_dispatch_waits_in_the_outbox_due_now(world:
     from pipeline.recovery import due_messages
     with world.db.unit_of_work() as s:
         assert due_messages(s, 2, 120) == [Dispatch(first.transaction_id, "resolve_source", 1)]
+
+
+def test_a_lost_acknowledgement_of_a_final_commit_leaves_no_message_behind(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a step whose FAILED commit landed, then the database connection dropped (a transient error)
+    from pipeline.errors import DatabaseUnavailable
+    from pipeline.steps.prepare import resolve_source
+
+    alice = world.onboard(balances={"ETH": ETH})
+    tx_id = world.transfer(alice, "0.1", from_address="0x" + "99" * 20)
+
+    def commits_then_loses_the_ack(ctx: Any, run: Any) -> Outcome:
+        resolve_source(ctx, run)
+        raise DatabaseUnavailable("database connection lost")
+
+    swap_step(monkeypatch, "resolve_source", commits_then_loses_the_ack)
+    report = world.deliver("resolve_source", tx_id)
+    # Then no retry is handed out for a final transfer, and nothing waits in the outbox
+    assert (report.result, report.dispatch) == ("final", None)
+    with world.db.unit_of_work() as s:
+        assert s.scalars(select(OutboxMessage)).all() == []
