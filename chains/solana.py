@@ -11,17 +11,27 @@ decisions that need a node:
   tokens short -> TransactionRejected("insufficient_funds"), SOL short of the fee and rent ->
   "insufficient_funds_for_fee";
 - expiry instead of nonces: a transaction is tied to a recent blockhash (`build_context`) and can
-  only land in a block whose height is at most its `last_valid_block_height` (stored in the build
-  context, `SignedTransaction.context`). It is EXPIRED only on proof, asked in this order: (a) the
-  node's block height at the registry commitment (`getEpochInfo`: `blockHeight`, `absoluteSlot`)
-  is past the last valid block height, so every block that could hold it is already at that
-  commitment; then (b) `getSignatureStatuses` with history search says the signature is unknown,
-  answered by a node whose `context.slot` is at least the slot seen in (a), so it has every block
-  that could hold it. A lagging node cannot fool this: a node behind says a lower height in (a)
-  (no proof), and an "unknown" from a node behind the slot of (a) is not taken as proof.
-  (`isBlockhashValid` is not used: a lagging node says false for a blockhash it has not seen yet.)
-  Without a stored `last_valid_block_height`, or with a context whose blockhash is not the one the
-  bytes carry, nothing is proven: NOT_FOUND, never EXPIRED. The pipeline re-signs an EXPIRED one;
+  only land in a block whose height is at most its `last_valid_block_height`, in a slot after the
+  blockhash's own slot (`blockhash_slot`: the `context.slot` of the getLatestBlockhash answer, the
+  bank whose last blockhash it is); both are stored in the build context
+  (`SignedTransaction.context`). It is EXPIRED only on proof (`_lookup`), always at "finalized"
+  whatever the registry's commitment (a "confirmed" block can still be rolled back):
+  (a) the block height of the node's finalized bank (`getEpochInfo`: `blockHeight`,
+  `absoluteSlot` = S) is past the last valid block height, so every block that could hold it is
+  finalized, at a slot below S; then (b) the fee payer's transaction history
+  (`getSignaturesForAddress` at "finalized" with `minContextSlot` S, newest first, paged with
+  `before`) reaches a signature at or before `blockhash_slot` without listing ours. (b) is asked
+  of the one RPC that cannot answer without transaction history: a node started without
+  `--enable-rpc-transaction-history` answers -32011, one not yet at S answers -32016, and both
+  are "no proof". A node whose ledger was pruned (or a brand-new account) ends its list before
+  reaching `blockhash_slot`: no proof either. (`getSignatureStatuses` with
+  searchTransactionHistory is not proof of absence: a node without history silently ignores the
+  flag and says null once the signature leaves its ~300-slot status cache; nor is
+  `isBlockhashValid`: a lagging node says false for a blockhash it has not seen yet.)
+  A lagging node cannot fool this: a node behind says a lower height in (a), and one behind S
+  refuses (b). Without a stored `last_valid_block_height` and `blockhash_slot` (contexts built
+  before the slot was stored), or with a context whose blockhash is not the one the bytes
+  carry, nothing is proven: NOT_FOUND, never EXPIRED. The pipeline re-signs an EXPIRED one;
 - broadcast with preflight: "already processed" is success, "blockhash not found" is expired
   only after the same proof (transient otherwise), insufficient lamports and other simulation
   failures are refusals, everything else (node unhealthy, transport) is transient;
@@ -66,6 +76,9 @@ from chains.solana_rpc import REQUEST_TIMEOUT_S, NodeRpcError, SolanaRpc, to_int
 
 LAMPORTS_PER_SIGNATURE = 5000
 COMMITMENTS = ("processed", "confirmed", "finalized")
+PROOF_COMMITMENT = "finalized"  # expiry is proven from blocks that can no longer be rolled back
+_HISTORY_PAGE = 1000  # getSignaturesForAddress's largest page
+_HISTORY_PAGES = 10  # signatures of the fee payer scanned at most (x _HISTORY_PAGE) before giving up: no proof
 _OPTIONS = frozenset({"commitment", "preflight_commitment", "lamports_per_signature",
                       solana_address.OFF_CURVE_OPTION, "genesis_hash"})
 # JSON-RPC codes: -32002 preflight simulation failed, -32003 signature verification failed,
@@ -237,12 +250,17 @@ class SolanaAdapter:
     # --- offline build and signature -------------------------------------------------------
 
     def build_context(self, intent: TransferIntent) -> dict[str, Any]:
-        """A recent blockhash at the registry commitment: it fixes the transaction's expiry."""
-        latest = value_of(self._call("getLatestBlockhash", [{"commitment": self.commitment}]), "latest blockhash")
+        """A recent blockhash at the registry commitment: it fixes the transaction's expiry. Stored
+        with it: its last valid block height and `blockhash_slot`, the slot of the bank it is the
+        last blockhash of (the answer's `context.slot`); the transaction can only land after it."""
+        answer = self._call("getLatestBlockhash", [{"commitment": self.commitment}])
+        latest = value_of(answer, "latest blockhash")
         if not isinstance(latest, dict) or not isinstance(latest.get("blockhash"), str):
             raise ChainRpcError(f"{self.spec.name}: unusable latest blockhash {latest!r}"[:200])
         height = to_int(latest.get("lastValidBlockHeight"), "last valid block height")
-        return {"blockhash": latest["blockhash"], "last_valid_block_height": height}
+        context = answer.get("context")
+        slot = to_int(context.get("slot") if isinstance(context, dict) else None, "latest blockhash context slot")
+        return {"blockhash": latest["blockhash"], "last_valid_block_height": height, "blockhash_slot": slot}
 
     def build(self, intent: TransferIntent, fee: FeeQuote, nonce: int | None,
               context: dict[str, Any]) -> UnsignedTransaction:
@@ -341,7 +359,8 @@ class SolanaAdapter:
         return TxStatus(TxState.EXPIRED if expired else TxState.NOT_FOUND)
 
     def proves_unlandable(self, signed: SignedTransaction) -> bool:
-        """True iff `get_status` would say EXPIRED: past its last valid block height and unknown."""
+        """True iff `get_status` would say EXPIRED: the finalized height is past its last valid block
+        height and the fee payer's finalized history, back to the blockhash's slot, lacks it."""
         solana_tx.signature_bytes(signed.tx_hash)
         status, expired = self._lookup(signed)
         return status is None and expired
@@ -349,32 +368,78 @@ class SolanaAdapter:
     def _lookup(self, signed: SignedTransaction) -> tuple[dict[str, Any] | None, bool]:
         """(signature status or None, proven expired), asked in the order no lagging node can fool.
 
-        Unknown first (the common case: it landed, and we are done); then (a) the block height at
-        the commitment past the stored last valid block height, noting the slot it was seen at;
-        then (b) unknown again, from a node at least at that slot. Asked after (a), the second
-        lookup also sees a transaction that landed in between.
+        Unknown first (the common case: it landed, and we are done); then (a) the finalized block
+        height past the stored last valid block height, noting the slot S it was seen at; then (b)
+        the fee payer's finalized history, from a node at least at S, back to the blockhash's slot
+        (`_history_proof`). Asked after (a), (b) also sees a transaction that landed in between.
         """
         status, _ = self._signature_status(signed.tx_hash)
         if status is not None:
             return status, False
-        seen_at = self._slot_past_validity(signed)
+        validity = _validity(signed)
+        if validity is None:
+            return None, False
+        last_valid, blockhash_slot = validity
+        seen_at = self._slot_past_validity(last_valid)
         if seen_at is None:
             return None, False
-        status, answered_at = self._signature_status(signed.tx_hash)
-        return status, status is None and answered_at >= seen_at
+        return self._history_proof(signed, blockhash_slot, seen_at)
 
-    def _slot_past_validity(self, signed: SignedTransaction) -> int | None:
-        """The slot at which the node's block height at the commitment is past the transaction's
-        last valid block height; None when it is not (yet), or when the context cannot tell."""
-        last_valid = _last_valid_block_height(signed)
-        if last_valid is None:
-            return None
-        info = self._call("getEpochInfo", [{"commitment": self.commitment}])
+    def _slot_past_validity(self, last_valid: int) -> int | None:
+        """The slot of the node's finalized bank if its block height is past `last_valid`, else
+        None. Always "finalized": a confirmed block can still be rolled back."""
+        info = self._call("getEpochInfo", [{"commitment": PROOF_COMMITMENT}])
         if not isinstance(info, dict):
             raise ChainRpcError(f"{self.spec.name}: unusable getEpochInfo answer {info!r}"[:200])
         height = to_int(info.get("blockHeight"), "block height")
         slot = to_int(info.get("absoluteSlot"), "absolute slot")
         return slot if height > last_valid else None
+
+    def _history_proof(self, signed: SignedTransaction, blockhash_slot: int,
+                       seen_at: int) -> tuple[dict[str, Any] | None, bool]:
+        """(status, proven) from the fee payer's finalized signatures, newest first.
+
+        Every transaction pays its fee from account 0, so if ours landed it is in that account's
+        history, in a slot after `blockhash_slot` and before `seen_at`. The pages are asked with
+        `minContextSlot` = `seen_at` (the answering node's finalized bank has every block that
+        could hold it) and are contiguous (`before` = the last signature of the previous page).
+        Proven when the list reaches a signature at or before `blockhash_slot` without ours: the
+        node's history covers the whole window. Not proven (NOT_FOUND) on any node error (no
+        transaction history: -32011, not yet at `seen_at`: -32016, ...), on a list that ends
+        first (a pruned ledger, or an account younger than the blockhash), or after
+        `_HISTORY_PAGES` pages. Ours in the list: it landed (a node whose status cache forgot it).
+
+        Why this and not another history check: `minimumLedgerSlot` plus a probe that the node
+        serves history are two answers, which behind a load balancer may come from two nodes;
+        scanning every finalized block of the validity window (getBlock with "signatures") costs
+        some 150 full blocks per proof. Here every answer carries its own guarantee (history on,
+        root at least S, ledger reaching the blockhash), so no mix of backends adds up to a false
+        proof. It relies on what agave does: a node's ledger is contiguous from its oldest slot
+        (cleanup drops the oldest slots first; BigTable continues below it), and a slot's
+        signatures are indexed when it is replayed, long before it is rooted.
+        """
+        payer = str(solana_tx.decode_signed(signed.raw).message.account_keys[0])
+        config: dict[str, Any] = {"commitment": PROOF_COMMITMENT, "minContextSlot": seen_at, "limit": _HISTORY_PAGE}
+        newest = None
+        for _ in range(_HISTORY_PAGES):
+            try:
+                page = self._call("getSignaturesForAddress", [payer, config])
+            except NodeRpcError:
+                return None, False  # no history, not that far, cleaned up, ...: nothing proven
+            entries = _signature_infos(page, self.spec.name)
+            for signature, slot, entry in entries:
+                if newest is not None and slot > newest:
+                    raise ChainRpcError(f"{self.spec.name}: getSignaturesForAddress listed slot {slot} after {newest}")
+                newest = slot
+                if signature == signed.tx_hash:
+                    return {"slot": slot, "err": entry.get("err"), "confirmations": None,
+                            "confirmationStatus": PROOF_COMMITMENT}, False
+                if slot <= blockhash_slot:
+                    return None, True  # the history reaches before the window and ours is not in it
+            if len(entries) < _HISTORY_PAGE:
+                return None, False  # the node's history ends inside the window: no proof
+            config = {**config, "before": entries[-1][0]}
+        return None, False
 
     def _signature_status(self, signature: str) -> tuple[dict[str, Any] | None, int]:
         """(status or None, the slot the answering node was at: its `context.slot`)."""
@@ -466,17 +531,29 @@ def _options(spec: ChainSpec) -> dict[str, Any]:
             "allow_off_curve": allow_off_curve, "genesis_hash": genesis}
 
 
-def _last_valid_block_height(signed: SignedTransaction) -> int | None:
-    """The stored last valid block height of the bytes' blockhash, or None if the context cannot
-    say: missing, not an integer, or the context of another build (its blockhash is not the one
-    the signed bytes carry). None means no expiry can be proven."""
+def _validity(signed: SignedTransaction) -> tuple[int, int] | None:
+    """(last valid block height, blockhash slot) of the bytes' blockhash from the stored context,
+    or None if the context cannot say: missing, not integers, or the context of another build
+    (its blockhash is not the one the signed bytes carry). None means no expiry can be proven."""
     context = signed.context if isinstance(signed.context, Mapping) else {}
-    height, blockhash = context.get("last_valid_block_height"), context.get("blockhash")
-    if not isinstance(height, int) or isinstance(height, bool) or height < 0:
+    height, slot, blockhash = context.get("last_valid_block_height"), context.get("blockhash_slot"), context.get("blockhash")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (height, slot)):
         return None
     if blockhash is not None and blockhash != solana_tx.blockhash_of(signed.raw):
         return None
-    return height
+    return height, slot
+
+
+def _signature_infos(page: Any, chain: str) -> list[tuple[str, int, dict[str, Any]]]:
+    """(signature, slot, entry) of a getSignaturesForAddress answer; garbage is ChainRpcError."""
+    if not isinstance(page, list) or len(page) > _HISTORY_PAGE:
+        raise ChainRpcError(f"{chain}: unusable getSignaturesForAddress answer {page!r}"[:200])
+    infos = []
+    for entry in page:
+        if not isinstance(entry, dict) or not isinstance(entry.get("signature"), str):
+            raise ChainRpcError(f"{chain}: unusable getSignaturesForAddress entry {entry!r}"[:200])
+        infos.append((entry["signature"], to_int(entry.get("slot"), "signature slot"), entry))
+    return infos
 
 
 def _context(context: Mapping[str, Any] | None) -> tuple[str, int]:

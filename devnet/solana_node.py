@@ -64,7 +64,10 @@ class SolanaNode(Service):
     """The devnet Solana node process on a free loopback port. Use as a context manager.
 
     `slot_ms=0` stops the clock: slots then move only by `advance_slots` (deterministic tests).
-    `mints` overrides the registry's mints as (address, decimals) pairs.
+    `mints` overrides the registry's mints as (address, decimals) pairs. `transaction_history=False`
+    makes a node started without --enable-rpc-transaction-history (no getSignaturesForAddress,
+    getTransaction, getBlock; searchTransactionHistory silently ignored), `ledger_slots=N` one
+    whose ledger keeps only the newest N slots (--limit-ledger-size).
     """
 
     name = "solana-devnet"
@@ -80,6 +83,8 @@ class SolanaNode(Service):
         registry: str = "devnet",
         chain: str = "solana",
         mints: Sequence[tuple[str, int]] | None = None,
+        transaction_history: bool = True,
+        ledger_slots: int = 0,
         log_path: Path | None = None,
         timeout: float = 30.0,
     ) -> None:
@@ -92,6 +97,8 @@ class SolanaNode(Service):
         self.registry = registry
         self.chain = chain
         self.mints = list(mints) if mints is not None else None
+        self.transaction_history = transaction_history
+        self.ledger_slots = ledger_slots
         self.log_path = log_path
         self.timeout = timeout
 
@@ -104,7 +111,10 @@ class SolanaNode(Service):
     def _argv(self, port: int) -> list[str]:
         argv = [sys.executable, "-m", "devnet.solana_node", "--port", str(port), "--slot-ms", str(self.slot_ms),
                 "--blockhash-max-age", str(self.blockhash_max_age), "--confirm-depth", str(self.confirm_depth),
-                "--finalize-depth", str(self.finalize_depth), "--registry", self.registry, "--chain", self.chain]
+                "--finalize-depth", str(self.finalize_depth), "--registry", self.registry, "--chain", self.chain,
+                "--ledger-slots", str(self.ledger_slots)]
+        if not self.transaction_history:
+            argv.append("--no-transaction-history")
         if self.mints is not None:  # exactly these mints, not the registry's
             argv.append("--no-registry-mints")
             for address, decimals in self.mints:
@@ -152,6 +162,10 @@ class SolanaNode(Service):
         """Produce `slots` slots now (finality and blockhash expiry without waiting)."""
         return int(self.rpc("devnet_advanceSlots", [slots]))
 
+    def signatures_for_address(self, address: str, **config: Any) -> list[dict[str, Any]]:
+        """getSignaturesForAddress (newest first); SolanaRpcError on a node without history."""
+        return list(self.rpc("getSignaturesForAddress", [address, config]))
+
     def slot(self, commitment: str = "processed") -> int:
         return int(self.rpc("getSlot", [{"commitment": commitment}]))
 
@@ -190,6 +204,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--chain", default="solana")
     parser.add_argument("--mint", type=_parse_mint, action="append", default=[], help="extra mint ADDRESS:DECIMALS")
     parser.add_argument("--no-registry-mints", action="store_true")
+    parser.add_argument("--no-transaction-history", action="store_true",
+                        help="as a validator without --enable-rpc-transaction-history")
+    parser.add_argument("--ledger-slots", type=int, default=0,
+                        help="keep the history of the newest N slots only (a pruned ledger); 0 = all")
     args = parser.parse_args(argv)
 
     from devnet.solana.cluster import Cluster, ClusterConfig
@@ -197,7 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     mints = ([] if args.no_registry_mints else _registry_mints(args.registry, args.chain)) + args.mint
     config = ClusterConfig(slot_ms=args.slot_ms, blockhash_max_age=args.blockhash_max_age,
-                           confirm_depth=args.confirm_depth, finalize_depth=args.finalize_depth)
+                           confirm_depth=args.confirm_depth, finalize_depth=args.finalize_depth,
+                           transaction_history=not args.no_transaction_history, ledger_slots=max(args.ledger_slots, 0))
     cluster = Cluster(config, mints)
     server = make_server(cluster, args.host, args.port)
     clock = SlotClock(cluster, args.slot_ms) if args.slot_ms > 0 else None

@@ -12,10 +12,17 @@ at a time. This class supplies those, so the node speaks the cluster semantics t
 - commitment: a transaction landed at slot s is "processed" at once, "confirmed" `confirm_depth`
   slots later and "finalized" after `finalize_depth`; reads "at commitment c" see the slot that
   commitment has reached (state itself is the processed state: LiteSVM keeps no older banks);
-- the ledger of landed transactions (signature -> slot, err, fee, pre/post balances), which is
-  what getSignatureStatuses and getTransaction serve. A transaction lands if it succeeded or was
+- the ledger of landed transactions (signature -> slot, err, fee, pre/post balances) and, per
+  address, the signatures of the transactions that name it, which is what getSignatureStatuses,
+  getTransaction and getSignaturesForAddress serve. A transaction lands if it succeeded or was
   charged its fee (failed execution); one refused before execution (bad signature, unknown
   blockhash, fee payer without funds) is dropped, as a leader would drop it;
+- transaction history as a validator's RPC has it or not: with `transaction_history` off (a node
+  started without `--enable-rpc-transaction-history`) getSignatureStatuses silently ignores
+  searchTransactionHistory, so a signature is known only while in the ~300-slot status cache,
+  and getSignaturesForAddress / getTransaction / getBlock answer -32011; with `ledger_slots` set
+  (`--limit-ledger-size`) only the newest slots' history is kept (`minimumLedgerSlot`), older
+  transactions and blocks are gone from every history answer;
 - faucets: SOL from a devnet authority that also owns the SPL mints created at start (at the
   registry's mainnet mint addresses), for `requestAirdrop` and `devnet_mintTo`.
 
@@ -64,6 +71,8 @@ class ClusterConfig:
     confirm_depth: int = 1  # slots until "confirmed"
     finalize_depth: int = 4  # slots until "finalized" (Solana: ~32)
     status_cache_slots: int = 300  # getSignatureStatuses without history search looks this far back
+    transaction_history: bool = True  # False: a node without --enable-rpc-transaction-history
+    ledger_slots: int = 0  # > 0: history of the newest slots only (a pruned ledger); 0: all of it
 
 
 @dataclass
@@ -97,6 +106,7 @@ class Cluster:
         self._block_time: dict[int, int] = {}
         self._ledger: dict[str, Landed] = {}
         self._block_signatures: dict[int, list[str]] = {}
+        self._address_signatures: dict[str, list[str]] = {}  # in landing order (slots never decrease)
         self._faucet_seq = itertools.count(1)
         self._record_slot()
         self.genesis_hash = self._slot_hash[0]
@@ -194,6 +204,8 @@ class Cluster:
         )
         self._ledger[landed.signature] = landed
         self._block_signatures.setdefault(self.slot, []).append(landed.signature)
+        for key in dict.fromkeys(str(k) for k in keys):
+            self._address_signatures.setdefault(key, []).append(landed.signature)
         return landed
 
     def simulate(self, tx: VersionedTransaction) -> dict[str, Any]:
@@ -215,16 +227,57 @@ class Cluster:
             return sum(1 for landed in self._ledger.values() if landed.slot <= slot)
 
     def status(self, signature: str, search_history: bool) -> dict[str, Any] | None:
-        """getSignatureStatuses' entry for one signature (None: unknown)."""
+        """getSignatureStatuses' entry for one signature (None: unknown). The status cache knows
+        the last `status_cache_slots` slots; history search (if the node has history, and the
+        ledger still has the slot) the rest."""
         with self.lock:
             landed = self._ledger.get(signature)
-            if landed is None or (not search_history and self.slot - landed.slot > self.config.status_cache_slots):
+            if landed is None:
+                return None
+            cached = self.slot - landed.slot <= self.config.status_cache_slots
+            if not cached and not (search_history and self.in_history(landed.slot)):
                 return None
             level = self.level_of(landed.slot)
             confirmations = None if level == "finalized" else self.slot - landed.slot
             status = {"Ok": None} if landed.err is None else {"Err": landed.err}
             return {"slot": landed.slot, "confirmations": confirmations, "err": landed.err, "status": status,
                     "confirmationStatus": level}
+
+    # --- transaction history -------------------------------------------------------------------
+
+    def minimum_ledger_slot(self) -> int:
+        """The oldest slot whose block and transactions the node still has (`minimumLedgerSlot`)."""
+        with self.lock:
+            keep = self.config.ledger_slots
+            return max(0, self.slot - keep + 1) if keep > 0 else 0
+
+    def in_history(self, slot: int) -> bool:
+        """Whether history answers (search, getTransaction, getBlock, ...) can see `slot`."""
+        return self.config.transaction_history and slot >= self.minimum_ledger_slot()
+
+    def require_history(self) -> None:
+        """RpcError -32011 on a node without transaction history, as the real node answers."""
+        if not self.config.transaction_history:
+            raise RpcError(-32011, "Transaction history is not available from this node")
+
+    def signatures_for_address(self, address: str, highest_slot: int, before: str | None = None,
+                               until: str | None = None, limit: int = 1000) -> list[Landed]:
+        """Transactions naming `address` in slots up to `highest_slot` that the ledger still has,
+        newest first (within a slot: last executed first), strictly older than `before` and
+        stopping before `until`. A `before` the node does not know gives nothing, as on agave."""
+        with self.lock:
+            self.require_history()
+            listed = [self._ledger[sig] for sig in reversed(self._address_signatures.get(address, ()))]
+            listed = [landed for landed in listed if landed.slot <= highest_slot and self.in_history(landed.slot)]
+            if before is not None:
+                position = next((i for i, landed in enumerate(listed) if landed.signature == before), None)
+                if position is None:
+                    return []
+                listed = listed[position + 1:]
+            if until is not None:
+                end = next((i for i, landed in enumerate(listed) if landed.signature == until), len(listed))
+                listed = listed[:end]
+            return listed[:limit]
 
     def level_of(self, slot: int) -> str:
         """The commitment a block at `slot` has reached."""

@@ -2,7 +2,9 @@
 
 Each handler takes the cluster and the request's `params` list and returns the `result`, or raises
 RpcError. Results follow the real node: reads at a commitment answer `{"context": {"slot"},
-"value": ...}`, statuses and transactions use the RPC JSON forms. Faucet and control methods
+"value": ...}`, statuses and transactions use the RPC JSON forms. The history methods
+(getSignaturesForAddress, getTransaction, getBlock) answer -32011 on a node without transaction
+history and see only the slots its ledger still has (`minimumLedgerSlot`). Faucet and control methods
 (`requestAirdrop`, `devnet_mintTo`, `devnet_advanceSlots`, `devnet_info`) exist for tests and the demo.
 """
 
@@ -122,6 +124,10 @@ def get_block(cluster: Cluster, params: list[Any]) -> dict[str, Any]:
     config = _config(params, 1)
     slot, commitment = params[0], _commitment(config)
     with cluster.lock:
+        cluster.require_history()
+        lowest = cluster.minimum_ledger_slot()
+        if slot < lowest:
+            raise RpcError(-32001, f"Block {slot} cleaned up, does not exist on node. First available block: {lowest}")
         block = cluster.block(slot) if slot <= cluster.commitment_slot(commitment) else None
         if block is None:
             raise RpcError(-32004, f"Block not available for slot {slot}")
@@ -134,6 +140,10 @@ def get_block(cluster: Cluster, params: list[Any]) -> dict[str, Any]:
         elif details in ("full", "accounts"):
             result["transactions"] = [_transaction_json(cluster.landed(sig)) for sig in signatures]  # type: ignore[arg-type]
         return result
+
+
+def minimum_ledger_slot(cluster: Cluster, params: list[Any]) -> int:
+    return cluster.minimum_ledger_slot()
 
 
 # --- transactions -----------------------------------------------------------------------------
@@ -180,13 +190,39 @@ def get_transaction(cluster: Cluster, params: list[Any]) -> dict[str, Any] | Non
     if config.get("encoding", "json") != "json":
         raise invalid_params("this devnet serves getTransaction with encoding \"json\" only")
     with cluster.lock:
+        cluster.require_history()
         landed = cluster.landed(params[0]) if params and isinstance(params[0], str) else None
-        if landed is None or landed.slot > cluster.commitment_slot(commitment):
+        if landed is None or landed.slot > cluster.commitment_slot(commitment) or not cluster.in_history(landed.slot):
             return None
         result = _transaction_json(landed)
         if "maxSupportedTransactionVersion" in config:
             result["version"] = "legacy"
         return result
+
+
+def get_signatures_for_address(cluster: Cluster, params: list[Any]) -> list[dict[str, Any]]:
+    """Newest first, at "confirmed" or "finalized" (the default); `minContextSlot` is checked
+    against the finalized root at "finalized" (-32016 below it), as agave does."""
+    address, config = str(_pubkey(params)), _config(params, 1)
+    commitment = _commitment(config)
+    if commitment == "processed":
+        raise invalid_params("Method does not support commitment below `confirmed`")
+    limit = config.get("limit", 1000)
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 1000:
+        raise invalid_params("Invalid limit; max 1000")
+    bounds = [config.get(key) for key in ("before", "until")]
+    if not all(bound is None or isinstance(bound, str) for bound in bounds):
+        raise invalid_params("before/until must be signatures")
+    min_slot = config.get("minContextSlot")
+    with cluster.lock:
+        cluster.require_history()
+        highest = cluster.commitment_slot(commitment)
+        if isinstance(min_slot, int) and highest < min_slot:
+            raise RpcError(-32016, "Minimum context slot has not been reached", {"contextSlot": highest})
+        listed = cluster.signatures_for_address(address, highest, bounds[0], bounds[1], limit)
+        return [{"signature": landed.signature, "slot": landed.slot, "err": landed.err, "memo": None,
+                 "blockTime": landed.block_time, "confirmationStatus": cluster.level_of(landed.slot)}
+                for landed in listed]
 
 
 def _transaction_json(landed: Landed) -> dict[str, Any]:
@@ -276,7 +312,9 @@ def devnet_info(cluster: Cluster, params: list[Any]) -> dict[str, Any]:
     config = cluster.config
     return {"mintAuthority": str(cluster.authority.pubkey()), "mints": dict(cluster.mints), "slot": cluster.slot,
             "genesisHash": cluster.genesis_hash, "slotMs": config.slot_ms, "blockhashMaxAge": config.blockhash_max_age,
-            "confirmDepth": config.confirm_depth, "finalizeDepth": config.finalize_depth}
+            "confirmDepth": config.confirm_depth, "finalizeDepth": config.finalize_depth,
+            "transactionHistory": config.transaction_history, "ledgerSlots": config.ledger_slots,
+            "minimumLedgerSlot": cluster.minimum_ledger_slot()}
 
 
 METHODS: dict[str, Handler] = {
@@ -294,6 +332,8 @@ METHODS: dict[str, Handler] = {
     "getFeeForMessage": get_fee_for_message,
     "getSignatureStatuses": get_signature_statuses,
     "getTransaction": get_transaction,
+    "getSignaturesForAddress": get_signatures_for_address,
+    "minimumLedgerSlot": minimum_ledger_slot,
     "getBalance": get_balance,
     "getAccountInfo": get_account_info,
     "getTokenAccountBalance": get_token_account_balance,

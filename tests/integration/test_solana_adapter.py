@@ -20,7 +20,7 @@ from solders.signature import Signature
 from solders.transaction import Transaction
 
 from chains.base import FeeQuote, SignedTransaction, TransferIntent, TxState, TxStatus
-from chains.errors import ChainMismatch, InvalidSignature, TransactionRejected
+from chains.errors import ChainMismatch, ChainRpcError, InvalidSignature, TransactionRejected
 from chains.registry import ChainSpec, TokenSpec, load_registry
 from chains.solana import SolanaAdapter
 from chains.solana_address import b58encode
@@ -246,18 +246,46 @@ def test_a_transaction_past_its_blockhash_is_expired_only_once_provably_dead(
     assert not adapter.proves_unlandable(signed)
     # When the cluster moves past its lastValidBlockHeight
     node.advance_slots(160)
-    # Then the node refuses it and the adapter proves it dead: the pipeline re-signs
+    # Then the node refuses it and the adapter proves it dead from the sender's finalized history
+    # (back to the blockhash's slot, without it): the pipeline re-signs
+    assert signed.context["blockhash_slot"] <= node.slot("finalized")
     with pytest.raises(TransactionRejected) as info:
         adapter.broadcast(signed)
     assert info.value.reason == "expired"
     assert adapter.get_status(signed).state is TxState.EXPIRED
     assert adapter.proves_unlandable(signed)
-    # Without its stored last valid block height nothing is proven: never EXPIRED
+    # Without its stored last valid block height and blockhash slot nothing is proven: never EXPIRED
     assert adapter.get_status(replace(signed, context={})).state is TxState.NOT_FOUND
     assert not adapter.proves_unlandable(replace(signed, context={}))
+    legacy = {k: v for k, v in signed.context.items() if k != "blockhash_slot"}  # built before the slot was stored
+    assert adapter.get_status(replace(signed, context=legacy)).state is TxState.NOT_FOUND
     # and a fresh build of the same intent goes through
     _, replacement = _send(adapter, sender, intent.to_address, SOL, spec.native)
     assert _finalized(node, adapter, replacement).state is TxState.INCLUDED
+
+
+@pytest.mark.parametrize("history", [{"transaction_history": False}, {"ledger_slots": 50}],
+                         ids=["without-transaction-history", "pruned-ledger"])
+def test_a_node_that_cannot_see_a_landed_transfer_never_calls_it_expired(spec: ChainSpec, history: dict[str, int]) -> None:
+    # A node started without --enable-rpc-transaction-history, or one whose ledger keeps only its
+    # newest slots: once the status cache (300 slots) forgets the signature, the node says "unknown"
+    # for a transfer that landed. EXPIRED there would make the pipeline re-sign it and pay twice.
+    with SolanaNode(slot_ms=0, **history) as forgetful:
+        adapter = SolanaAdapter(replace(spec, rpc_urls=(forgetful.rpc_url,)))
+        sender, receiver = _wallet(forgetful, spec), Keypair()
+        _, signed = _send(adapter, sender, _addr(receiver), SOL, spec.native)
+        forgetful.advance_slots(FINALITY)
+        if "transaction_history" in history:  # no getTransaction either: included, but never settled there
+            with pytest.raises(ChainRpcError, match="-32011"):
+                adapter.get_status(signed)
+        else:
+            assert adapter.get_status(signed).state is TxState.INCLUDED
+        forgetful.advance_slots(400)  # past the status cache, the blockhash long expired
+        status = forgetful.rpc("getSignatureStatuses", [[signed.tx_hash], {"searchTransactionHistory": True}])
+        assert status["value"] == [None]  # the node itself says "unknown"
+        assert adapter.get_status(signed).state is TxState.NOT_FOUND  # ... which is no proof: never EXPIRED
+        assert not adapter.proves_unlandable(signed)
+        assert adapter.balance_of(_addr(receiver), spec.native) == SOL  # it did land
 
 
 def test_a_signature_that_is_not_the_senders_is_refused(node: SolanaNode, adapter: SolanaAdapter, spec: ChainSpec) -> None:

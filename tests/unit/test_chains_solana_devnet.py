@@ -137,6 +137,80 @@ def test_the_status_cache_forgets_old_signatures_unless_history_is_searched() ->
     assert call(cluster, "getSignatureStatuses", [signature], {"searchTransactionHistory": True})["value"][0]["slot"] == 4
 
 
+def test_latest_blockhash_context_slot_is_the_slot_of_that_blockhash(cluster: Cluster) -> None:
+    # The expiry proof needs it: a transaction with this blockhash can only land after that slot
+    head = cluster.advance(5)
+    for commitment, slot in (("processed", head), ("confirmed", head - 1), ("finalized", head - 3)):
+        latest = call(cluster, "getLatestBlockhash", {"commitment": commitment})
+        assert latest["context"]["slot"] == slot
+        assert call(cluster, "getBlock", slot, {"commitment": "processed", "transactionDetails": "none"})["blockhash"] == \
+            latest["value"]["blockhash"]
+
+
+def test_signatures_for_address_newest_first_at_finalized_with_paging(cluster: Cluster) -> None:
+    key = funded(cluster)  # the airdrop names it too
+    signatures = [send(cluster, transfer_tx(cluster, key, SOL))]
+    cluster.advance(1)
+    signatures += [send(cluster, transfer_tx(cluster, key, 2 * SOL)), send(cluster, transfer_tx(cluster, key, 3 * SOL))]
+    address = str(key.pubkey())
+    confirmed = call(cluster, "getSignaturesForAddress", address, {"commitment": "confirmed"})
+    assert (confirmed[0]["signature"], confirmed[0]["confirmationStatus"]) == (signatures[0], "confirmed")  # the newer are not yet
+    cluster.advance(3)
+    listed = call(cluster, "getSignaturesForAddress", address)  # default commitment: finalized
+    assert [entry["signature"] for entry in listed][:3] == signatures[::-1]  # newest first, last executed first
+    assert listed[0] == {"signature": signatures[2], "slot": cluster.slot - 3, "err": None, "memo": None,
+                         "blockTime": listed[0]["blockTime"], "confirmationStatus": "finalized"}
+    assert len(listed) == 4 and listed[3]["slot"] == listed[2]["slot"]  # and the airdrop (same slot) before them
+    page = call(cluster, "getSignaturesForAddress", address, {"limit": 2})
+    rest = call(cluster, "getSignaturesForAddress", address, {"limit": 2, "before": page[-1]["signature"]})
+    assert page + rest == listed
+    assert call(cluster, "getSignaturesForAddress", address, {"until": signatures[0]}) == listed[:2]
+    assert call(cluster, "getSignaturesForAddress", address, {"before": str(Keypair().sign_message(b"x"))}) == []
+    with pytest.raises(RpcError) as info:
+        call(cluster, "getSignaturesForAddress", address, {"commitment": "finalized", "minContextSlot": cluster.slot - 2})
+    assert info.value.code == -32016 and info.value.data == {"contextSlot": cluster.slot - 3}
+    assert call(cluster, "getSignaturesForAddress", address, {"minContextSlot": cluster.slot - 3}) == listed
+    for config in ({"commitment": "processed"}, {"limit": 1001}, {"limit": 0}):
+        with pytest.raises(RpcError) as info:
+            call(cluster, "getSignaturesForAddress", address, config)
+        assert info.value.code == -32602
+
+
+def test_a_node_without_transaction_history() -> None:
+    # As a validator started without --enable-rpc-transaction-history: the status cache only
+    cluster = Cluster(ClusterConfig(slot_ms=0, status_cache_slots=5, transaction_history=False))
+    key = funded(cluster)
+    signature = send(cluster, transfer_tx(cluster, key, SOL))
+    assert call(cluster, "getSignatureStatuses", [signature], {"searchTransactionHistory": True})["value"][0] is not None
+    cluster.advance(6)
+    # searchTransactionHistory is silently ignored: "unknown" although it landed
+    assert call(cluster, "getSignatureStatuses", [signature], {"searchTransactionHistory": True})["value"] == [None]
+    for method, params in (("getSignaturesForAddress", [str(key.pubkey())]), ("getTransaction", [signature]),
+                           ("getBlock", [4])):
+        with pytest.raises(RpcError) as info:
+            call(cluster, method, *params)
+        assert (info.value.code, info.value.message) == (-32011, "Transaction history is not available from this node")
+    assert call(cluster, "devnet_info")["transactionHistory"] is False
+
+
+def test_a_pruned_ledger_keeps_the_history_of_the_newest_slots_only() -> None:
+    cluster = Cluster(ClusterConfig(slot_ms=0, status_cache_slots=5, ledger_slots=10))
+    key = funded(cluster)
+    signature = send(cluster, transfer_tx(cluster, key, SOL))
+    landed_at = cluster.slot
+    cluster.advance(9)
+    assert call(cluster, "minimumLedgerSlot") == landed_at
+    assert call(cluster, "getSignatureStatuses", [signature], {"searchTransactionHistory": True})["value"][0]["slot"] == landed_at
+    cluster.advance(1)
+    assert call(cluster, "minimumLedgerSlot") == landed_at + 1
+    assert call(cluster, "getSignatureStatuses", [signature], {"searchTransactionHistory": True})["value"] == [None]
+    assert call(cluster, "getSignaturesForAddress", str(key.pubkey())) == []
+    assert call(cluster, "getTransaction", signature) is None
+    with pytest.raises(RpcError) as info:
+        call(cluster, "getBlock", landed_at)
+    assert info.value.code == -32001 and f"First available block: {landed_at + 1}" in info.value.message
+
+
 # --- sendTransaction like a validator -----------------------------------------------------------
 
 def test_a_repeat_with_preflight_is_already_processed_and_without_it_the_signature(cluster: Cluster) -> None:
@@ -247,7 +321,8 @@ def test_the_json_rpc_envelope(cluster: Cluster) -> None:
     assert call(cluster, "getGenesisHash") == cluster.genesis_hash
     assert {"getLatestBlockhash", "isBlockhashValid", "sendTransaction", "getSignatureStatuses", "getTransaction",
             "getBalance", "getAccountInfo", "getTokenAccountBalance", "getMinimumBalanceForRentExemption", "getSlot",
-            "getBlockHeight", "getEpochInfo", "getHealth", "requestAirdrop", "devnet_mintTo"} <= set(METHODS)
+            "getBlockHeight", "getEpochInfo", "getHealth", "requestAirdrop", "devnet_mintTo", "getSignaturesForAddress",
+            "minimumLedgerSlot", "getBlock"} <= set(METHODS)
 
 
 @pytest.mark.parametrize(("err", "text"), [

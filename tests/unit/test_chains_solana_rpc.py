@@ -29,7 +29,7 @@ SENDER, RECEIVER = Keypair.from_seed(bytes(range(32))), Keypair.from_seed(bytes(
 A, B = str(SENDER.pubkey()), str(RECEIVER.pubkey())
 A_ATA, B_ATA = solana_tx.associated_token_address(A, MINT), solana_tx.associated_token_address(B, MINT)
 BLOCKHASH = "4QjEBrJnATvydaCoPb7j4cneA5vSJNFsAYHQwRAjAjmQ"
-CONTEXT = {"blockhash": BLOCKHASH, "last_valid_block_height": 1150}
+CONTEXT = {"blockhash": BLOCKHASH, "last_valid_block_height": 1150, "blockhash_slot": 1000}
 RENT_0, RENT_165 = 890_880, 2_039_280
 SOL_FEE = FeeQuote(5000, {"lamports_per_signature": 5000, "signatures": 1, "create_ata": False, "ata_rent": 0})
 ATA_FEE = FeeQuote(5000 + RENT_165, {**SOL_FEE.params, "create_ata": True, "ata_rent": RENT_165})
@@ -85,6 +85,25 @@ def _epoch(height: int, slot: int | None = None) -> dict[str, Any]:
 def _unknown(slot: int) -> dict[str, Any]:
     """getSignatureStatuses: the signature is unknown to a node that is at `slot`."""
     return _ctx([None], slot)
+
+
+BLOCKHASH_SLOT = CONTEXT["blockhash_slot"]
+OTHER = "5" * 88  # some other transaction of the fee payer
+
+
+def _sig(slot: int, signature: str = OTHER, err: Any = None) -> dict[str, Any]:
+    """One getSignaturesForAddress entry (at "finalized")."""
+    return {"signature": signature, "slot": slot, "err": err, "memo": None, "blockTime": 1, "confirmationStatus": "finalized"}
+
+
+# The fee payer's finalized history reaching back before the blockhash, without ours: proof of absence.
+HISTORY = [_sig(1100), _sig(BLOCKHASH_SLOT - 10)]
+
+
+def _history(params: list[Any]) -> list[dict[str, Any]]:
+    return list(HISTORY)
+NO_HISTORY = NodeRpcError("getSignaturesForAddress", -32011, "Transaction history is not available from this node")
+BEHIND = NodeRpcError("getSignaturesForAddress", -32016, "Minimum context slot has not been reached", {"contextSlot": 5})
 
 
 def _signed(token: Any = SOL, amount: int = 1000, fee: FeeQuote = SOL_FEE) -> SignedTransaction:
@@ -153,18 +172,21 @@ def test_blockhash_not_found_before_the_last_valid_height_is_transient() -> None
 def test_blockhash_not_found_past_the_last_valid_height_and_unknown_is_expired() -> None:
     signed = _signed()
     node = FakeNode(sendTransaction=_preflight("BlockhashNotFound", "Blockhash not found"),
-                    getSignatureStatuses=[_unknown(1100), _unknown(PAST + 10)], getEpochInfo=_epoch(PAST))
+                    getSignatureStatuses=_unknown(1100), getEpochInfo=_epoch(PAST), getSignaturesForAddress=_history)
     with pytest.raises(TransactionRejected) as info:
         _adapter(node).broadcast(signed)
     assert info.value.reason == "expired"
     assert node.calls[2] == ("getEpochInfo", [{"commitment": "finalized"}])
-    assert node.methods()[-1] == "getSignatureStatuses"  # asked again after the height
+    # then the fee payer's finalized history, from a node at least at the slot the height was seen at
+    assert node.calls[3] == ("getSignaturesForAddress", [A, {"commitment": "finalized", "minContextSlot": PAST + 10,
+                                                             "limit": 1000}])
 
 
-def test_blockhash_not_found_with_an_unknown_from_a_node_behind_is_transient() -> None:
-    # The height is past, but the "unknown" comes from a node that has not reached that slot
+@pytest.mark.parametrize("history", [BEHIND, NO_HISTORY])
+def test_blockhash_not_found_without_history_from_a_node_far_enough_is_transient(history: NodeRpcError) -> None:
+    # The height is past, but the history comes from a node behind that slot, or one without history
     node = FakeNode(sendTransaction=_preflight("BlockhashNotFound", "Blockhash not found"),
-                    getSignatureStatuses=[_unknown(PAST + 10), _unknown(PAST + 9)], getEpochInfo=_epoch(PAST))
+                    getSignatureStatuses=_unknown(PAST + 10), getEpochInfo=_epoch(PAST), getSignaturesForAddress=history)
     with pytest.raises(ChainRpcError) as info:
         _adapter(node).broadcast(_signed())
     assert not isinstance(info.value, TransactionRejected)
@@ -173,7 +195,8 @@ def test_blockhash_not_found_with_an_unknown_from_a_node_behind_is_transient() -
 def test_blockhash_not_found_that_landed_meanwhile_is_a_repeat() -> None:
     signed = _signed()
     node = FakeNode(sendTransaction=_preflight("BlockhashNotFound", "Blockhash not found"),
-                    getSignatureStatuses=[_unknown(100), _status("processed")], getEpochInfo=_epoch(PAST))
+                    getSignatureStatuses=_unknown(100), getEpochInfo=_epoch(PAST),
+                    getSignaturesForAddress=[[_sig(1120, signed.tx_hash), *HISTORY]])
     assert _adapter(node).broadcast(signed) == signed.tx_hash
 
 
@@ -249,22 +272,23 @@ def test_a_lagging_node_never_yields_expired(height: int) -> None:
         assert adapter.proves_unlandable(_signed()) is False
 
 
-def test_an_unknown_from_a_node_behind_the_height_observation_is_not_proof() -> None:
-    # (a) one node is past the last valid height at slot 1200; (b) the "unknown" comes from a node at
-    # slot 1199, which may not have the block that holds it yet
-    node = FakeNode(getSignatureStatuses=[_unknown(1300), _unknown(1199)], getEpochInfo=_epoch(PAST, 1200))
+def test_history_from_a_node_behind_the_height_observation_is_not_proof() -> None:
+    # (a) one node is past the last valid height at slot 1200; (b) the history comes from a node whose
+    # finalized root is below 1200, which may not have the block that holds it yet: it refuses
+    node = FakeNode(getSignatureStatuses=_unknown(1300), getEpochInfo=_epoch(PAST, 1200), getSignaturesForAddress=BEHIND)
     assert _adapter(node).get_status(_signed()).state is TxState.NOT_FOUND
+    assert node.calls[-1][1][1]["minContextSlot"] == 1200
 
 
-def test_past_the_last_valid_height_and_unknown_on_an_up_to_date_node_is_expired() -> None:
-    node = FakeNode(getSignatureStatuses=[_unknown(1100), _unknown(1200)], getEpochInfo=_epoch(PAST, 1200))
+def test_past_the_last_valid_height_and_absent_from_the_payers_history_is_expired() -> None:
+    node = FakeNode(getSignatureStatuses=_unknown(1100), getEpochInfo=_epoch(PAST, 1200), getSignaturesForAddress=_history)
     assert _adapter(node).get_status(_signed()).state is TxState.EXPIRED
-    # asked in this order: unknown, the height at the commitment, then unknown at least that far
-    assert node.methods() == ["getSignatureStatuses", "getEpochInfo", "getSignatureStatuses"]
+    # asked in this order: unknown, the finalized height, then the history from a node at least that far
+    assert node.methods() == ["getSignatureStatuses", "getEpochInfo", "getSignaturesForAddress"]
 
 
 def test_proves_unlandable_is_the_expiry_proof() -> None:
-    node = FakeNode(getSignatureStatuses=[_unknown(1100), _unknown(1201)], getEpochInfo=_epoch(PAST, 1200))
+    node = FakeNode(getSignatureStatuses=_unknown(1100), getEpochInfo=_epoch(PAST, 1200), getSignaturesForAddress=_history)
     assert _adapter(node).proves_unlandable(_signed()) is True
     node = FakeNode(getSignatureStatuses=_unknown(1100), getEpochInfo=_epoch(LAST_VALID, 1200))
     assert _adapter(node).proves_unlandable(_signed()) is False
@@ -272,18 +296,81 @@ def test_proves_unlandable_is_the_expiry_proof() -> None:
     assert _adapter(node).proves_unlandable(_signed()) is False  # it landed
 
 
-def test_the_height_is_read_at_the_registry_commitment() -> None:
-    node = FakeNode(getSignatureStatuses=[_unknown(1100), _unknown(1200)], getEpochInfo=_epoch(PAST, 1200))
+def test_the_proof_is_read_at_finalized_whatever_the_registry_commitment() -> None:
+    # A "confirmed" block can still be rolled back: a transaction in it may land again elsewhere
+    node = FakeNode(getSignatureStatuses=_unknown(1100), getEpochInfo=_epoch(PAST, 1200), getSignaturesForAddress=_history)
     assert _adapter(node, commitment="confirmed").get_status(_signed()).state is TxState.EXPIRED
-    assert node.calls[1] == ("getEpochInfo", [{"commitment": "confirmed"}])
+    assert node.calls[1] == ("getEpochInfo", [{"commitment": "finalized"}])
+    assert node.calls[2][1][1]["commitment"] == "finalized"
+
+
+# --- the history half of the proof: fail closed -----------------------------------------------------
+
+def test_a_node_without_transaction_history_never_proves_expiry() -> None:
+    # A node started without --enable-rpc-transaction-history ignores searchTransactionHistory: once
+    # the signature leaves its ~300-slot status cache it says null, landed or not. Its -32011 on
+    # getSignaturesForAddress is no proof: a transfer that landed would otherwise be paid twice.
+    node = FakeNode(getSignatureStatuses=lambda params: _unknown(5000), getEpochInfo=_epoch(4000, 4990),
+                    getSignaturesForAddress=NO_HISTORY)
+    adapter = _adapter(node)
+    for _ in range(2):
+        assert adapter.get_status(_signed()).state is TxState.NOT_FOUND
+        assert adapter.proves_unlandable(_signed()) is False
+
+
+def test_a_pruned_ledger_that_does_not_reach_the_blockhash_is_no_proof() -> None:
+    # The node's history ends (fewer than a page) before the blockhash's slot: it cannot see the
+    # slots that could hold ours, whether it cleaned them up or the account is newer than that.
+    node = FakeNode(getSignatureStatuses=lambda params: _unknown(5000), getEpochInfo=_epoch(4000, 4990),
+                    getSignaturesForAddress=lambda params: [_sig(4500), _sig(BLOCKHASH_SLOT + 1)])
+    adapter = _adapter(node)
+    assert adapter.get_status(_signed()).state is TxState.NOT_FOUND
+    assert adapter.proves_unlandable(_signed()) is False
+    node.answers["getSignaturesForAddress"] = lambda params: []  # nothing at all
+    assert adapter.get_status(_signed()).state is TxState.NOT_FOUND
+
+
+def test_a_landed_transaction_the_status_cache_forgot_is_found_in_the_history() -> None:
+    signed = _signed()
+    node = FakeNode(getSignatureStatuses=_unknown(5000), getEpochInfo=_epoch(4000, 4990),
+                    getSignaturesForAddress=[[_sig(4500), _sig(1100, signed.tx_hash), *HISTORY]],
+                    getTransaction=_transaction(1_000_000, 994_000), getSlot=4990, getBlock={"blockhash": "BLOCK"})
+    status = _adapter(node).get_status(signed)
+    assert (status.state, status.block_number, status.confirmations, status.fee_paid) == (TxState.INCLUDED, 1100, 3891, 5000)
+    node = FakeNode(getSignatureStatuses=_unknown(5000), getEpochInfo=_epoch(4000, 4990),
+                    getSignaturesForAddress=[[_sig(1100, signed.tx_hash, err={"InstructionError": [0, {"Custom": 1}]})]],
+                    getTransaction=None)
+    assert _adapter(node).get_status(signed).state is TxState.REVERTED
+    assert _adapter(FakeNode(**{**node.answers, "getSignaturesForAddress": [[_sig(1100, signed.tx_hash)]]})).proves_unlandable(signed) is False
+
+
+def test_the_history_is_paged_back_to_the_blockhash_slot() -> None:
+    first = [_sig(2000 - i // 10, f"{i:04d}" + "1" * 84) for i in range(1000)]  # a full page, all in the window
+    node = FakeNode(getSignatureStatuses=_unknown(5000), getEpochInfo=_epoch(4000, 4990),
+                    getSignaturesForAddress=[first, [_sig(1050), _sig(BLOCKHASH_SLOT)]])
+    assert _adapter(node).get_status(_signed()).state is TxState.EXPIRED
+    pages = [params for method, params in node.calls if method == "getSignaturesForAddress"]
+    assert "before" not in pages[0][1] and pages[1][1]["before"] == first[-1]["signature"]
+    assert pages[1][1]["minContextSlot"] == 4990
+
+
+def test_a_history_too_long_to_scan_is_no_proof() -> None:
+    full = [_sig(2000) for _ in range(1000)]
+    node = FakeNode(getSignatureStatuses=_unknown(5000), getEpochInfo=_epoch(4000, 4990),
+                    getSignaturesForAddress=lambda params: full)
+    assert _adapter(node).get_status(_signed()).state is TxState.NOT_FOUND
+    assert node.methods().count("getSignaturesForAddress") == 10
 
 
 @pytest.mark.parametrize("context", [
     {},  # no stored context (e.g. a row from before contexts were stored)
     {"blockhash": BLOCKHASH},
-    {"blockhash": BLOCKHASH, "last_valid_block_height": "1150"},
-    {"blockhash": BLOCKHASH, "last_valid_block_height": True},
-    {"blockhash": "11111111111111111111111111111111", "last_valid_block_height": 1150},  # another build's
+    {"blockhash": BLOCKHASH, "last_valid_block_height": 1150},  # from before the blockhash slot was stored
+    {"blockhash": BLOCKHASH, "last_valid_block_height": "1150", "blockhash_slot": 1000},
+    {"blockhash": BLOCKHASH, "last_valid_block_height": True, "blockhash_slot": 1000},
+    {"blockhash": BLOCKHASH, "last_valid_block_height": 1150, "blockhash_slot": -1},
+    {"blockhash": BLOCKHASH, "last_valid_block_height": 1150, "blockhash_slot": None},
+    {"blockhash": "11111111111111111111111111111111", "last_valid_block_height": 1150, "blockhash_slot": 1000},  # another build's
 ])
 def test_without_a_usable_last_valid_height_nothing_is_proven(context: dict[str, Any]) -> None:
     node = FakeNode(getSignatureStatuses=lambda params: _unknown(10**6), getEpochInfo=_epoch(10**6))
@@ -295,9 +382,11 @@ def test_without_a_usable_last_valid_height_nothing_is_proven(context: dict[str,
 
 
 def test_landing_between_the_two_checks_is_not_expired() -> None:
-    node = FakeNode(getSignatureStatuses=[_unknown(1100), _status("processed")], getEpochInfo=_epoch(PAST, 1200))
-    status = _adapter(node).get_status(_signed())
-    assert (status.state, status.confirmations, status.block_number) == (TxState.INCLUDED, 0, 90)
+    signed = _signed()
+    node = FakeNode(getSignatureStatuses=_unknown(1100), getEpochInfo=_epoch(PAST, 1200),
+                    getSignaturesForAddress=[[_sig(1150, signed.tx_hash), *HISTORY]], getTransaction=None)
+    status = _adapter(node).get_status(signed)
+    assert (status.state, status.confirmations, status.block_number) == (TxState.INCLUDED, 0, 1150)
 
 
 @pytest.mark.parametrize("level", ["processed", "confirmed"])
@@ -350,7 +439,12 @@ def test_a_transaction_not_yet_served_at_the_commitment_waits() -> None:
     {"getSignatureStatuses": _ctx([None]), "getEpochInfo": {"blockHeight": "high", "absoluteSlot": 5}},
     {"getSignatureStatuses": _ctx([None]), "getEpochInfo": {"blockHeight": PAST}},  # no slot: cannot compare
     {"getSignatureStatuses": _ctx([None]), "getEpochInfo": [PAST]},
-    {"getSignatureStatuses": [_ctx([None]), {"value": [None]}], "getEpochInfo": _epoch(PAST)},  # no context slot
+    {"getSignatureStatuses": {"value": [None]}},  # no context slot
+    {"getSignatureStatuses": _ctx([None]), "getEpochInfo": _epoch(PAST), "getSignaturesForAddress": {"value": []}},
+    {"getSignatureStatuses": _ctx([None]), "getEpochInfo": _epoch(PAST), "getSignaturesForAddress": [{"slot": 5}]},
+    {"getSignatureStatuses": _ctx([None]), "getEpochInfo": _epoch(PAST), "getSignaturesForAddress": [_sig(-1)]},
+    {"getSignatureStatuses": _ctx([None]), "getEpochInfo": _epoch(PAST),
+     "getSignaturesForAddress": [_sig(1100), _sig(1101), _sig(900)]},  # not newest first: cannot be trusted
     {"getSignatureStatuses": _status("finalized"), "getTransaction": {"meta": {}}},
     {"getSignatureStatuses": _status("finalized"), "getTransaction": _transaction(10**6, 10**6 - 1000)},  # paid < fee
 ])
@@ -434,12 +528,16 @@ def test_an_account_at_the_ata_address_that_is_not_that_mints_is_an_error() -> N
         _adapter(node).quote_fee(TransferIntent(A, B, 1, USDC))
 
 
-def test_build_context_is_the_latest_blockhash_at_the_commitment() -> None:
-    node = FakeNode(getLatestBlockhash=_ctx({"blockhash": BLOCKHASH, "lastValidBlockHeight": 250}))
-    assert _adapter(node).build_context(TransferIntent(A, B, 1, SOL)) == {"blockhash": BLOCKHASH, "last_valid_block_height": 250}
+def test_build_context_is_the_latest_blockhash_at_the_commitment_with_its_slot() -> None:
+    node = FakeNode(getLatestBlockhash=_ctx({"blockhash": BLOCKHASH, "lastValidBlockHeight": 250}, slot=120))
+    assert _adapter(node).build_context(TransferIntent(A, B, 1, SOL)) == {
+        "blockhash": BLOCKHASH, "last_valid_block_height": 250, "blockhash_slot": 120}
     assert node.calls == [("getLatestBlockhash", [{"commitment": "finalized"}])]
     with pytest.raises(ChainRpcError):
         _adapter(FakeNode(getLatestBlockhash=_ctx({"blockhash": 5}))).build_context(TransferIntent(A, B, 1, SOL))
+    with pytest.raises(ChainRpcError):  # no context slot: the expiry could never be proven
+        _adapter(FakeNode(getLatestBlockhash={"value": {"blockhash": BLOCKHASH, "lastValidBlockHeight": 250}})).build_context(
+            TransferIntent(A, B, 1, SOL))
 
 
 def test_balances_read_sol_and_the_owners_token_account() -> None:
