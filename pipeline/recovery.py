@@ -60,13 +60,21 @@ def claim_for_replay(session: Session, tx: Transaction, grace_s: float, force: b
     return _redrive(session, tx, "replayed", grace_s)
 
 
-def due_messages(session: Session, interval_s: float, cap_s: float, limit: int = 500) -> list[Dispatch]:
+def due_messages(session: Session, interval_s: float, cap_s: float, backlogged: frozenset[str] = frozenset(),
+                 limit: int = 500) -> list[Dispatch]:
     """Outbox rows whose message should have been picked up by now: published again (same token,
-    so a copy that does arrive late is dropped), next time after a doubling delay up to `cap_s`."""
+    so a copy that does arrive late is dropped), next time after a doubling delay up to `cap_s`.
+
+    A row whose step queue still holds messages (`backlogged`) is most likely queued, not lost:
+    it is not copied, only looked at again later, unless it has waited ten times `cap_s` (a queue
+    that never drains must not hide a lost message for ever)."""
     dispatches = []
+    now = utcnow()
     for row in due_outbox(session, limit):
+        row.due_at = now + timedelta(seconds=min(cap_s, interval_s * 2 ** (row.attempts + 1)))
+        if row.step in backlogged and now - row.created_at < timedelta(seconds=10 * cap_s):
+            continue
         row.attempts += 1
-        row.due_at = utcnow() + timedelta(seconds=min(cap_s, interval_s * 2**row.attempts))
         dispatches.append(Dispatch(row.transaction_id, row.step, row.seq, 0.0, row.errors))
     return dispatches
 

@@ -11,7 +11,8 @@ import structlog
 
 from pipeline.driving import Dispatch, mark_due_now
 from pipeline.steps import StepContext
-from workers.app import app, task_name
+from pipeline.stages import STEPS
+from workers.app import QUEUE_PREFIX, app, task_name
 
 log = structlog.get_logger("paratro.routing")
 
@@ -38,3 +39,15 @@ def publish_after_commit(ctx: StepContext, dispatch: Dispatch | None) -> bool:
     except Exception as exc:  # noqa: BLE001 - the row is still there; due at its grace deadline
         log.warning("publish.mark_due_failed", tx=dispatch.transaction_id, error=f"{type(exc).__name__}")
     return False
+
+
+def backlogged_steps() -> frozenset[str]:
+    """Steps whose queue holds messages right now (Redis list lengths): a due outbox row of such a
+    step is probably still queued, so the relay does not copy it yet. Empty if Redis cannot say."""
+    try:
+        with app.connection_for_write() as connection:
+            client = connection.default_channel.client
+            return frozenset(step for step in STEPS if client.llen(QUEUE_PREFIX + step) > 0)
+    except Exception as exc:  # noqa: BLE001 - broker trouble: publishing will say so too
+        log.warning("relay.queue_lengths_unknown", error=f"{type(exc).__name__}")
+        return frozenset()

@@ -18,7 +18,7 @@ from pipeline.stages import STEPS
 from pipeline.steps.runner import run_message
 from workers import runtime
 from workers.app import app, task_name
-from workers.routing import publish_after_commit
+from workers.routing import backlogged_steps, publish_after_commit
 
 log = structlog.get_logger("paratro.worker")
 
@@ -71,8 +71,9 @@ def relay() -> int:
     """Publish outbox messages that should exist by now but were not picked up (same token)."""
     ctx = runtime.context()
     settings = get_settings()
+    backlogged = backlogged_steps()
     with ctx.db.unit_of_work() as session:
-        dispatches = due_messages(session, settings.relay_interval_s, ctx.stall_after_s)
+        dispatches = due_messages(session, settings.relay_interval_s, ctx.stall_after_s, backlogged)
     for dispatch in dispatches:
         publish_after_commit(ctx, dispatch)
         log.info("relay.published", tx=dispatch.transaction_id, step=dispatch.step, seq=dispatch.seq)

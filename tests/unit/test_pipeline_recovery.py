@@ -161,3 +161,25 @@ def test_a_held_transfer_is_left_to_ops_until_replayed(world: World) -> None:
     assert redrive is not None and (redrive.stage, redrive.step) == (Stage.RECEIVED, "resolve_source")
     assert world.tx(tx_id).held_at is None
     assert [e.reason for e in world.events(tx_id)][-2:] == ["held", "replayed"]
+
+
+def test_the_relay_does_not_copy_a_message_whose_queue_is_backed_up_until_it_waited_too_long(world: World) -> None:
+    # Given a due outbox row whose step queue still holds messages (a backlog, not a loss)
+    alice = world.onboard(balances={"ETH": ETH})
+    tx_id = world.transfer(alice, "0.1")
+
+    def due(created_s_ago: float) -> None:
+        with world.db.unit_of_work() as s:
+            for row in s.scalars(select(OutboxMessage)):
+                row.due_at = utcnow() - timedelta(seconds=1)
+                row.created_at = utcnow() - timedelta(seconds=created_s_ago)
+
+    due(30)
+    with world.db.unit_of_work() as s:
+        assert due_messages(s, 2, 120, frozenset({"resolve_source"})) == []
+    with world.db.unit_of_work() as s:  # looked at again later, not at once
+        assert due_messages(s, 2, 120, frozenset({"resolve_source"})) == []
+    # When it has waited ten times the grace, it is copied all the same
+    due(1300)
+    with world.db.unit_of_work() as s:
+        assert due_messages(s, 2, 120, frozenset({"resolve_source"})) == [Dispatch(tx_id, "resolve_source", 1)]
