@@ -10,20 +10,26 @@ decisions that need a node:
   `activation_fee_sun`), and for a TRC20 call's energy, capped by the transaction's `fee_limit`
   (`fee_limit_sun`). `FeeQuote.max_fee` is the sum of the caps that apply; the receipt's `fee`
   is what was actually burnt (0 when free bandwidth covered a TRX transfer);
-- TaPoS and expiry: a transaction names a recent reference block and expires
-  `expiration_s` after the head block it was built on. java-tron takes it into block k only if
-  k's parent is at or after the reference block and the parent's timestamp is before the
-  expiration; so the blocks that could ever hold it are ref+1 .. m, m being the first block whose
-  timestamp is at or past the expiration. It is EXPIRED only on proof that none of those holds it
-  (`_expiry_proof`): the solidified head is at or past the expiration (so m exists and is
-  irreversible), and the solidified blocks ref .. m, fetched from the solidity API by number and
-  checked to be one chain (each block's parentHash is the previous blockID, starting at the
-  reference block whose id matches the transaction's ref_block_hash), list no such txID. A
-  lagging backend cannot fake this: one that has not solidified a block answers `{}` (or a short
-  list) for it, which is "no proof", never "not there"; a lookup by txID, whose "unknown" means
-  nothing from a backend behind, is not relied on. The fields come from the signed bytes' raw_data
-  (what the chain checks), and must agree with the stored build context. A broadcast refused as
-  expired becomes TransactionRejected("expired") only with that proof, so the pipeline re-signs;
+- TaPoS and expiry: a transaction names a reference block (TaPoS) and expires `expiration_s`
+  after the newest block seen when it was built. The reference is the solidified head
+  (`build_context`): an irreversible block, so no short fork can orphan it and leave signed bytes
+  that can never pass TaPoS. java-tron takes it into block k only if the newest block at or
+  below k's parent with the reference's low 16 bits is the reference (TaPoS) and the parent's
+  timestamp is before the expiration; so the blocks that could ever hold it are ref+1 .. m, m
+  being the first block whose timestamp is at or past the expiration. It is EXPIRED only on
+  proof that none of those holds it (`_expiry_proof`), once the solidified head is at or past the
+  expiration (so m exists and is irreversible): either the solidified blocks ref .. m, fetched
+  from the solidity API by number and checked to be one chain (each block's parentHash is the
+  previous blockID, starting at the reference block whose id matches the transaction's
+  ref_block_hash), list no such txID; or the reference is not on the chain at all: the
+  solidified block at its number carries another hash (every block TaPoS could compare it with,
+  up to the solidified head, is another block), so the bytes can never be valid. A lagging
+  backend cannot fake this: one that has not solidified a block answers `{}` (or a short list)
+  for it, which is "no proof", never "not there"; a lookup by txID, whose "unknown" means
+  nothing from a backend behind, is not relied on. The fields come from the signed bytes'
+  raw_data (what the chain checks), and must agree with the stored build context. A broadcast
+  refused as expired (or TAPOS_ERROR) becomes TransactionRejected("expired") only with that
+  proof, so the pipeline re-signs;
 - confirmations count from the head, but reach the registry's depth only once the block is
   solidified (irreversible), whatever the count says;
 - broadcast is idempotent: the node already having this txID (DUP_TRANSACTION_ERROR, or an
@@ -129,6 +135,10 @@ class _Block:
 # 100; full mainnet blocks are large, so fewer per answer keeps each one well within the timeout).
 _SCAN_BATCH = 20
 _TAPOS_WINDOW = 65_536  # ref_block_bytes are the low 16 bits of the reference block's number
+# Most blocks the solidified head (the reference) may trail the head at build time (mainnet: ~20;
+# more is a solidity backend far behind, whose block would be a stale reference).
+_MAX_REFERENCE_LAG = 4_096
+_ORPHANED = object()  # _reference_block: the reference is not on the chain (TaPoS can never pass)
 _VALIDITY_KEYS = ("ref_block_bytes", "ref_block_hash", "expiration", "timestamp")
 
 
@@ -266,13 +276,25 @@ class TronAdapter:
     # --- offline build and signature -------------------------------------------------------
 
     def build_context(self, intent: TransferIntent) -> dict[str, Any]:
-        """The head block as TaPoS reference; expiration `expiration_s` after its timestamp."""
+        """The solidified head as TaPoS reference; expiration `expiration_s` after the newest block.
+
+        The reference must be irreversible: a transaction referencing the unconfirmed head is
+        dead for good if a short fork orphans that block (TAPOS_ERROR everywhere), and can only
+        be replaced once its expiration is solidified. The times come from the head (the newer
+        of the two answers, so the reference is never newer than `timestamp`); a solidified head
+        trailing the head by more than `_MAX_REFERENCE_LAG` blocks is refused (transient).
+        """
+        solid = self._solid_head()
         head = self._head()
+        if head.number - solid.number > _MAX_REFERENCE_LAG:
+            raise ChainRpcError(f"{self.spec.name}: the solidified head {solid.number} trails the head "
+                                f"{head.number} by more than {_MAX_REFERENCE_LAG} blocks; not a usable reference")
+        now = max(head.timestamp, solid.timestamp)
         return {
-            "ref_block_bytes": head.block_id[12:16],  # bytes 6..8 of the block number
-            "ref_block_hash": head.block_id[16:32],  # bytes 8..16 of the block hash
-            "expiration": head.timestamp + self.options.expiration_s * 1000,
-            "timestamp": head.timestamp,
+            "ref_block_bytes": solid.block_id[12:16],  # bytes 6..8 of the block number
+            "ref_block_hash": solid.block_id[16:32],  # bytes 8..16 of the block hash
+            "expiration": now + self.options.expiration_s * 1000,
+            "timestamp": now,
         }
 
     def build(self, intent: TransferIntent, fee: FeeQuote, nonce: int | None,
@@ -359,13 +381,16 @@ class TronAdapter:
         solidified head at or past the expiration, so m is solidified. The reference block is
         found by number (its low 16 bits are ref_block_bytes) and must carry ref_block_hash; the
         blocks after it are fetched from the solidity API and must chain by parentHash up to m.
-        Any block the answering node does not have (a lagging backend of a pool, a node catching
-        up) ends the scan without proof. PENDING if a solidified block lists it (the receipt
-        lookup lagged): not dead, and the next poll sees its receipt.
+        A reference that is not on the chain (`_reference_block`) proves it at once: TaPoS can
+        never pass. Any block the answering node does not have (a lagging backend of a pool, a
+        node catching up) ends the scan without proof. PENDING if a solidified block lists it
+        (the receipt lookup lagged): not dead, and the next poll sees its receipt.
         """
         expiration = validity["expiration"]
         previous = self._reference_block(validity, solid)
-        if previous is None:
+        if previous is _ORPHANED:
+            return TxState.EXPIRED
+        if not isinstance(previous, _Block):
             return None
         while previous.timestamp < expiration:
             if previous.number >= solid.number:
@@ -383,13 +408,20 @@ class TronAdapter:
                     break
         return TxState.EXPIRED
 
-    def _reference_block(self, validity: Mapping[str, Any], solid: _Block) -> _Block | None:
-        """The solidified block the transaction references (TaPoS), or None if it is not found.
+    def _reference_block(self, validity: Mapping[str, Any], solid: _Block) -> _Block | object | None:
+        """The solidified block the transaction references (TaPoS); `_ORPHANED` when the reference
+        is provably not on the chain; None when the answering node cannot tell.
 
-        Its number is the newest at or below the solidified head whose low 16 bits are
-        ref_block_bytes; older candidates, 65536 blocks apart, are tried only while the
-        candidate is newer than the transaction's build time. A block at that number with
-        another id means the reference is not on this chain: not proven here (held for ops).
+        Candidates are the solidified blocks whose low 16 bits are ref_block_bytes, newest (at or
+        below the solidified head) first; TaPoS compares the reference with the newest of them
+        at or below a block's parent. One carrying ref_block_hash is the reference. Candidates
+        newer than the transaction (timestamp past its `timestamp`) cannot be it and are passed;
+        the first one that is not newer, if it carries another hash (or if none is left), means
+        the reference was orphaned: TaPoS fails for every parent from there to the solidified
+        head, and a block whose parent is older was made before the transaction existed.
+        Built from the solidified head (`build_context`) this never happens; a transaction
+        built on an unconfirmed head that a short fork replaced is thus proven dead, not left
+        waiting forever. A candidate the answering node has not solidified: None (no proof).
         """
         low = int(validity["ref_block_bytes"], 16)
         number = solid.number - ((solid.number - low) % _TAPOS_WINDOW)
@@ -397,12 +429,14 @@ class TronAdapter:
             block = self._solid_block(number)
             if block is None:
                 return None
+            if block.number != number:
+                raise ChainRpcError(f"{self.spec.name}: walletsolidity/getblockbynum {number} answered block {block.number}")
             if block.block_id[16:32] == validity["ref_block_hash"]:
                 return block
             if block.timestamp <= validity["timestamp"]:
-                return None
+                return _ORPHANED  # the block TaPoS checks at this number is another one: never valid
             number -= _TAPOS_WINDOW
-        return None
+        return _ORPHANED  # no block at any candidate number is the reference
 
     def _included(self, txid: str, info: dict[str, Any], solid: _Block) -> TxStatus:
         number = to_int(info.get("blockNumber"), "receipt block number")

@@ -134,6 +134,14 @@ class TronNode(Service):
     def head(self) -> int:
         return int(self.api("wallet/getnowblock")["block_header"]["raw_data"].get("number", 0))
 
+    def solid_head(self) -> int:
+        return int(self.api("walletsolidity/getnowblock")["block_header"]["raw_data"].get("number", 0))
+
+    def fork(self, start: int) -> list[str]:
+        """Replace the unsolidified (empty) blocks start .. head by a sibling branch with new ids, as
+        a short fork switch does; RuntimeError if `start` is solidified already. The replaced ids."""
+        return list(self.api("devnet/fork", {"from": start})["replaced"])
+
 
 def _token(text: str) -> Any:
     from tronpy.keys import to_hex_address

@@ -9,7 +9,10 @@ contract's own rules (CONTRACT_VALIDATE_ERROR). A transaction is executed on the
 when broadcast (so pool members see each other) and executed again on the block's state when a
 block is produced; one that no longer validates then (e.g. it expired) is dropped, as on
 mainnet. Fees are in `devnet.tron.fees`. Blocks are solidified `solidify_depth` deep: block b is
-solid once the head is at b + depth - 1, the moment it has `depth` confirmations.
+solid once the head is at b + depth - 1, the moment it has `depth` confirmations. `fork` replaces
+unsolidified blocks by a sibling branch (new ids), as a short fork switch does; a transaction
+whose TaPoS reference was one of them is refused with TAPOS_ERROR from then on, and dropped from
+the pool at the next block.
 
 Thread-safety: every public method takes the one lock; the HTTP server and the block producer
 call in from their own threads.
@@ -99,8 +102,9 @@ class Included:
     ret: str  # contractRet: SUCCESS, OUT_OF_ENERGY, REVERT
 
 
-def _block_id(number: int, parent_id: str, timestamp: int, tx_root: str) -> str:
-    digest = hashlib.sha256(f"{number}|{parent_id}|{timestamp}|{tx_root}".encode()).digest()
+def _block_id(number: int, parent_id: str, timestamp: int, tx_root: str, branch: int = 0) -> str:
+    salt = f"|branch{branch}" if branch else ""  # another witness's block at the same slot: another id
+    digest = hashlib.sha256(f"{number}|{parent_id}|{timestamp}|{tx_root}{salt}".encode()).digest()
     return (number.to_bytes(8, "big") + digest[8:]).hex()
 
 
@@ -131,6 +135,7 @@ class TronChain:
         self.pending_ledger = self.ledger.copy()
         self.pending: dict[str, dict[str, Any]] = {}
         self.included: dict[str, Included] = {}
+        self._branches = 0
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -154,6 +159,7 @@ class TronChain:
             applied: list[tuple[str, dict[str, Any], dict[str, Any], str]] = []
             for txid, tx in self.pending.items():
                 try:
+                    self._check_tapos(tx["raw_data"])  # its reference may have been forked away since
                     receipt, ret = self._execute(ledger, tx, parent, timestamp)
                 except Refused:
                     continue
@@ -171,6 +177,27 @@ class TronChain:
             self.pending = {}
             self.pending_ledger = ledger.copy()
             return block
+
+    def fork(self, start: int) -> list[Block]:
+        """Replace blocks `start` .. head by a sibling branch: same numbers and times, new ids (a
+        short fork switch). Only unsolidified blocks, and only empty ones (the devnet does not
+        replay transactions onto a new branch). Returns the replaced blocks."""
+        with self.lock:
+            first, head = self.solid.number + 1, self.head.number
+            if not first <= start <= head:
+                raise BadRequest(f"only unsolidified blocks can be forked away: {first}..{head}, not {start}")
+            replaced = self.blocks[start:]
+            if any(old.txids for old in replaced):
+                raise BadRequest("the devnet forks only blocks without transactions")
+            self._branches += 1
+            parent = self.blocks[start - 1]
+            branch: list[Block] = []
+            for old in replaced:
+                parent = Block(old.number, _block_id(old.number, parent.block_id, old.timestamp, old.tx_root, self._branches),
+                               parent.block_id, old.timestamp, (), old.tx_root)
+                branch.append(parent)
+            self.blocks[start:] = branch
+            return replaced
 
     def block(self, number: int, solid: bool = False) -> Block | None:
         """The block at `number`; with `solid`, only once it is solidified (the solidity API's view)."""

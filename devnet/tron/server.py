@@ -9,6 +9,8 @@ Devnet-only endpoints (no TRON node has them):
     POST /devnet/fund        {"address", "amount_sun"}           -> {"address", "balance"}
     POST /devnet/mint_trc20  {"address", "amount", "contract"?}  -> {"address", "balance"}
     POST /devnet/produce     {"blocks"?: 1}                      -> {"number"}  (a block now)
+    POST /devnet/fork        {"from"}                            -> {"number", "replaced"}  (a short fork:
+                             unsolidified empty blocks from..head get new ids)
     GET  /devnet/info                                            -> block time, depth, fees, tokens
 """
 
@@ -143,6 +145,14 @@ def _produce(chain: TronChain, body: dict[str, Any]) -> dict[str, Any]:
     return {"number": block.number}
 
 
+def _fork(chain: TronChain, body: dict[str, Any]) -> dict[str, Any]:
+    start = body.get("from")
+    if not isinstance(start, int) or isinstance(start, bool):
+        raise BadRequest("from (a block number) is required")
+    replaced = chain.fork(start)
+    return {"number": chain.head.number, "replaced": [old.block_id for old in replaced]}
+
+
 ROUTES: dict[str, Handler] = {
     "/wallet/getnowblock": lambda chain, body: chain.block_json(chain.head),
     "/walletsolidity/getnowblock": lambda chain, body: chain.block_json(chain.solid),
@@ -166,6 +176,7 @@ ROUTES: dict[str, Handler] = {
     "/devnet/fund": _fund,
     "/devnet/mint_trc20": _mint,
     "/devnet/produce": _produce,
+    "/devnet/fork": _fork,
 }
 
 

@@ -5,7 +5,9 @@ txID with a plain secp256k1 key (eth_keys, as the local signer does; standing in
 signer), attach, broadcast (twice: the second is a no-op), status through solidification, with
 the fee the chain reports equal to the TRX the sender lost. Then the failure paths: not enough
 funds, a TRC20 call that runs out of energy (REVERTED, fee burnt), a transaction that expires
-unsent (EXPIRED, then refused as "expired"), and a signature by the wrong key.
+unsent (EXPIRED, then refused as "expired"), a short fork that orphans the unconfirmed head (the
+build context references the solidified head, so it cannot strand a transfer; one built on the
+head the old way is proven dead), and a signature by the wrong key.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from tronpy.keys import PrivateKey
 
 from chains import tron_tx
 from chains.base import FeeQuote, SignedTransaction, TransferIntent, TxState, TxStatus
-from chains.errors import TransactionRejected
+from chains.errors import ChainRpcError, TransactionRejected
 from chains.registry import ChainSpec, load_registry
 from chains.tron import TronAdapter
 from devnet.tron_node import TronNode
@@ -168,6 +170,47 @@ def test_a_transaction_that_expires_unsent_is_expired(node: TronNode, spec: Chai
         hasty.broadcast(signed)
     assert info.value.reason == "expired"  # the pipeline re-signs it as a recorded replacement
     assert hasty.balance_of(recipient, spec.native) == TRX
+
+
+def test_a_short_fork_cannot_strand_a_transfer(spec: ChainSpec) -> None:
+    # A node of its own (nothing else may land in the blocks forked away), slow enough to fork its head.
+    with TronNode(block_time=0.3, solidify_depth=4) as forking:
+        adapter = TronAdapter(replace(spec, rpc_urls=(forking.rpc_url,), confirmations=4,
+                                      options={**spec.options, "expiration_s": 2}))
+        key, sender = _account(forking, trx=10 * TRX)
+        _, recipient = _account(forking, trx=TRX)
+        intent = TransferIntent(sender, recipient, TRX, spec.native)
+        signed, _ = _sign(adapter, key, intent)  # its reference: the solidified head
+        raw_data = json.loads(signed.raw)["raw_data"]
+        reference = forking.api("walletsolidity/getblockbynum", {"num": int(raw_data["ref_block_bytes"], 16)})
+        assert reference["blockID"][16:32] == raw_data["ref_block_hash"]  # solidified: no fork can replace it
+
+        # As build_context used to: the unconfirmed head as reference; then a fork replaces that block
+        for _ in range(10):
+            head = forking.api("wallet/getnowblock")
+            raw = head["block_header"]["raw_data"]
+            context = {"ref_block_bytes": head["blockID"][12:16], "ref_block_hash": head["blockID"][16:32],
+                       "expiration": raw["timestamp"] + 2_000, "timestamp": raw["timestamp"]}
+            unsigned = adapter.build(TransferIntent(sender, recipient, 2 * TRX, spec.native),
+                                     adapter.quote_fee(intent), None, context)
+            signature = keys.PrivateKey(key.to_bytes()).sign_msg_hash(unsigned.digests[0]).to_bytes()
+            on_head = replace(adapter.attach_signature(unsigned.payload, [signature]), context=context)
+            try:
+                forking.fork(raw.get("number", 0))
+                break
+            except RuntimeError:  # solidified meanwhile (or the genesis): take the new head
+                time.sleep(0.1)
+        else:
+            pytest.fail("could not fork the unconfirmed head")
+
+        assert adapter.broadcast(signed) == signed.tx_hash  # unaffected by the fork
+        _wait(adapter, on_head, lambda s: s.state is TxState.EXPIRED)  # proven once its expiration is solidified
+        assert adapter.proves_unlandable(on_head)
+        with pytest.raises(TransactionRejected) as info:
+            adapter.broadcast(on_head)  # TAPOS_ERROR, proven: the pipeline re-signs it
+        assert info.value.reason == "expired" and "TAPOS_ERROR" in info.value.detail
+        assert _final(adapter, signed).state is TxState.INCLUDED
+        assert adapter.balance_of(recipient, spec.native) == 2 * TRX  # its TRX and the one transfer that landed
 
 
 def test_a_signature_by_another_key_is_refused_by_the_node(node: TronNode, adapter: TronAdapter, spec: ChainSpec) -> None:

@@ -280,14 +280,23 @@ def test_a_token_contract_that_does_not_answer_is_a_permanent_error(node: tuple[
     assert not info.value.transient
 
 
-def test_the_build_context_references_the_head_block(node: tuple[FakeNode, str]) -> None:
+def test_the_build_context_references_the_solidified_head_and_expires_after_the_head(node: tuple[FakeNode, str]) -> None:
+    # The unconfirmed head can be orphaned by a short fork, and a transaction referencing it then
+    # fails TaPoS everywhere, for good. The solidified head cannot be orphaned.
     fake, url = node
-    head = block(0x1234567, NOW)
-    fake.answers["wallet/getnowblock"] = head
+    solid = block(0x1234567, NOW - 57_000)
+    fake.answers["walletsolidity/getnowblock"] = solid
+    fake.answers["wallet/getnowblock"] = block(0x1234567 + 19, NOW)
     context = _adapter(url, expiration_s=120).build_context(TransferIntent(SENDER, DEST, 1, SPEC.native))
-    assert context == {"ref_block_bytes": "4567", "ref_block_hash": head["blockID"][16:32],
+    assert context == {"ref_block_bytes": "4567", "ref_block_hash": solid["blockID"][16:32],
                        "expiration": NOW + 120_000, "timestamp": NOW}
-    fake.answers["wallet/getnowblock"] = {}
+    # a head answer older than the solidified one (two backends): the times never precede the reference
+    fake.answers["wallet/getnowblock"] = block(0x1234500, NOW - 200_000)
+    assert _adapter(url).build_context(TransferIntent(SENDER, DEST, 1, SPEC.native))["timestamp"] == NOW - 57_000
+    fake.answers["wallet/getnowblock"] = block(0x1234567 + 4097, NOW)  # a solidity backend far behind
+    with pytest.raises(ChainRpcError, match="trails the head"):
+        _adapter(url).build_context(TransferIntent(SENDER, DEST, 1, SPEC.native))
+    fake.answers["walletsolidity/getnowblock"] = {}
     with pytest.raises(ChainRpcError, match="no usable block"):
         _adapter(url).build_context(TransferIntent(SENDER, DEST, 1, SPEC.native))
 
@@ -526,13 +535,55 @@ def test_blocks_that_do_not_chain_from_the_reference_are_no_proof(node: tuple[Fa
     assert _adapter(url).get_status(_signed()).state is TxState.NOT_FOUND
 
 
-def test_a_reference_block_that_is_not_on_the_chain_is_no_proof(node: tuple[FakeNode, str]) -> None:
-    fake, url = node
-    _solid_past_expiration(fake)
-    other = block(REF, NOW)
-    other["blockID"] = block_id(REF)[:16] + "cd" * 24  # another block at that height
+def _orphan_reference(fake: FakeNode, timestamp: int = NOW) -> None:
+    """The solidified block at the reference's number is another one: ours was orphaned by a fork."""
+    other = block(REF, timestamp)
+    other["blockID"] = block_id(REF)[:16] + "cd" * 24
     fake.solid_blocks[REF] = other
-    assert _adapter(url).get_status(_signed()).state is TxState.NOT_FOUND
+
+
+def test_a_reference_orphaned_by_a_fork_is_expired_once_the_expiration_is_solidified(node: tuple[FakeNode, str]) -> None:
+    # Built on an unconfirmed head that a short fork replaced: TAPOS_ERROR at every node, for good.
+    fake, url = node
+    signed = _signed()
+    _orphan_reference(fake)
+    fake.answers["wallet/broadcasttransaction"] = _refusal("TAPOS_ERROR", "Tapos check error")
+    adapter = _adapter(url)
+    # Before the solidified head reaches the expiration: nothing is proven (it is not scanned either)
+    fake.answers["walletsolidity/getnowblock"] = fake.solid_blocks[FIRST_PAST - 1]
+    assert adapter.get_status(signed).state is TxState.NOT_FOUND
+    with pytest.raises(ChainRpcError, match="waiting until its expiration is solidified"):
+        adapter.broadcast(signed)
+    # Then: the solidified block at the reference number is another, the bytes can never be valid
+    _solid_past_expiration(fake)
+    assert adapter.get_status(signed).state is TxState.EXPIRED
+    assert adapter.proves_unlandable(signed) is True
+    with pytest.raises(TransactionRejected) as info:
+        adapter.broadcast(signed)
+    assert info.value.reason == "expired"  # the pipeline re-signs it (a recorded replacement)
+    assert [b["num"] for p, b in fake.calls if p == "walletsolidity/getblockbynum"][-1] == REF
+    assert "walletsolidity/getblockbylimitnext" not in fake.paths()
+
+
+def test_an_orphaned_reference_whose_replacement_is_newer_than_the_transaction_is_expired(node: tuple[FakeNode, str]) -> None:
+    # The block that won the fork at that number came later than ours; there is no older candidate
+    fake, url = node
+    _orphan_reference(fake, timestamp=NOW + BLOCK_MS)
+    _solid_past_expiration(fake)
+    assert _adapter(url).get_status(_signed()).state is TxState.EXPIRED
+
+
+@pytest.mark.parametrize("served_up_to", [REF - 1, 50])
+def test_an_orphaned_reference_on_a_lagging_solidity_backend_is_no_proof(node: tuple[FakeNode, str], served_up_to: int) -> None:
+    # The solidified head past the expiration came from an up-to-date backend; the reference number is
+    # asked of one that has not solidified it: {} is no proof that the reference is gone.
+    fake, url = node
+    _orphan_reference(fake)
+    _solid_past_expiration(fake)
+    fake.solid_blocks = {n: b for n, b in fake.solid_blocks.items() if n <= served_up_to}
+    adapter = _adapter(url)
+    assert adapter.get_status(_signed()).state is TxState.NOT_FOUND
+    assert adapter.proves_unlandable(_signed()) is False
 
 
 def test_the_reference_is_found_a_tapos_window_back(node: tuple[FakeNode, str]) -> None:
@@ -591,3 +642,11 @@ def test_balances(node: tuple[FakeNode, str]) -> None:
     assert _adapter(url).balance_of(SENDER, SPEC.native) == 12
     fake.answers["wallet/triggerconstantcontract"] = {"result": {"result": True}, "constant_result": [f"{10**20:064x}"]}
     assert _adapter(url).balance_of(SENDER, USDT) == 10**20
+
+
+def test_a_solidity_answer_for_another_block_number_is_an_rpc_error(node: tuple[FakeNode, str]) -> None:
+    fake, url = node
+    _solid_past_expiration(fake)
+    fake.answers["walletsolidity/getblockbynum"] = lambda body: fake.solid_blocks[body["num"] - 1]
+    with pytest.raises(ChainRpcError, match="answered block"):
+        _adapter(url).get_status(_signed())

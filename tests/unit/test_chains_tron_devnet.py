@@ -243,3 +243,116 @@ def test_constant_calls(chain: TronChain) -> None:
     assert chain.constant_call(address(BOB), None, bytes.fromhex("70a08231") + bytes(32))["result"]["code"] == \
         "CONTRACT_VALIDATE_ERROR"
     assert "message" in chain.constant_call(USDT, None, bytes.fromhex("deadbeef"))["result"]
+
+
+# --- short forks ---------------------------------------------------------------------------------
+
+
+def test_a_fork_replaces_unsolidified_empty_blocks_only(chain: TronChain, clock: Clock) -> None:
+    from devnet.tron.chain import BadRequest
+
+    mine(chain, clock, 5)  # head 5, solid 3
+    before = list(chain.blocks)
+    replaced = chain.fork(4)
+    assert [b.number for b in replaced] == [4, 5] and chain.head.number == 5
+    assert chain.blocks[:4] == before[:4]
+    assert [chain.blocks[n].block_id for n in (4, 5)] != [before[n].block_id for n in (4, 5)]
+    assert chain.blocks[4].parent_id == before[3].block_id and chain.blocks[5].parent_id == chain.blocks[4].block_id
+    assert chain.blocks[4].timestamp == before[4].timestamp  # same slots, another witness's blocks
+    branch = list(chain.blocks)
+    assert chain.fork(5) == branch[5:] and chain.blocks[4] == branch[4] and chain.blocks[5] != branch[5]  # again, shorter
+    with pytest.raises(BadRequest, match="unsolidified"):
+        chain.fork(3)  # solidified: irreversible
+    with pytest.raises(BadRequest, match="unsolidified"):
+        chain.fork(6)
+    chain.fund(address(ALICE), 10 * TRX)
+    chain.broadcast(trx(chain, ALICE, address(BOB), TRX))
+    mine(chain, clock)  # block 6 holds a transaction
+    with pytest.raises(BadRequest, match="without transactions"):
+        chain.fork(5)
+
+
+def test_a_transaction_whose_reference_was_forked_away_can_never_be_valid(chain: TronChain, clock: Clock) -> None:
+    chain.fund(address(ALICE), 10 * TRX)
+    mine(chain, clock, 5)
+    on_head = trx(chain, ALICE, address(BOB), TRX)  # references the unconfirmed head, block 5
+    pooled = trx(chain, ALICE, address(BOB), 2 * TRX)
+    chain.broadcast(pooled)
+    solid = chain.solid
+    safe = signed(tron_tx.trx_transfer_raw_data(address(ALICE), address(BOB), 3 * TRX, {
+        "ref_block_bytes": solid.block_id[12:16], "ref_block_hash": solid.block_id[16:32],
+        "expiration": chain.head.timestamp + 60_000, "timestamp": chain.head.timestamp}), ALICE)
+    chain.fork(4)
+    with pytest.raises(Refused) as info:
+        chain.broadcast(on_head)
+    assert info.value.code == "TAPOS_ERROR"
+    mine(chain, clock)  # the pooled one referenced block 5 too: dropped at the next block
+    assert chain.transaction_info(pooled["txID"]) == {} and chain.pending_transaction(pooled["txID"]) == {}
+    chain.broadcast(safe)  # a solidified reference survives any fork
+    mine(chain, clock)
+    assert chain.transaction_info(safe["txID"])["blockNumber"] == 7 and balance(chain, BOB) == 3 * TRX
+
+
+def test_the_fork_endpoint(chain: TronChain, clock: Clock) -> None:
+    from devnet.tron.chain import BadRequest
+    from devnet.tron.server import ROUTES
+
+    mine(chain, clock, 4)
+    old = chain.head.block_id
+    answer = ROUTES["/devnet/fork"](chain, {"from": 4})
+    assert answer == {"number": 4, "replaced": [old]} and chain.head.block_id != old
+    with pytest.raises(BadRequest):
+        ROUTES["/devnet/fork"](chain, {})
+
+
+def test_the_adapter_against_a_fork_that_orphans_the_unconfirmed_head(chain: TronChain, clock: Clock) -> None:
+    # TronAdapter over HTTP against this chain (in-process server, manual clock): its build context
+    # references the solidified head, which no fork can replace; a transaction built the old way, on
+    # the unconfirmed head, is proven dead (EXPIRED, so re-signed) once its expiration is solidified.
+    import threading
+    from dataclasses import replace
+
+    from chains.base import TransferIntent, TxState
+    from chains.errors import ChainRpcError, TransactionRejected
+    from chains.registry import load_registry
+    from chains.tron import TronAdapter
+    from devnet.tron.server import make_server
+
+    server = make_server(chain, "127.0.0.1", 0, {})
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+    try:
+        spec = load_registry("devnet").chain("tron")
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        adapter = TronAdapter(replace(spec, rpc_urls=(url,), confirmations=3, options={**spec.options, "expiration_s": 2}))
+        chain.fund(address(ALICE), 100 * TRX)
+        chain.fund(address(BOB), TRX)
+        mine(chain, clock, 5)  # head 5, solid 3
+        intent = TransferIntent(address(ALICE), address(BOB), TRX, spec.native)
+
+        def sign(context: dict[str, Any]) -> Any:
+            unsigned = adapter.build(intent, adapter.quote_fee(intent), None, context)
+            return replace(adapter.attach_signature(unsigned.payload, [ALICE.sign_msg_hash(unsigned.digests[0]).to_bytes()]),
+                           context=context)
+
+        built = adapter.build_context(intent)
+        assert (built["ref_block_bytes"], built["ref_block_hash"]) == (chain.blocks[3].block_id[12:16], chain.blocks[3].block_id[16:32])
+        assert built["timestamp"] == chain.head.timestamp
+        safe = sign(built)
+        on_head = sign(context(chain, expires_in_ms=2_000))  # as build_context used to: the unconfirmed head
+        chain.fork(4)  # a short fork replaces blocks 4 and 5
+
+        assert adapter.broadcast(safe) == safe.tx_hash  # its reference cannot be orphaned
+        with pytest.raises(ChainRpcError, match="waiting until its expiration is solidified"):
+            adapter.broadcast(on_head)  # TAPOS_ERROR, and not provable yet
+        assert adapter.get_status(on_head).state is TxState.NOT_FOUND
+        while chain.solid.timestamp < on_head.context["expiration"]:
+            mine(chain, clock)
+        assert adapter.get_status(on_head).state is TxState.EXPIRED
+        assert adapter.proves_unlandable(on_head)
+        with pytest.raises(TransactionRejected) as info:
+            adapter.broadcast(on_head)
+        assert info.value.reason == "expired"
+        assert adapter.get_status(safe).state is TxState.INCLUDED
+    finally:
+        server.shutdown()
+        server.server_close()
