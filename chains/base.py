@@ -165,17 +165,20 @@ class ChainAdapter(Protocol):
 
     def get_status(self, signed: SignedTransaction) -> TxStatus:
         """Inclusion, canonical block, confirmations, fee paid; EXPIRED only on proof that the
-        bytes can never land, asked in an order a lagging node cannot fool (Solana: the block
-        height at the commitment is past the stored last valid block height, then the signature
-        is unknown with history search on a node at least that far; TRON: the solidified head is
-        past the expiration and the solidity node has every block up to it and ours is in none)."""
+        bytes can never land, asked in an order a lagging node cannot fool (Solana, at finalized:
+        the block height is past the stored last valid block height at slot S, then the fee
+        payer's history from a node at least at S reaches back before the blockhash's slot without
+        our signature; TRON: the solidified head is past the expiration and every solidified block
+        from the reference block to the first past it is served, linked, and without our txID, or
+        the solidified block at the reference number is another block)."""
 
     def proves_unlandable(self, signed: SignedTransaction) -> bool:
         """Called after the node refused these bytes for good (at broadcast or a rebroadcast) and
         the transaction is not known to the chain: True only when the chain proves they can never
         be included, so the pipeline may FAIL the transfer and release its locks, nonce and inputs.
-        EVM: our hash unknown and the account's nonce at `latest` still at or below ours; Bitcoin:
-        every input still unspent; TRON and Solana: the expiry proof of `get_status`. False means
+        EVM: our hash unknown and the account's nonce at the head block still at or below ours;
+        Bitcoin: every input still unspent at the tip; TRON and Solana: the expiry proof of
+        `get_status`. The pipeline asks only when the refusal answers the first send ever made. False means
         "not proven": the pipeline retries, then holds the transfer for ops."""
 
     def balance_of(self, address: str, token: TokenSpec) -> int:
