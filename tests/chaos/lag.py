@@ -10,12 +10,19 @@ head, an old context slot, "not found" for what came later). This module gives a
   L seconds old (and at most L + MAX_EXTRA_S: older than that it forwards instead);
 - with no such answer, a lookup gets the "has not seen it yet" answer of a node at the head of
   L seconds ago (Solana getSignatureStatuses -> [null] with the old context slot, isBlockhashValid
-  -> false for a blockhash newer than that head, getTransaction -> null; TRON
+  -> false for a blockhash newer than that head, getTransaction -> null, getSignaturesForAddress
+  -> -32016 below its minContextSlot or the list without newer signatures, getBlock past the old
+  head -> -32004; TRON
   gettransactioninfobyid / gettransactionbyid -> {}, getblockbynum past the old head -> {}), but
   only when that is true of the old head: if the live node shows the item at or below the old head,
   the live answer is served (a lagging node would have seen it too);
-- head requests (Solana getSlot / getBlockHeight / getLatestBlockhash, TRON getnowblock on
-  /wallet and /walletsolidity) get the head of L seconds ago from the poller's records.
+- head requests (Solana getSlot / getBlockHeight / getEpochInfo / getLatestBlockhash, TRON
+  getnowblock on /wallet and /walletsolidity) get the head of L seconds ago from the poller's
+  records.
+
+An answer served from the records may be older than L (up to L + MAX_EXTRA_S) when nothing newer
+was recorded: a node that far behind is still consistent, and it is what makes a freshly built
+transaction carry an already expired blockhash or TaPoS reference now and then.
 
 Writes (sendTransaction, broadcasttransaction, faucets) are never eligible.
 """
@@ -118,7 +125,7 @@ class Lagger:
 # --- Solana --------------------------------------------------------------------------------------
 
 SOLANA_HEADS = {"getSlot", "getBlockHeight", "getLatestBlockhash", "getEpochInfo"}
-SOLANA_LOOKUPS = {"getSignatureStatuses", "isBlockhashValid", "getTransaction"}
+SOLANA_LOOKUPS = {"getSignatureStatuses", "isBlockhashValid", "getTransaction", "getSignaturesForAddress", "getBlock"}
 SOLANA_READS = SOLANA_HEADS | SOLANA_LOOKUPS | {"getBalance", "getAccountInfo", "getTokenAccountBalance"}
 COMMITMENTS = ("processed", "confirmed", "finalized")
 API_VERSION = "2.1.0"
@@ -161,7 +168,7 @@ class SolanaLag(Lagger):
     def poll_once(self, upstream: Upstream) -> None:
         batch = []
         for commitment in COMMITMENTS:
-            for method in ("getSlot", "getBlockHeight", "getLatestBlockhash"):
+            for method in ("getSlot", "getBlockHeight", "getLatestBlockhash", "getEpochInfo"):
                 batch.append({"jsonrpc": "2.0", "id": len(batch), "method": method, "params": [{"commitment": commitment}]})
         status, data, _ = upstream.request("POST", "/", json.dumps(batch).encode(), {"Content-Type": "application/json"})
         if status != 200:
@@ -215,6 +222,8 @@ class SolanaLag(Lagger):
             return None
         if method == "isBlockhashValid":
             return self._blockhash_valid(ident, params, processed)
+        if method == "getBlock":
+            return self._block(ident, params)
         status, data = forward(path, body)
         if status != 200:
             return None
@@ -239,7 +248,49 @@ class SolanaLag(Lagger):
                 self.kinds["unseen"] += 1
                 return self._reply(ident, None)
             return data
+        if method == "getSignaturesForAddress":
+            return self._history(ident, params, result, data)
         return None
+
+    def _commitment_slot(self, params: list[Any], index: int) -> int | None:
+        config = params[index] if len(params) > index and isinstance(params[index], dict) else {}
+        return self.old_slot(config.get("commitment", "finalized"))
+
+    def _history(self, ident: Any, params: list[Any], result: Any, live: bytes) -> bytes | None:
+        """A node at the old head: -32016 below `minContextSlot`, else the list without the newer
+        signatures (when the live page was not full: a full page would have gone further back)."""
+        old = self._commitment_slot(params, 1)
+        config = params[1] if len(params) > 1 and isinstance(params[1], dict) else {}
+        if old is None or not isinstance(result, list):
+            return None
+        wanted = config.get("minContextSlot")
+        if isinstance(wanted, int) and old < wanted:
+            self.kinds["unseen"] += 1
+            return self._error(ident, -32016, "Minimum context slot has not been reached", {"contextSlot": old})
+        kept = [entry for entry in result if isinstance(entry, dict) and isinstance(entry.get("slot"), int)
+                and entry["slot"] <= old]
+        if len(kept) == len(result):
+            return live
+        if len(result) >= int(config.get("limit", 1000)):
+            return None
+        self.kinds["unseen"] += 1
+        return self._reply(ident, kept)
+
+    def _block(self, ident: Any, params: list[Any]) -> bytes | None:
+        """A node at the old head has no block past it (-32004, as a validator answers)."""
+        slot = params[0] if params and isinstance(params[0], int) else None
+        old = self._commitment_slot(params, 1)
+        if slot is None or old is None or slot <= old:
+            return None
+        self.kinds["unseen"] += 1
+        return self._error(ident, -32004, f"Block not available for slot {slot}", None)
+
+    @staticmethod
+    def _error(ident: Any, code: int, message: str, data: Any) -> bytes:
+        error: dict[str, Any] = {"code": code, "message": message}
+        if data is not None:
+            error["data"] = data
+        return json.dumps({"jsonrpc": "2.0", "error": error, "id": ident}).encode()
 
     def _blockhash_valid(self, ident: Any, params: list[Any], processed: int) -> bytes | None:
         blockhash = params[0] if params else None

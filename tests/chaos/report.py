@@ -11,10 +11,10 @@ from pathlib import Path
 
 from tests.chaos.checks import Verdict
 
-# One of these ends every run of a step task (workers/tasks.py): done (with its outcome), retried,
-# given up, held, or dropped because a newer driver owns the transfer.
-RUN_EVENTS = {"step.done", "step.dropped", "step.retry", "step.retries_exhausted", "step.held",
-              "step.unknown_transaction"}
+# Every run of a step task ends with exactly one "step.*" line (workers/tasks.py): step.done with
+# its outcome (advanced, noop = the work was already done, wait, final, ...), step.dropped (a
+# message of a superseded driver), step.retry, step.exhausted, step.held, ...
+RUN_PREFIX = "step."
 
 
 @dataclass
@@ -28,20 +28,33 @@ class StepStats:
         return f"steps: {self.runs} runs, {self.noop} duplicate (noop), {self.dropped} dropped (stale)"
 
 
+def json_objects(line: str) -> list[dict]:
+    """The JSON objects of one log line: pool processes share the file, and two of them can write
+    into the same line ('{...}{...}'), so a line is decoded object after object."""
+    decoder, found, at = json.JSONDecoder(), [], 0
+    while True:
+        at = line.find("{", at)
+        if at < 0:
+            return found
+        try:
+            obj, end = decoder.raw_decode(line, at)
+        except ValueError:
+            at += 1
+            continue
+        if isinstance(obj, dict):
+            found.append(obj)
+        at = end
+
+
 def step_stats(log_paths: list[Path]) -> StepStats:
     stats = StepStats(outcomes=Counter())
     for path in log_paths:
         try:
             with open(path, encoding="utf-8", errors="replace") as fh:
-                for line in fh:
-                    if not line.startswith("{"):
-                        continue
-                    try:
-                        entry = json.loads(line)
-                    except ValueError:
-                        continue
+                entries = (entry for line in fh if '"event"' in line for entry in json_objects(line))
+                for entry in entries:
                     event = entry.get("event")
-                    if event not in RUN_EVENTS:
+                    if not isinstance(event, str) or not event.startswith(RUN_PREFIX):
                         continue
                     stats.runs += 1
                     if event == "step.done":

@@ -302,13 +302,25 @@ def stragglers(ctx: Any, client_id: str) -> list[str]:
                 f"last error: {(t.last_error or '-')[:160]}" for t in rows]
 
 
+STILL_S = 120.0  # in the calm phase, nothing moving for this long means waiting longer is no use
+
+
 def _wait_final(progress: Progress, cluster: ChaosCluster, until: float, log: Callable[[str], None]) -> None:
+    """Until every transfer is final, `until`, or STILL_S without any transfer changing stage."""
+    last: dict[str, int] | None = None
+    changed = time.monotonic()
     while time.monotonic() < until:
         for note in cluster.reap_exited():
             log(f"NOTE: {note}")
-        counts = progress.maybe(time.monotonic())
+        now = time.monotonic()
+        counts = progress.maybe(now)
         if counts is not None and counts["pending"] == 0:
-            progress.maybe(time.monotonic(), force=True)
+            progress.maybe(now, force=True)
+            return
+        if counts != last:
+            last, changed = counts, now
+        elif now - changed >= STILL_S:
+            log(f"no transfer changed stage for {STILL_S:.0f} s; waiting longer is no use")
             return
         time.sleep(0.5)
     progress.maybe(time.monotonic(), force=True)
