@@ -17,6 +17,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from devnet.processes import ManagedProcess
 from tests.chaos.proxy import FaultProxy, FaultRates
@@ -76,7 +77,7 @@ class ChaosCluster:
         self._stack = ExitStack()
 
     # -- start ---------------------------------------------------------------------------------
-    def start(self, say: "callable") -> None:
+    def start(self, say: Callable[[str], None]) -> None:
         from chains.registry import load_registry
         from devnet.nodes import start_node
         from devnet.redis_server import RedisServer
