@@ -531,12 +531,19 @@ def _options(spec: ChainSpec) -> dict[str, Any]:
             "allow_off_curve": allow_off_curve, "genesis_hash": genesis}
 
 
+BLOCKHASH_VALIDITY_BLOCKS = 150  # lastValidBlockHeight = the blockhash's block height + 150
+
+
 def _validity(signed: SignedTransaction) -> tuple[int, int] | None:
     """(last valid block height, blockhash slot) of the bytes' blockhash from the stored context,
     or None if the context cannot say: missing, not integers, or the context of another build
     (its blockhash is not the one the signed bytes carry). None means no expiry can be proven."""
     context = signed.context if isinstance(signed.context, Mapping) else {}
     height, slot, blockhash = context.get("last_valid_block_height"), context.get("blockhash_slot"), context.get("blockhash")
+    if slot is None and isinstance(height, int) and not isinstance(height, bool) and height >= BLOCKHASH_VALIDITY_BLOCKS:
+        # Built before blockhash_slot was stored: the blockhash's block height stands in. A slot is
+        # never below its block height, so the history search reaches back at least as far.
+        slot = height - BLOCKHASH_VALIDITY_BLOCKS
     if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (height, slot)):
         return None
     if blockhash is not None and blockhash != solana_tx.blockhash_of(signed.raw):

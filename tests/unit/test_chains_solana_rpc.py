@@ -365,11 +365,9 @@ def test_a_history_too_long_to_scan_is_no_proof() -> None:
 @pytest.mark.parametrize("context", [
     {},  # no stored context (e.g. a row from before contexts were stored)
     {"blockhash": BLOCKHASH},
-    {"blockhash": BLOCKHASH, "last_valid_block_height": 1150},  # from before the blockhash slot was stored
     {"blockhash": BLOCKHASH, "last_valid_block_height": "1150", "blockhash_slot": 1000},
     {"blockhash": BLOCKHASH, "last_valid_block_height": True, "blockhash_slot": 1000},
     {"blockhash": BLOCKHASH, "last_valid_block_height": 1150, "blockhash_slot": -1},
-    {"blockhash": BLOCKHASH, "last_valid_block_height": 1150, "blockhash_slot": None},
     {"blockhash": "11111111111111111111111111111111", "last_valid_block_height": 1150, "blockhash_slot": 1000},  # another build's
 ])
 def test_without_a_usable_last_valid_height_nothing_is_proven(context: dict[str, Any]) -> None:
@@ -379,6 +377,20 @@ def test_without_a_usable_last_valid_height_nothing_is_proven(context: dict[str,
     assert adapter.get_status(signed).state is TxState.NOT_FOUND
     assert adapter.proves_unlandable(signed) is False
     assert "getEpochInfo" not in node.methods()
+
+
+@pytest.mark.parametrize("context", [
+    {"blockhash": BLOCKHASH, "last_valid_block_height": 1150},
+    {"blockhash": BLOCKHASH, "last_valid_block_height": 1150, "blockhash_slot": None},
+])
+def test_a_context_from_before_the_blockhash_slot_was_stored_uses_its_block_height(context: dict[str, Any]) -> None:
+    # Signed by a worker of the previous release (a rolling upgrade): the blockhash's block height
+    # (last valid - 150) is a lower bound of its slot, so the history must reach back at least as far
+    node = FakeNode(getSignatureStatuses=_unknown(1100), getEpochInfo=_epoch(PAST, 1200), getSignaturesForAddress=_history)
+    assert _adapter(node).get_status(replace(_signed(), context=context)).state is TxState.EXPIRED
+    short = FakeNode(getSignatureStatuses=_unknown(1100), getEpochInfo=_epoch(PAST, 1200),
+                     getSignaturesForAddress=[[_sig(1001, "1" * 88)], []])
+    assert _adapter(short).get_status(replace(_signed(), context=context)).state is TxState.NOT_FOUND
 
 
 def test_landing_between_the_two_checks_is_not_expired() -> None:
