@@ -60,19 +60,21 @@ def claim_for_replay(session: Session, tx: Transaction, grace_s: float, force: b
     return _redrive(session, tx, "replayed", grace_s)
 
 
-def due_messages(session: Session, interval_s: float, cap_s: float, backlogged: frozenset[str] = frozenset(),
+def due_messages(session: Session, grace_s: float, backlogged: frozenset[str] = frozenset(),
                  limit: int = 500) -> list[Dispatch]:
     """Outbox rows whose message should have been picked up by now: published again (same token,
-    so a copy that does arrive late is dropped), next time after a doubling delay up to `cap_s`.
+    so a copy that does arrive late is dropped), next time after a doubling delay (`grace_s`,
+    twice that, ... up to eight times), so a message that is merely slow is copied a few times
+    at most, while a lost one is found within `grace_s` of its deadline.
 
     A row whose step queue still holds messages (`backlogged`) is most likely queued, not lost:
-    it is not copied, only looked at again later, unless it has waited ten times `cap_s` (a queue
-    that never drains must not hide a lost message for ever)."""
+    it is not copied, only looked at again later, unless it has waited ten times `grace_s` (a
+    queue that never drains must not hide a lost message for ever)."""
     dispatches = []
     now = utcnow()
     for row in due_outbox(session, limit):
-        row.due_at = now + timedelta(seconds=min(cap_s, interval_s * 2 ** (row.attempts + 1)))
-        if row.step in backlogged and now - row.created_at < timedelta(seconds=10 * cap_s):
+        row.due_at = now + timedelta(seconds=grace_s * min(8, 2 ** row.attempts))
+        if row.step in backlogged and now - row.created_at < timedelta(seconds=10 * grace_s):
             continue
         row.attempts += 1
         dispatches.append(Dispatch(row.transaction_id, row.step, row.seq, 0.0, row.errors))

@@ -13,7 +13,6 @@ from typing import Any
 import structlog
 
 from pipeline.recovery import claim_stalled, due_messages
-from pipeline.settings import get_settings
 from pipeline.stages import STEPS
 from pipeline.steps.runner import run_message
 from workers import runtime
@@ -70,10 +69,9 @@ def sweep() -> int:
 def relay() -> int:
     """Publish outbox messages that should exist by now but were not picked up (same token)."""
     ctx = runtime.context()
-    settings = get_settings()
     backlogged = backlogged_steps()
     with ctx.db.unit_of_work() as session:
-        dispatches = due_messages(session, settings.relay_interval_s, ctx.stall_after_s, backlogged)
+        dispatches = due_messages(session, ctx.stall_after_s, backlogged)
     for dispatch in dispatches:
         publish_after_commit(ctx, dispatch)
         log.info("relay.published", tx=dispatch.transaction_id, step=dispatch.step, seq=dispatch.seq)

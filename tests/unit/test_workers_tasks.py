@@ -158,7 +158,7 @@ def test_when_the_broker_is_down_the_dispatch_waits_in_the_outbox_due_now(world:
     assert (again.transaction_id, again.created) == (first.transaction_id, False)
     from pipeline.recovery import due_messages
     with world.db.unit_of_work() as s:
-        assert due_messages(s, 2, 120) == [Dispatch(first.transaction_id, "resolve_source", 1)]
+        assert due_messages(s, 120) == [Dispatch(first.transaction_id, "resolve_source", 1)]
 
 
 def test_a_lost_acknowledgement_of_a_final_commit_leaves_no_message_behind(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
