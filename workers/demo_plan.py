@@ -54,7 +54,7 @@ PLANS: dict[str, ChainPlan] = {
         "bsc", {"BNB": "5", "USDT": "1000"}, (("BNB", "0.02"), ("USDT", "3.25")),
         (Failure("bad-checksum", "BNB", "0.01", broken_checksum, "invalid_destination"),)),
     "tron": ChainPlan(
-        "tron", {"TRX": "1000", "USDT": "5000"}, (("TRX", "2"), ("USDT", "7.5")),
+        "tron", {"TRX": "20000", "USDT": "5000"}, (("TRX", "2"), ("USDT", "7.5")),
         (Failure("hex-form-address", "TRX", "1", constant("41" + secrets.token_hex(20)), "invalid_destination"),)),
     "bitcoin": ChainPlan(
         "bitcoin", {"BTC": "2"}, (("BTC", "0.0015"), ("BTC", "0.002")),
