@@ -257,8 +257,9 @@ def test_a_transaction_past_its_blockhash_is_expired_only_once_provably_dead(
     # Without its stored last valid block height and blockhash slot nothing is proven: never EXPIRED
     assert adapter.get_status(replace(signed, context={})).state is TxState.NOT_FOUND
     assert not adapter.proves_unlandable(replace(signed, context={}))
-    legacy = {k: v for k, v in signed.context.items() if k != "blockhash_slot"}  # built before the slot was stored
-    assert adapter.get_status(replace(signed, context=legacy)).state is TxState.NOT_FOUND
+    # Built before the blockhash slot was stored: its block height (a lower bound of the slot) stands in
+    legacy = {k: v for k, v in signed.context.items() if k != "blockhash_slot"}
+    assert adapter.get_status(replace(signed, context=legacy)).state is TxState.EXPIRED
     # and a fresh build of the same intent goes through
     _, replacement = _send(adapter, sender, intent.to_address, SOL, spec.native)
     assert _finalized(node, adapter, replacement).state is TxState.INCLUDED
