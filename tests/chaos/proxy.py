@@ -217,14 +217,8 @@ class _Handler(BaseHTTPRequestHandler):
         before = proxy.coin() if fault in ("delay", "drop", "timeout") else False
         if fault != "pass":
             proxy.count(fault)
-        if before:
-            if fault == "delay":
-                time.sleep(seconds)
-            elif fault == "drop":
-                return self._drop()
-            elif fault == "timeout":
-                proxy.closing.wait(seconds)
-                return self._drop()
+        if before and self._inflict(fault, seconds):
+            return
 
         def forward(path: str, data: bytes) -> tuple[int, bytes]:
             status, answer, _ = self._upstream.request("POST", path, data, headers)
@@ -248,14 +242,8 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 if lagger is not None and answer[0] == 200 and method == "POST":
                     lagger.observe(self.path, body, answer[1])
-        if not before:
-            if fault == "delay":
-                time.sleep(seconds)
-            elif fault == "drop":
-                return self._drop()
-            elif fault == "timeout":
-                proxy.closing.wait(seconds)
-                return self._drop()
+        if not before and self._inflict(fault, seconds):
+            return
         status, data, content_type = answer
         try:
             self.send_response(status)
@@ -265,6 +253,17 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
         except OSError:
             self.close_connection = True
+
+    def _inflict(self, fault: str, seconds: float) -> bool:
+        """Delay, or drop (at once, or after holding past the client's timeout); True if dropped."""
+        if fault == "delay":
+            time.sleep(seconds)
+        elif fault in ("drop", "timeout"):
+            if fault == "timeout":
+                self.proxy.closing.wait(seconds)
+            self._drop()
+            return True
+        return False
 
     def _drop(self) -> None:
         """Close the connection without a byte of answer."""
