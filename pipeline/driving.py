@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import ColumnElement, and_, delete, select
 from sqlalchemy.orm import Session
 
 from pipeline.errors import NotFound, Superseded
@@ -84,25 +84,31 @@ def load_tx(session: Session, tx_id: str, for_update: bool = True) -> Transactio
     return tx
 
 
-def take(session: Session, transaction_id: str, seq: int | None, step: str, lease_s: float) -> Run | None:
+def take(session: Session, transaction_id: str, seq: int | None, step: str, lease_s: float,
+         errors: int = 0) -> Run | None:
     """Pick up a message: the run gets the next token and a lease, or None if it was superseded
     (or the transfer is final or held by ops)."""
     tx = load_tx(session, transaction_id)
     if tx.status != Status.PENDING.value or tx.held_at is not None:
-        _drop_step_messages(session, transaction_id)  # nobody drives it: nothing left to publish
+        drop_step_messages(session, transaction_id)
         return None
     if seq is None or tx.driver_seq != seq:
         return None
     tx.driver_seq += 1
     tx.lease_until = utcnow() + timedelta(seconds=lease_s)
     tx.heartbeat_at = utcnow()
-    _drop_step_messages(session, transaction_id)
-    return Run(transaction_id, step, tx.driver_seq)
+    drop_step_messages(session, transaction_id)
+    return Run(transaction_id, step, tx.driver_seq, errors)
 
 
-def _drop_step_messages(session: Session, transaction_id: str) -> None:
-    session.execute(delete(OutboxMessage).where(OutboxMessage.transaction_id == transaction_id,
-                                                OutboxMessage.kind == "step"))
+def step_messages_of(transaction_id: str | ColumnElement[str]) -> ColumnElement[bool]:
+    """The outbox rows that are step messages of a transfer (an id, or a correlated column)."""
+    return and_(OutboxMessage.kind == "step", OutboxMessage.transaction_id == transaction_id)
+
+
+def drop_step_messages(session: Session, transaction_id: str) -> None:
+    """Nobody will take them (picked up, final, held): nothing left for the relay to publish."""
+    session.execute(delete(OutboxMessage).where(step_messages_of(transaction_id)))
 
 
 def load_held(session: Session, run: Run, attempt: Attempt | None = None) -> Transaction:
@@ -156,8 +162,7 @@ def is_driven(session: Session, tx: Transaction) -> bool:
     """A live driver holds it: a running step's lease, or a message on its way (an outbox row)."""
     if tx.lease_until is not None and tx.lease_until > utcnow():
         return True
-    return session.scalar(select(OutboxMessage.id).where(OutboxMessage.transaction_id == tx.transaction_id,
-                                                         OutboxMessage.kind == "step").limit(1)) is not None
+    return session.scalar(select(OutboxMessage.id).where(step_messages_of(tx.transaction_id)).limit(1)) is not None
 
 
 def redrive(session: Session, tx: Transaction, publish_grace_s: float) -> Dispatch:

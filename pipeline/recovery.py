@@ -14,12 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import and_, delete, exists, or_, select
+from sqlalchemy import and_, exists, or_, select
 from sqlalchemy.orm import Session
 
-from pipeline.driving import Dispatch, due_outbox, is_driven, redrive, release
+from pipeline.driving import Dispatch, drop_step_messages, due_outbox, is_driven, redrive, release, step_messages_of
 from pipeline.lifecycle import record_note
-from pipeline.models import OutboxMessage, Transaction, utcnow
+from pipeline.models import Transaction, utcnow
 from pipeline.stages import Stage, Status
 
 
@@ -36,7 +36,7 @@ def claim_stalled(session: Session, park_s: float, limit: int = 500) -> list[Red
     (no lease, no message) has waited `park_s`. A transfer with a message on its way (an outbox
     row) is not touched: the relay looks after its message."""
     now = utcnow()
-    waiting = exists().where(OutboxMessage.transaction_id == Transaction.transaction_id, OutboxMessage.kind == "step")
+    waiting = exists().where(step_messages_of(Transaction.transaction_id))
     parked = and_(Transaction.lease_until.is_(None), Transaction.heartbeat_at < now - timedelta(seconds=park_s))
     rows = session.scalars(
         select(Transaction)
@@ -87,8 +87,7 @@ def hold(session: Session, tx: Transaction, error: str) -> None:
     tx.held_at = utcnow()
     tx.last_error = error[:1000]
     release(tx)
-    session.execute(delete(OutboxMessage).where(OutboxMessage.transaction_id == tx.transaction_id,
-                                                OutboxMessage.kind == "step"))
+    drop_step_messages(session, tx.transaction_id)
     record_note(session, tx, "held", tx.last_error)
 
 

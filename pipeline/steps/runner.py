@@ -74,12 +74,11 @@ def run_message(ctx: StepContext, step: str, transaction_id: str, seq: int | Non
     """Run one delivered step message to its conclusion (see the module docstring)."""
     try:
         with ctx.db.unit_of_work() as session:
-            run = take(session, transaction_id, seq, step, ctx.step_lease_s)
+            run = take(session, transaction_id, seq, step, ctx.step_lease_s, errors)
     except NotFound:
         return StepReport("unknown")
     if run is None:
         return StepReport("dropped")
-    run = Run(run.transaction_id, step, run.seq, errors)
     try:
         outcome = STEP_FUNCTIONS[step](ctx, run)
     except Superseded as exc:
