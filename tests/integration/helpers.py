@@ -14,6 +14,7 @@ from pipeline import ledger, onboarding
 from pipeline.amounts import parse_amount
 from pipeline.driving import Dispatch, load_tx, take
 from pipeline.models import Asset, LedgerEntry, OutboxMessage, Transaction, TransactionEvent
+from pipeline.stages import STEPS
 from pipeline.steps import STEP_FUNCTIONS, Outcome, StepContext
 from pipeline.transfers import TransferRequest, create_transfer
 from workers import runtime
@@ -99,22 +100,31 @@ def drive(context: StepContext, step: str, transaction_id: str, lease_s: float =
     return STEP_FUNCTIONS[step](context, run)
 
 
-def duplicate_every_message(transaction_id: str, copies: int = 2, timeout: float = 120.0) -> int:
-    """Until the transfer is final, publish every message it is handed (same token) `copies` more
-    times: what Redis redelivery, the relay and a racing publisher can do. Returns copies sent."""
+def duplicate_every_message(stack: EmbeddedStack, transaction_id: str, copies: int = 2,
+                            timeout: float = 120.0) -> int:
+    """Deliver every message of the transfer `copies` more times: while it runs, each one seen
+    waiting in the outbox (what the relay and a racing publisher do; a message picked up within
+    the poll interval is missed), then, once it is final, late copies of every step with every
+    token it ever had (what Redis redelivery does), so each message it was handed is among them.
+    Returns the late copies sent, once they are all processed."""
     seen: set[int] = set()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with ctx().db.unit_of_work() as session:
             rows = session.scalars(select(OutboxMessage).where(OutboxMessage.transaction_id == transaction_id)).all()
             waiting = [Dispatch(r.transaction_id, r.step, r.seq) for r in rows if r.seq not in seen]
-            status = session.get(Transaction, transaction_id).status  # type: ignore[union-attr]
+            tx = session.get(Transaction, transaction_id)
+            status, last_seq = tx.status, tx.driver_seq  # type: ignore[union-attr]
         for dispatch in waiting:
             seen.add(dispatch.seq)
             for _ in range(copies):
                 publish(dispatch)
         if status != "PENDING" and not waiting:
-            return len(seen) * copies
+            late = [Dispatch(transaction_id, step, seq) for seq in range(1, last_seq + 1) for step in STEPS]
+            for dispatch in late * copies:
+                publish(dispatch)
+            wait_idle(stack)
+            return len(late) * copies
         time.sleep(0.02)
     raise AssertionError(f"{transaction_id} not final within {timeout} s")
 

@@ -115,7 +115,7 @@ def test_every_step_delivered_three_times_has_one_effect(stack):
     f = h.funded_wallet(stack, eth="2", usdt="0")
     to = h.fresh_address()
     tx_id = h.submit(f, "ETH", "0.5", to=to)
-    assert h.duplicate_every_message(tx_id) >= 2 * 6
+    assert h.duplicate_every_message(stack, tx_id) >= 2 * 6
     tx = h.wait_final([tx_id])[tx_id]
     # Then every stage changed once, value moved once, one broadcast, one debit and one fee
     assert tx.status == "CONFIRMED"

@@ -108,7 +108,7 @@ def test_every_step_delivered_three_times_has_one_effect(stack, chain):
     f = _funded(stack, case)
     to = h.fresh_address(chain)
     tx_id = h.submit(f, case.native, case.native_amount, to=to)
-    h.duplicate_every_message(tx_id)
+    h.duplicate_every_message(stack, tx_id)
     tx = h.wait_final([tx_id])[tx_id]
     changes = [to_stage for _, to_stage in h.stage_changes(tx_id)]
     assert tx.status == "CONFIRMED"
