@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
+from pipeline import events
 from pipeline.models import Transaction, TransactionEvent, utcnow
 from pipeline.stages import FINAL, Stage, check_transition, status_for
 
@@ -17,8 +18,10 @@ def is_final(tx: Transaction) -> bool:
 
 
 def advance(session: Session, tx: Transaction, new: Stage, reason: str | None = None, detail: str | None = None) -> None:
-    """Move `tx` to `new` (raises InvalidTransition) and record the event in the same transaction."""
+    """Move `tx` to `new` (raises InvalidTransition) and record the event in the same transaction,
+    with the client's webhook events."""
     current = stage_of(tx)
+    previous_status = tx.status
     check_transition(current, new)
     now = utcnow()
     tx.stage = new.value
@@ -30,6 +33,7 @@ def advance(session: Session, tx: Transaction, new: Stage, reason: str | None = 
         tx.finalized_at = now
     session.add(TransactionEvent(transaction_id=tx.transaction_id, from_stage=current.value, to_stage=new.value,
                                  reason=reason, detail=detail, at=now))
+    events.transaction_changed(session, tx, status_changed=tx.status != previous_status)
 
 
 def record_note(session: Session, tx: Transaction, reason: str, detail: str | None = None) -> None:

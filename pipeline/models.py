@@ -64,10 +64,14 @@ class Client(Base):
     client_id: Mapped[str] = mapped_column(String(40), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     api_key_id: Mapped[str] = mapped_column(String(64), unique=True)
-    api_secret_hash: Mapped[str] = mapped_column(String(200))  # scrypt hash, never the secret
+    # The API secret verifies HMAC-signed requests, so the server needs it back: it is sealed
+    # (AES-256-GCM under PARATRO_SECRETS_KEY, client id as associated data), never stored plain.
+    api_secret_sealed: Mapped[bytes | None] = mapped_column(LargeBinary)
+    api_secret_hash: Mapped[str | None] = mapped_column(String(200))  # pre-0003 clients: rotate to sign
     max_wallets: Mapped[int] = mapped_column(Integer, default=100)
     webhook_url: Mapped[str | None] = mapped_column(String(500))
-    webhook_secret_encrypted: Mapped[bytes | None] = mapped_column(LargeBinary)
+    webhook_secret_encrypted: Mapped[bytes | None] = mapped_column(LargeBinary)  # sealed like the API secret
+    webhook_events: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of opt-in types ("transaction.stage")
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
@@ -79,7 +83,15 @@ class Wallet(Base):
     wallet_name: Mapped[str] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(16), default="PROGRESSING")
     key_status: Mapped[str] = mapped_column(String(16), default="GENERATING")
+    failure_reason: Mapped[str | None] = mapped_column(String(64))
+    failure_detail: Mapped[str | None] = mapped_column(Text)
+    key_attempts: Mapped[int] = mapped_column(Integer, default=0)  # key generation runs started
+    # While GENERATING: when the key generation message is due to be published (again). Written
+    # with the wallet, so a message lost on the way is published again by the relay.
+    key_due_at: Mapped[datetime | None] = mapped_column(DateTime)
+    event_seq: Mapped[int] = mapped_column(Integer, default=0)  # webhook `sequence` of the last event
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
 
 
 class Account(Base):
@@ -138,6 +150,8 @@ class Transaction(Base):
     network: Mapped[str | None] = mapped_column(String(32))
     token_symbol: Mapped[str] = mapped_column(String(16))
     amount: Mapped[int] = mapped_column(BaseUnits)
+    decimals: Mapped[int | None] = mapped_column(Integer)  # the token's, from the registry at creation
+    event_seq: Mapped[int] = mapped_column(Integer, default=0)  # webhook `sequence` of the last event
     status: Mapped[str] = mapped_column(String(16), default="PENDING")
     stage: Mapped[str] = mapped_column(String(32), default="RECEIVED")
     failure_reason: Mapped[str | None] = mapped_column(String(64))
@@ -221,6 +235,46 @@ class OutboxMessage(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)  # publications by the relay
     due_at: Mapped[datetime] = mapped_column(DateTime)  # publish (again) if still here by then
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class WebhookEvent(Base):
+    """One event for a client's webhook, written in the DB transaction of the change it reports.
+
+    The row is its own outbox: the dispatcher delivers rows whose `next_attempt_at` has passed,
+    and records every attempt. `payload` is the exact JSON body sent on every attempt, so
+    `event_id`, `sequence` and `data` are the same across retries and resends.
+    """
+
+    __tablename__ = "webhook_events"
+    __table_args__ = (Index("ix_webhook_due", "status", "next_attempt_at"),)
+
+    event_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    client_id: Mapped[str] = mapped_column(ForeignKey("clients.client_id"), index=True)
+    type: Mapped[str] = mapped_column(String(40))
+    resource_id: Mapped[str] = mapped_column(String(40), index=True)
+    sequence: Mapped[int] = mapped_column(Integer)
+    payload: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="PENDING")  # PENDING, DELIVERED, FAILED
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime)
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class WebhookAttempt(Base):
+    """One POST of an event: what came back and how long it took (never the URL or the secret)."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(ForeignKey("webhook_events.event_id"), index=True)
+    attempted_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    latency_ms: Mapped[int] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(String(16))  # delivered, retry, failed
+    error: Mapped[str | None] = mapped_column(String(300))
 
 
 class LedgerEntry(Base):

@@ -39,6 +39,17 @@ class Settings(BaseSettings):
     relay_interval_s: int = Field(2, description="how often beat publishes outbox messages that are due")
     confirm_timeout_s: int = Field(1800, description="stop polling a broadcast transfer after this long (replayable)")
     signature_timeout_s: int = Field(600, description="stop waiting for the signer after this long (replayable)")
+    secrets_key: SecretStr | None = Field(
+        None, description="AES-256 key (base64url of 32 bytes) sealing API and webhook secrets; required by the API "
+        "and `paratro client`")
+    api_rate_limit_per_min: int = Field(600, ge=1, description="API requests per client per minute (429 beyond)")
+    api_signature_window_s: int = Field(300, ge=30, description="allowed clock difference of a signed request; "
+                                        "nonces are remembered this long")
+    webhook_timeout_s: float = Field(10.0, gt=0, le=60, description="one webhook POST's timeout")
+    webhook_relay_interval_s: float = Field(1.0, gt=0, description="how often beat hands due webhook events to "
+                                            "the dispatcher")
+    wallet_key_attempts: int = Field(5, ge=1, description="key generation runs before a wallet is FAILED")
+    metrics_port: int = Field(0, ge=0, le=65535, description="worker Prometheus exporter port (0: off)")
     log_level: str = Field("INFO")
     log_json: bool = Field(False, description="JSON log lines instead of key=value console lines")
     beat_schedule_path: str = Field("var/celerybeat-schedule", description="where beat keeps its last-run times")

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from chains.errors import UnknownChain, UnknownToken
 from chains.registry import Registry
+from pipeline import events
 from pipeline.amounts import parse_amount
 from pipeline.driving import hand_off
 from pipeline.errors import IdempotencyConflict, InvalidInput, NotFound, UnknownChainError, UnknownSymbol
@@ -102,6 +103,8 @@ def create_transfer(session: Session, registry: Registry, req: TransferRequest,
         network=spec.network,
         token_symbol=token.symbol,
         amount=amount,
+        decimals=token.decimals,
+        event_seq=0,
         status=Status.PENDING.value,
         stage=Stage.RECEIVED.value,
         confirmations=0,
@@ -121,6 +124,7 @@ def create_transfer(session: Session, registry: Registry, req: TransferRequest,
             session.add(TransactionEvent(transaction_id=tx.transaction_id, from_stage=None,
                                          to_stage=Stage.RECEIVED.value, reason="created", at=now))
             hand_off(session, tx, STEP_FOR_STAGE[Stage.RECEIVED], publish_grace_s=publish_grace_s)
+            events.transaction_changed(session, tx, status_changed=True)
             session.flush()
     except IntegrityError:
         # Another request with the same key won the race (PostgreSQL); theirs is the transfer.

@@ -20,8 +20,11 @@ from workers.logconfig import configure_logging
 
 QUEUE_PREFIX = "paratro."
 SWEEP_QUEUE = QUEUE_PREFIX + "sweeper"
+KEYS_QUEUE = QUEUE_PREFIX + "keys"  # wallet key generation: slow, must not wait behind transfers
+WEBHOOKS_QUEUE = QUEUE_PREFIX + "webhooks"  # deliveries: a slow receiver must not hold transfer steps
 MIN_STEP_LEASE_S = 30  # above the 10 s RPC timeout with margin; Bitcoin UTXO scans need the default 300
-ALL_QUEUES = [QUEUE_PREFIX + step for step in STEPS] + [SWEEP_QUEUE]
+ALL_QUEUES = [QUEUE_PREFIX + step for step in STEPS] + [SWEEP_QUEUE, KEYS_QUEUE, WEBHOOKS_QUEUE]
+TASK_MODULES = ["workers.tasks", "workers.key_tasks", "workers.webhook_tasks"]
 
 
 def task_name(step: str) -> str:
@@ -34,7 +37,7 @@ def create_app() -> Celery:
         raise ValueError("visibility_timeout_s must be at least 10x max_countdown_s (Redis redelivers held ETA tasks)")
     if settings.step_lease_s < MIN_STEP_LEASE_S:
         raise ValueError(f"step_lease_s must be at least {MIN_STEP_LEASE_S} s: longer than any single RPC a step makes")
-    app = Celery("paratro", broker=settings.broker_url, include=["workers.tasks"])
+    app = Celery("paratro", broker=settings.broker_url, include=TASK_MODULES)
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -46,11 +49,19 @@ def create_app() -> Celery:
         broker_connection_retry_on_startup=True,
         task_default_queue=SWEEP_QUEUE,
         task_routes={task_name(step): {"queue": QUEUE_PREFIX + step} for step in STEPS}
-        | {task_name("sweep"): {"queue": SWEEP_QUEUE}, task_name("relay"): {"queue": SWEEP_QUEUE}},
+        | {task_name("sweep"): {"queue": SWEEP_QUEUE}, task_name("relay"): {"queue": SWEEP_QUEUE},
+           task_name("generate_wallet_keys"): {"queue": KEYS_QUEUE}, task_name("wallet_keys_relay"): {"queue": SWEEP_QUEUE},
+           task_name("deliver_webhook"): {"queue": WEBHOOKS_QUEUE}, task_name("webhook_relay"): {"queue": WEBHOOKS_QUEUE}},
         beat_schedule={
             "sweep-stalled-transfers": {"task": task_name("sweep"), "schedule": timedelta(seconds=settings.sweep_interval_s)},
             "relay-outbox": {"task": task_name("relay"), "schedule": timedelta(seconds=settings.relay_interval_s),
                              "options": {"expires": settings.relay_interval_s * 5}},
+            "relay-wallet-keys": {"task": task_name("wallet_keys_relay"),
+                                  "schedule": timedelta(seconds=settings.relay_interval_s),
+                                  "options": {"expires": settings.relay_interval_s * 5}},
+            "relay-webhooks": {"task": task_name("webhook_relay"),
+                               "schedule": timedelta(seconds=settings.webhook_relay_interval_s),
+                               "options": {"expires": settings.webhook_relay_interval_s * 5}},
         },
         worker_send_task_events=False,
     )

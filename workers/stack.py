@@ -86,6 +86,7 @@ class EmbeddedStack:
 
     def _start(self) -> None:
         from chains.registry import load_registry
+        from pipeline.sealing import new_secrets_key
         from signer.local import new_master_key
 
         opts = self.options
@@ -103,6 +104,7 @@ class EmbeddedStack:
             "PARATRO_CHAIN_REGISTRY": "devnet",
             "PARATRO_RPC_URLS": json.dumps(rpc_urls),
             "PARATRO_SIGNER_MASTER_KEY": new_master_key(),
+            "PARATRO_SECRETS_KEY": new_secrets_key(),
             "PARATRO_SWEEP_INTERVAL_S": "5",
             "PARATRO_STALL_AFTER_S": "20",
             "PARATRO_BEAT_SCHEDULE_PATH": str(opts.workdir / "celerybeat-schedule"),

@@ -60,7 +60,7 @@ def test_given_an_empty_file_when_migrated_twice_then_the_schema_matches_the_mod
     try:
         with engine.connect() as conn:
             assert set(Base.metadata.tables) <= set(inspect(conn).get_table_names())
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
             diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
         assert diff == [], f"models and migrations disagree: {diff}"
     finally:
