@@ -84,6 +84,11 @@ class Registry:
     def names(self) -> list[str]:
         return sorted(self._chains)
 
+    @property
+    def is_devnet(self) -> bool:
+        """Every chain is a local devnet: the faucet exists and webhooks may go to loopback."""
+        return bool(self._chains) and all(spec.network == "devnet" for spec in self._chains.values())
+
     def with_rpc_urls(self, overrides: Mapping[str, str]) -> "Registry":
         """A copy where each named chain talks to the given endpoint instead."""
         chains = dict(self._chains)
