@@ -66,6 +66,9 @@ class ChainSpec:
         return self.rpc_urls[0]
 
 
+LOCAL_NETWORKS = frozenset({"devnet", "regtest"})  # networks that exist only on this machine
+
+
 class Registry:
     """All chains of one registry file, with RPC overrides applied."""
 
@@ -87,7 +90,7 @@ class Registry:
     @property
     def is_devnet(self) -> bool:
         """Every chain is a local devnet: the faucet exists and webhooks may go to loopback."""
-        return bool(self._chains) and all(spec.network == "devnet" for spec in self._chains.values())
+        return bool(self._chains) and all(spec.network in LOCAL_NETWORKS for spec in self._chains.values())
 
     def with_rpc_urls(self, overrides: Mapping[str, str]) -> "Registry":
         """A copy where each named chain talks to the given endpoint instead."""
