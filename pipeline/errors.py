@@ -10,6 +10,7 @@
     ├── NotFound                     an id that does not exist (or belongs to another client)
     ├── InvalidTransition            a stage change the state machine does not allow
     ├── LimitExceeded                a client limit (max_wallets) would be exceeded
+    ├── WalletNotActive              the wallet has no usable key (still GENERATING, or FAILED)
     ├── ConfigurationError           the deployment is misconfigured: settings, registry, schema, keys
     │   └── SchemaNotMigrated        the database lacks the pipeline's tables: run `paratro migrate`
     ├── Superseded                   another driver took the transfer over: write nothing, pass nothing on
@@ -94,3 +95,7 @@ class DatabaseUnavailable(TransientError):
 class UnprovenRejection(TransientError):
     """The node refused a send, but the chain does not prove the transaction cannot land: retry,
     and when the retries run out hold the transfer for ops rather than fail it."""
+
+
+class WalletNotActive(PipelineError):
+    """The wallet cannot be used yet (key generation still running) or any more (it FAILED)."""

@@ -1,4 +1,5 @@
-"""Creating the resource hierarchy: clients, wallets, accounts and assets.
+"""Creating the resource hierarchy below a client: wallets, accounts and assets (clients and their
+API credentials: pipeline.credentials).
 
 Key generation and address derivation belong to the signer and the chain adapters; these
 functions record their results. Asset configuration (type, contract, decimals) always comes from
@@ -6,10 +7,6 @@ the chain registry, never from the caller.
 """
 
 from __future__ import annotations
-
-import hashlib
-import hmac
-import secrets
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -20,7 +17,6 @@ from pipeline.errors import InvalidInput, LimitExceeded, NotFound, UnknownChainE
 from pipeline.ids import check_id, new_id
 from pipeline.models import Account, Asset, Client, Wallet
 
-_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 NAME_MAX_CHARS = 200  # the column width of clients.name and wallets.wallet_name
 
 
@@ -57,31 +53,6 @@ def check_assets(registry: Registry, chains: dict[str, list[str]]) -> dict[str, 
                 raise UnknownSymbol(str(exc)) from None
         checked[spec.name] = list(dict.fromkeys(found))
     return checked
-
-
-def hash_secret(secret: str) -> str:
-    salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(secret.encode(), salt=salt, **_SCRYPT)
-    return f"scrypt${salt.hex()}${digest.hex()}"
-
-
-def verify_secret(secret: str, stored: str) -> bool:
-    _, salt_hex, digest_hex = stored.split("$")
-    digest = hashlib.scrypt(secret.encode(), salt=bytes.fromhex(salt_hex), **_SCRYPT)
-    return hmac.compare_digest(digest.hex(), digest_hex)
-
-
-def create_client(session: Session, name: str, max_wallets: int = 100, webhook_url: str | None = None) -> tuple[Client, str]:
-    """A new client and its API secret; the secret is returned once and only its hash is kept."""
-    name = check_name("client name", name)
-    if not isinstance(max_wallets, int) or isinstance(max_wallets, bool) or max_wallets < 1:
-        raise InvalidInput("max_wallets must be a positive integer")
-    secret = secrets.token_urlsafe(32)
-    client = Client(client_id=new_id("client"), name=name, api_key_id="ak_" + secrets.token_hex(12),
-                    api_secret_hash=hash_secret(secret), max_wallets=max_wallets, webhook_url=webhook_url)
-    session.add(client)
-    session.flush()
-    return client, secret
 
 
 def check_wallet_capacity(session: Session, client_id: str, lock: bool = False) -> Client:

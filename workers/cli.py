@@ -309,16 +309,37 @@ def sweep() -> None:
 def client_create(
     name: str,
     max_wallets: Annotated[int, typer.Option()] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON line")] = False,
 ) -> None:
-    """Create a client; its API secret is printed once and stored only as a hash."""
-    from pipeline.onboarding import create_client
+    """Create a client; its API secret is printed here only and stored sealed (PARATRO_SECRETS_KEY)."""
+    from pipeline import credentials
 
-    def run() -> dict[str, str]:
-        with _ctx().db.unit_of_work() as session:
-            client, secret = create_client(session, name, max_wallets)
-            return {"client_id": client.client_id, "api_key_id": client.api_key_id, "api_secret": secret}
+    with _ctx().db.unit_of_work() as session:
+        client, secret = credentials.create_client(session, credentials.secret_box(), name, max_wallets)
+        created = {"client_id": client.client_id, "api_key": client.api_key_id, "api_secret": secret}
+    typer.echo(json.dumps(created)) if as_json else _print_json(created)
 
-    _print_json(run())
+
+@client_app.command("rotate-secret")
+def client_rotate_secret(
+    client_id: str,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON line")] = False,
+) -> None:
+    """Give a client a new API secret (the old one stops working at once); printed here only."""
+    from pipeline import credentials
+
+    with _ctx().db.unit_of_work() as session:
+        client, secret = credentials.rotate_secret(session, credentials.secret_box(), client_id)
+        rotated = {"client_id": client.client_id, "api_key": client.api_key_id, "api_secret": secret}
+    typer.echo(json.dumps(rotated)) if as_json else _print_json(rotated)
+
+
+@client_app.command("new-secrets-key")
+def new_secrets_key() -> None:
+    """Print a fresh PARATRO_SECRETS_KEY (keep it in your secret store, not in git)."""
+    from pipeline.sealing import new_secrets_key as make
+
+    typer.echo(make())
 
 
 @wallet_app.command("create")

@@ -120,7 +120,7 @@ def plan_transfers(chains: tuple[str, ...], transfers: int, fresh_address: Calla
 
 
 def _run(options: DemoOptions, chains: tuple[str, ...], stack: Any, say: Callable[..., None]) -> DemoResult:
-    from pipeline import ledger, onboarding
+    from pipeline import credentials, ledger
     from pipeline.amounts import parse_amount
     from pipeline.models import Transaction
     from pipeline.transfers import TransferRequest
@@ -129,7 +129,7 @@ def _run(options: DemoOptions, chains: tuple[str, ...], stack: Any, say: Callabl
 
     ctx = runtime.context()
     with ctx.db.unit_of_work() as session:
-        client_id = onboarding.create_client(session, "Demo Exchange Ltd")[0].client_id
+        client_id = credentials.create_client(session, credentials.secret_box(), "Demo Exchange Ltd")[0].client_id
     wallet = onboard_wallet(ctx, client_id, "demo hot wallet", {c: list(PLANS[c].funding) for c in chains})
     for chain in chains:
         plan, spec, address = PLANS[chain], ctx.registry.chain(chain), wallet.accounts[chain]

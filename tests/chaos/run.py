@@ -128,7 +128,7 @@ def run(args: argparse.Namespace, cluster: ChaosCluster, clock: Clock, workdir: 
     cluster.start_processes()  # they warm up (imports, connections) while the wallets are funded
 
     from chains import get_adapter
-    from pipeline import onboarding
+    from pipeline import credentials
     from workers import runtime
     from workers.demo_plan import PLANS
     from workers.services import fresh_destination, onboard_wallet
@@ -140,7 +140,7 @@ def run(args: argparse.Namespace, cluster: ChaosCluster, clock: Clock, workdir: 
         return get_adapter(direct.chain(chain))
 
     with ctx.db.unit_of_work() as session:
-        client_id = onboarding.create_client(session, "Chaos Exchange")[0].client_id
+        client_id = credentials.create_client(session, credentials.secret_box(), "Chaos Exchange")[0].client_id
     wallets = [onboard_wallet(ctx, client_id, f"shared source {w + 1}", {c: list(PLANS[c].funding) for c in CHAINS})
                for w in range(args.wallets)]
     planned, repeats = plan(ctx, args.transfers, args.wallets, rng, lambda chain: fresh_destination(ctx, chain))

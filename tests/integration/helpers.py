@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 
 from chains.base import TokenSpec
-from pipeline import ledger, onboarding
+from pipeline import credentials, ledger
 from pipeline.amounts import parse_amount
 from pipeline.driving import Dispatch, load_tx, take
 from pipeline.models import Asset, LedgerEntry, OutboxMessage, Transaction, TransactionEvent
@@ -52,7 +52,7 @@ def funded(stack: EmbeddedStack, chain: str, amounts: dict[str, str], chunks: in
     several outputs on UTXO chains) and credited to the ledger exactly as the chain shows them."""
     c = ctx()
     with c.db.unit_of_work() as session:
-        client_id = onboarding.create_client(session, f"client {secrets.token_hex(3)}")[0].client_id
+        client_id = credentials.create_client(session, credentials.secret_box(), f"client {secrets.token_hex(3)}")[0].client_id
     wallet = onboard_wallet(c, client_id, "test wallet", {chain: list(amounts)})
     address = wallet.accounts[chain]
     for symbol, amount in amounts.items():

@@ -105,7 +105,7 @@ def stack(tmp_path: Path, forwarder: Forwarder) -> Iterator[EmbeddedStack]:
 
 
 def _transfer(stack: EmbeddedStack, chain: str, symbol: str, fund: str, send: str) -> str:
-    from pipeline import ledger, onboarding
+    from pipeline import credentials, ledger
     from pipeline.amounts import parse_amount
     from pipeline.transfers import TransferRequest
     from workers import runtime
@@ -113,7 +113,7 @@ def _transfer(stack: EmbeddedStack, chain: str, symbol: str, fund: str, send: st
 
     ctx = runtime.context()
     with ctx.db.unit_of_work() as session:
-        client_id = onboarding.create_client(session, f"secrets {chain}")[0].client_id
+        client_id = credentials.create_client(session, credentials.secret_box(), f"secrets {chain}")[0].client_id
     wallet = onboard_wallet(ctx, client_id, "hot", {chain: [symbol]})
     token = ctx.registry.chain(chain).token(symbol)
     address = wallet.accounts[chain]

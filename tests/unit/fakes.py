@@ -40,7 +40,8 @@ from chains.base import (
 )
 from chains.errors import InvalidAddress, InvalidSignature, TransactionRejected
 from chains.registry import ChainSpec, Registry, TokenSpec
-from pipeline import ledger, onboarding
+from pipeline import credentials, ledger, onboarding
+from pipeline.sealing import SecretBox, new_secrets_key
 from pipeline.db import Database
 from pipeline.models import Asset, LedgerEntry, Transaction, TransactionEvent
 from pipeline.driving import Run, load_tx, take
@@ -309,7 +310,7 @@ class World:
         adapter = self.adapters[chain]
         with self.db.unit_of_work() as s:
             if client_id is None:
-                client, _ = onboarding.create_client(s, "Acme Custody")
+                client, _ = credentials.create_client(s, SecretBox(new_secrets_key()), "Acme Custody")
                 client_id = client.client_id
             wallet_id = onboarding.create_wallet(s, client_id, "treasury").wallet_id
         public = key_holder.create_key(KeyRef(wallet_id, adapter.key_name, adapter.curve))  # type: ignore[attr-defined]

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.sealing import new_secrets_key
+
 from signer.local import new_master_key
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,7 +39,8 @@ def one_error_line(result: subprocess.CompletedProcess[str], code: int = 1) -> s
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
     return {"HOME_DIR": str(tmp_path), "PARATRO_DATABASE_URL": f"sqlite:///{tmp_path / 'p.db'}",
-            "PARATRO_CHAIN_REGISTRY": "devnet", "PARATRO_BROKER_URL": "redis://127.0.0.1:1/0"}
+            "PARATRO_CHAIN_REGISTRY": "devnet", "PARATRO_BROKER_URL": "redis://127.0.0.1:1/0",
+            "PARATRO_SECRETS_KEY": new_secrets_key()}
 
 
 @pytest.fixture
@@ -50,6 +53,16 @@ def migrated(env: dict[str, str]) -> dict[str, str]:
 def test_an_unmigrated_database_says_so(env: dict[str, str]) -> None:
     line = one_error_line(paratro("client", "create", "Acme", env=env))
     assert "database schema is not migrated: run `paratro migrate`" in line
+
+
+def test_creating_a_client_without_a_secrets_key_says_what_to_set(env: dict[str, str]) -> None:
+    del env["PARATRO_SECRETS_KEY"]
+    line = one_error_line(paratro("client", "create", "Acme", env=env))
+    assert line == ("error: PARATRO_SECRETS_KEY is not set: API and webhook secrets cannot be sealed or opened "
+                    "(see `paratro client new-secrets-key`)")
+    env["PARATRO_SECRETS_KEY"] = "not-a-key"
+    line = one_error_line(paratro("client", "create", "Acme", env=env))
+    assert "PARATRO_SECRETS_KEY must be base64url of 32 bytes" in line and "not-a-key" not in line
 
 
 def test_an_unreachable_database_says_so_without_its_password(env: dict[str, str]) -> None:

@@ -16,7 +16,8 @@ from sqlalchemy import inspect, select, text
 from sqlalchemy.exc import StatementError
 
 from chains.registry import Registry
-from pipeline import ledger, onboarding
+from pipeline import credentials, ledger, onboarding
+from pipeline.sealing import SecretBox, new_secrets_key
 from pipeline.db import Database, make_engine
 from pipeline.migrate import upgrade
 from pipeline.models import Asset, Base, LedgerEntry
@@ -27,7 +28,7 @@ ADDRESS = "0x" + "11" * 20
 def seed_assets(db: Database, registry: Registry, balances: dict[str, int]) -> dict[str, str]:
     """One client/wallet/account on ethereum with the given assets credited; symbol -> asset id."""
     with db.unit_of_work() as s:
-        client, _ = onboarding.create_client(s, "Ledger Co")
+        client, _ = credentials.create_client(s, SecretBox(new_secrets_key()), "Ledger Co")
         wallet = onboarding.create_wallet(s, client.client_id, "w")
         account = onboarding.create_account(s, registry, wallet.wallet_id, "ethereum", ADDRESS)
         ids = {}

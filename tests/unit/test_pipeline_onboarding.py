@@ -6,38 +6,54 @@ import pytest
 from sqlalchemy import select
 
 from chains.registry import Registry
-from pipeline import onboarding
+from pipeline import credentials, onboarding
 from pipeline.db import Database, get_database
 from pipeline.errors import InvalidId, InvalidInput, InvalidTransition, LimitExceeded, NotFound, UnknownChainError, UnknownSymbol
 from pipeline.lifecycle import advance, is_final, record_note
 from pipeline.models import Client, Transaction, TransactionEvent
+from pipeline.sealing import SealedSecretMismatch, SecretBox, new_secrets_key
 from pipeline.stages import Stage
 from tests.unit.fakes import World
 
 ADDRESS = "0x" + "22" * 20
 
 
-def test_given_a_new_client_then_only_a_hash_of_its_secret_is_kept(db: Database) -> None:
+BOX = SecretBox(new_secrets_key())
+
+
+def test_given_a_new_client_then_its_secret_is_kept_only_sealed(db: Database) -> None:
     with db.unit_of_work() as s:
-        client, secret = onboarding.create_client(s, "  Acme  ", max_wallets=3)
+        client, secret = credentials.create_client(s, BOX, "  Acme  ", max_wallets=3)
         client_id = client.client_id
     with db.unit_of_work() as s:
         stored = s.get(Client, client_id)
         assert stored.name == "Acme" and stored.client_id.startswith("cli_")
-        assert secret not in stored.api_secret_hash and stored.api_secret_hash.startswith("scrypt$")
-        assert onboarding.verify_secret(secret, stored.api_secret_hash)
-        assert not onboarding.verify_secret(secret + "x", stored.api_secret_hash)
+        assert secret.encode() not in stored.api_secret_sealed and stored.api_secret_hash is None
+        assert credentials.api_secret(BOX, stored) == secret
+        with pytest.raises(SealedSecretMismatch):
+            credentials.api_secret(SecretBox(new_secrets_key()), stored)
+        moved = Client(client_id="cli_01JAAAAAAAAAAAAAAAAAAAAAAA", api_secret_sealed=stored.api_secret_sealed)
+        with pytest.raises(SealedSecretMismatch):  # sealed for its own client only
+            credentials.api_secret(BOX, moved)
+
+
+def test_a_rotated_secret_replaces_the_old_one(db: Database) -> None:
+    with db.unit_of_work() as s:
+        client, old = credentials.create_client(s, BOX, "Acme")
+        _, new = credentials.rotate_secret(s, BOX, client.client_id)
+        assert new != old and credentials.api_secret(BOX, client) == new
+        assert credentials.client_by_key(s, client.api_key_id) is client
 
 
 @pytest.mark.parametrize(("name", "max_wallets"), [("", 1), ("   ", 1), (None, 1), ("ok", 0), ("ok", "5")])
 def test_invalid_client_fields_are_refused(db: Database, name: object, max_wallets: object) -> None:
     with pytest.raises(InvalidInput), db.unit_of_work() as s:
-        onboarding.create_client(s, name, max_wallets=max_wallets)  # type: ignore[arg-type]
+        credentials.create_client(s, BOX, name, max_wallets=max_wallets)  # type: ignore[arg-type]
 
 
 def test_given_max_wallets_reached_then_limit_exceeded(db: Database) -> None:
     with db.unit_of_work() as s:
-        client, _ = onboarding.create_client(s, "Small", max_wallets=2)
+        client, _ = credentials.create_client(s, BOX, "Small", max_wallets=2)
         onboarding.create_wallet(s, client.client_id, "a")
         onboarding.create_wallet(s, client.client_id, "b")
         with pytest.raises(LimitExceeded):
@@ -46,7 +62,7 @@ def test_given_max_wallets_reached_then_limit_exceeded(db: Database) -> None:
 
 def test_a_new_wallet_waits_for_its_key_until_activated(db: Database) -> None:
     with db.unit_of_work() as s:
-        client, _ = onboarding.create_client(s, "C")
+        client, _ = credentials.create_client(s, BOX, "C")
         wallet = onboarding.create_wallet(s, client.client_id, "w")
         assert (wallet.status, wallet.key_status) == ("PROGRESSING", "GENERATING")
         onboarding.activate_wallet(s, wallet.wallet_id)
@@ -67,7 +83,7 @@ def test_unknown_or_malformed_ids_are_typed_errors(db: Database, registry: Regis
 
 def test_accounts_and_assets_are_idempotent_and_configured_from_the_registry(db: Database, registry: Registry) -> None:
     with db.unit_of_work() as s:
-        client, _ = onboarding.create_client(s, "C")
+        client, _ = credentials.create_client(s, BOX, "C")
         wallet = onboarding.create_wallet(s, client.client_id, "w")
         account = onboarding.create_account(s, registry, wallet.wallet_id, "ethereum", ADDRESS)
         assert onboarding.create_account(s, registry, wallet.wallet_id, "ethereum", ADDRESS).account_id == account.account_id
@@ -135,9 +151,9 @@ def test_an_id_with_a_trailing_newline_is_malformed() -> None:
 def test_a_client_or_wallet_name_must_be_printable_and_at_most_200_chars(db: Database, name: str) -> None:
     with db.unit_of_work() as s:
         with pytest.raises(InvalidInput) as info:
-            onboarding.create_client(s, name)
+            credentials.create_client(s, BOX, name)
         assert "\n" not in str(info.value) and name not in str(info.value)  # one line, the name not echoed
-        client, _ = onboarding.create_client(s, "Fine Name  ")
+        client, _ = credentials.create_client(s, BOX, "Fine Name  ")
         assert client.name == "Fine Name"
         with pytest.raises(InvalidInput):
             onboarding.create_wallet(s, client.client_id, name)
@@ -147,7 +163,7 @@ def test_a_client_or_wallet_name_must_be_printable_and_at_most_200_chars(db: Dat
 
 def test_max_wallets_must_be_a_real_positive_integer(db: Database) -> None:
     with pytest.raises(InvalidInput), db.unit_of_work() as s:
-        onboarding.create_client(s, "C", max_wallets=True)  # type: ignore[arg-type]
+        credentials.create_client(s, BOX, "C", max_wallets=True)  # type: ignore[arg-type]
 
 
 def _onboard(world: World, client_id: str, chains: dict[str, list[str]], name: str = "hot") -> object:
@@ -158,7 +174,7 @@ def _onboard(world: World, client_id: str, chains: dict[str, list[str]], name: s
 
 def _client(world: World, max_wallets: int = 1) -> str:
     with world.db.unit_of_work() as s:
-        return onboarding.create_client(s, "C", max_wallets=max_wallets)[0].client_id
+        return credentials.create_client(s, BOX, "C", max_wallets=max_wallets)[0].client_id
 
 
 @pytest.mark.parametrize(("chains", "name", "error"), [
