@@ -6,6 +6,7 @@
     │   ├── InvalidId                malformed id
     │   ├── UnknownChainError        chain not in the registry
     │   ├── UnknownSymbol            token symbol not on that chain
+    │   ├── InvalidAddressError      an address not valid for its chain
     │   └── IdempotencyConflict      same key reused with different transfer fields
     ├── NotFound                     an id that does not exist (or belongs to another client)
     ├── InvalidTransition            a stage change the state machine does not allow
@@ -47,6 +48,10 @@ class UnknownChainError(InvalidInput):
 
 class UnknownSymbol(InvalidInput):
     """The token symbol is not configured on the chain."""
+
+
+class InvalidAddressError(InvalidInput):
+    """An address is not valid for its chain (the chain adapter says why)."""
 
 
 class IdempotencyConflict(InvalidInput):
