@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-unit chaos clean
+.PHONY: install demo sandbox test test-unit chaos clean
 
 install: $(STAMP)
 
@@ -21,6 +21,11 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/python -m devnet.ensure redis anvil
 	$(BIN)/paratro demo
+
+# The local Sandbox: devnets, a worker, the API and the faucet; one JSON line when ready; Ctrl-C stops it.
+sandbox: install
+	$(BIN)/python -m devnet.ensure redis anvil
+	$(BIN)/paratro sandbox
 
 test: install
 	$(BIN)/python -m devnet.ensure redis postgres anvil

@@ -371,6 +371,26 @@ def new_master_key() -> None:
 
 
 @app.command()
+def sandbox(
+    port: Annotated[int, typer.Option(help="API port on 127.0.0.1 (0: a free one)")] = 0,
+    chains: Annotated[Optional[str], typer.Option(help="comma-separated chains (default: every demo devnet chain)")] = None,
+    block_time: Annotated[float, typer.Option(help="devnet block interval in seconds")] = 0.5,
+    concurrency: Annotated[int, typer.Option(help="worker processes")] = 2,
+) -> None:
+    """Run the local Sandbox: devnets, a worker, the API and a faucet; prints one JSON line when ready."""
+    from workers.demo import default_chains
+    from workers.sandbox import SandboxOptions, run_sandbox
+
+    selected = tuple(c.strip() for c in chains.split(",") if c.strip()) if chains else default_chains()
+    unknown = [c for c in selected if c not in default_chains()]
+    if unknown:
+        _fail(f"no sandbox devnet for {', '.join(unknown)} (sandbox chains: {', '.join(default_chains())})")
+    if not 0 <= port <= 65535:
+        _fail(f"--port {port} is not a TCP port")
+    sys.exit(run_sandbox(SandboxOptions(chains=selected, port=port, block_time=block_time, concurrency=concurrency)))
+
+
+@app.command()
 def demo(
     transfers: Annotated[int, typer.Option(help="distinct transfers to submit (all chains together)")] = 20,
     chains: Annotated[Optional[str], typer.Option(help="comma-separated chains (default: every devnet chain)")] = None,
