@@ -6,17 +6,22 @@ reads the same names. Secrets are `SecretStr` so that they never print in a repr
 
 from __future__ import annotations
 
+import math
 import re
 from functools import lru_cache
+from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
 from pipeline.errors import ConfigurationError
 
 RPC_SCHEMES = ("http://", "https://", "ws://", "wss://")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# Seconds to wait after webhook attempt n (1-based) before attempt n+1; past the end: FAILED (~24 h in all).
+WEBHOOK_RETRY_SCHEDULE_S = (10.0, 30.0, 120.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 28800.0)
+MAX_WEBHOOK_RETRIES = 20
 
 
 class Settings(BaseSettings):
@@ -48,6 +53,9 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = Field(10.0, gt=0, le=60, description="one webhook POST's timeout")
     webhook_relay_interval_s: float = Field(1.0, gt=0, description="how often beat hands due webhook events to "
                                             "the dispatcher")
+    webhook_retry_schedule_s: Annotated[tuple[float, ...], NoDecode] = Field(
+        WEBHOOK_RETRY_SCHEDULE_S, description="seconds between webhook attempts, comma list (e.g. 1,1,2 for tests); "
+        "an event still undelivered after the last one is FAILED")
     wallet_key_attempts: int = Field(5, ge=1, description="key generation runs before a wallet is FAILED")
     metrics_port: int = Field(0, ge=0, le=65535, description="worker Prometheus exporter port (0: off)")
     log_level: str = Field("INFO")
@@ -61,6 +69,23 @@ class Settings(BaseSettings):
         if value.upper() not in LOG_LEVELS:
             raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
         return value.upper()
+
+    @field_validator("webhook_retry_schedule_s", mode="before")
+    @classmethod
+    def _retry_schedule(cls, value: Any) -> Any:
+        """`1,1,2.5` from the environment; positive finite seconds, 1 to 20 of them."""
+        if isinstance(value, str):
+            parts = [part.strip() for part in value.split(",")]
+            try:
+                value = tuple(float(part) for part in parts)
+            except ValueError:
+                raise ValueError("must be a comma-separated list of seconds, e.g. 10,30,120") from None
+        if not isinstance(value, (tuple, list)) or not 1 <= len(value) <= MAX_WEBHOOK_RETRIES:
+            raise ValueError(f"must list 1 to {MAX_WEBHOOK_RETRIES} delays")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+                   for v in value):
+            raise ValueError("every delay must be a positive number of seconds")
+        return tuple(float(v) for v in value)
 
     @field_validator("rpc_urls")
     @classmethod
