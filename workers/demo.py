@@ -1,11 +1,14 @@
 """`make demo` / `paratro demo`: real transfers through the real stack, watched live, reconciled.
 
 Starts the embedded stack (redis-server, a devnet node per chain, SQLite, a prefork worker with
-the sweeper), onboards a client and one wallet with an account on every chain, funds the
-addresses with the devnet faucets and credits the same amounts to the ledger, submits a mix of
-transfers on every chain including expected failures and a repeated idempotency key, and shows
-them move until every one is final. Then it reconciles every asset against its chain and exits 0
-only if every outcome and every balance holds.
+the sweeper and the webhook dispatcher) and the HTTP API, onboards a client and one wallet with an
+account on every chain, funds the addresses with the devnet faucets and credits the same amounts
+to the ledger, points the client's webhook at a local receiver that verifies every signature, and
+submits a mix of transfers on every chain (every other one through the HTTP API with the shipped
+client, the rest through the Python service) including expected failures and a repeated
+idempotency key, and shows them move until every one is final. Then it waits for each transfer's
+webhooks (created, then confirmed or failed), reconciles every asset against its chain and exits
+0 only if every outcome, every webhook signature and every balance holds.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ from rich.table import Table
 from sqlalchemy import func, select
 
 from workers.demo_plan import PLANS, distribute
+
+WEBHOOKS_WITHIN_S = 30.0  # after the last transfer is final: the dispatcher's relay runs every second
+FINAL_EVENTS = ("transaction.confirmed", "transaction.failed")
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,7 @@ class DemoResult:
     per_chain: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     mismatches: list[str] = field(default_factory=list)
     reconciliation: list[dict[str, str]] = field(default_factory=list)
+    webhooks: dict[str, int] = field(default_factory=lambda: {"delivered": 0, "signature_ok": 0})
 
     def total(self, status: str) -> int:
         return sum(counts[status] for counts in self.per_chain.values())
@@ -88,6 +95,7 @@ def run_demo(options: DemoOptions) -> bool:
         "chains": {chain: {"confirmed": counts["CONFIRMED"], "failed": counts["FAILED"]}
                    for chain, counts in result.per_chain.items()},
         "reconciled": all(row["ok"] == "yes" for row in result.reconciliation),
+        "webhooks": result.webhooks,
         "ok": ok,
     }
     for problem in result.mismatches:
@@ -120,16 +128,34 @@ def plan_transfers(chains: tuple[str, ...], transfers: int, fresh_address: Calla
 
 
 def _run(options: DemoOptions, chains: tuple[str, ...], stack: Any, say: Callable[..., None]) -> DemoResult:
+    from api.receiver import WebhookReceiver
+    from api.server import serve_in_thread
+    from api.app import create_app
+
+    server = serve_in_thread(create_app(), host="127.0.0.1", port=0)
+    try:
+        with WebhookReceiver() as receiver:
+            return _run_with_api(options, chains, stack, say, server.base_url, receiver)
+    finally:
+        server.stop()
+
+
+def _run_with_api(options: DemoOptions, chains: tuple[str, ...], stack: Any, say: Callable[..., None],
+                  base_url: str, receiver: Any) -> DemoResult:
+    from api.client import ParatroClient
     from pipeline import credentials, ledger
     from pipeline.amounts import parse_amount
     from pipeline.models import Transaction
-    from pipeline.transfers import TransferRequest
     from workers import runtime
-    from workers.services import fresh_destination, onboard_wallet, submit_transfer
+    from workers.services import fresh_destination, onboard_wallet
 
     ctx = runtime.context()
     with ctx.db.unit_of_work() as session:
-        client_id = credentials.create_client(session, credentials.secret_box(), "Demo Exchange Ltd")[0].client_id
+        client, secret = credentials.create_client(session, credentials.secret_box(), "Demo Exchange Ltd")
+        client_id, api_key = client.client_id, client.api_key_id
+    api = ParatroClient(base_url + "/api/v1", api_key, secret)
+    receiver.secret = api.set_webhook(receiver.url)["secret"]
+    say(f"API at {base_url}/api/v1; webhooks to {receiver.url} (every signature checked)")
     wallet = onboard_wallet(ctx, client_id, "demo hot wallet", {c: list(PLANS[c].funding) for c in chains})
     for chain in chains:
         plan, spec, address = PLANS[chain], ctx.registry.chain(chain), wallet.accounts[chain]
@@ -149,20 +175,16 @@ def _run(options: DemoOptions, chains: tuple[str, ...], stack: Any, say: Callabl
 
     planned = plan_transfers(chains, options.transfers, lambda chain: fresh_destination(ctx, chain))
     ids: dict[str, PlannedTransfer] = {}
-    for item in planned:
-        req = TransferRequest(client_id=client_id, from_address=wallet.accounts[item.chain], to_address=item.to_address,
-                              chain=item.chain, token_symbol=item.symbol, amount=item.amount, idempotency_key=item.key)
-        ids[submit_transfer(ctx, req).transaction_id] = item
+    for i, item in enumerate(planned):
+        ids[_submit(ctx, api if i % 2 == 0 else None, client_id, wallet.accounts[item.chain], item)[0]] = item
     # The same request again (a client retrying after a timeout) must not create a second transfer.
     first = planned[0]
-    repeat = submit_transfer(ctx, TransferRequest(
-        client_id=client_id, from_address=wallet.accounts[first.chain], to_address=first.to_address, chain=first.chain,
-        token_symbol=first.symbol, amount=first.amount, idempotency_key=first.key))
-    repeat_id, repeat_created = repeat.transaction_id, repeat.created
+    repeat_id, repeat_created = _submit(ctx, api, client_id, wallet.accounts[first.chain], first)
     result = DemoResult()
     if repeat_created or repeat_id not in ids:
         result.mismatches.append("a repeated idempotency key created a second transfer")
-    say(f"submitted {len(planned)} transfers on {len(chains)} chains (+1 repeat of {first.key} -> the same {repeat_id})")
+    say(f"submitted {len(planned)} transfers on {len(chains)} chains, {(len(planned) + 1) // 2} of them through the "
+        f"HTTP API (+1 repeat of {first.key} -> the same {repeat_id})")
 
     _watch(ctx, list(ids), options)
 
@@ -179,6 +201,7 @@ def _run(options: DemoOptions, chains: tuple[str, ...], stack: Any, say: Callabl
         got = "CONFIRMED" if status == "CONFIRMED" else (reason or status)
         if got != expected:
             result.mismatches.append(f"{transaction_id} ({ids[transaction_id].key}) ended {got}, expected {expected}")
+    result.webhooks = _check_webhooks(receiver, list(ids), result.mismatches)
     result.reconciliation = _reconcile(ctx, wallet.wallet_id)
     for row in result.reconciliation:
         if row["ok"] != "yes":
@@ -187,6 +210,39 @@ def _run(options: DemoOptions, chains: tuple[str, ...], stack: Any, say: Callabl
     if not options.json_only:
         _print_summary(ctx, rows, result)
     return result
+
+
+def _submit(ctx: Any, api: Any, client_id: str, from_address: str, item: PlannedTransfer) -> tuple[str, bool]:
+    """One planned transfer, through the HTTP API when `api` is given, else the Python service;
+    (transaction id, created)."""
+    from pipeline.transfers import TransferRequest
+    from workers.services import submit_transfer
+
+    if api is not None:
+        created = api.create_transaction(from_address=from_address, to_address=item.to_address, chain=item.chain,
+                                         token_symbol=item.symbol, amount=item.amount, idempotency_key=item.key)
+        return created["transaction_id"], api.last_status == 201
+    submission = submit_transfer(ctx, TransferRequest(
+        client_id=client_id, from_address=from_address, to_address=item.to_address, chain=item.chain,
+        token_symbol=item.symbol, amount=item.amount, idempotency_key=item.key))
+    return submission.transaction_id, submission.created
+
+
+def _check_webhooks(receiver: Any, transaction_ids: list[str], mismatches: list[str]) -> dict[str, int]:
+    """Every transfer's webhooks arrived, signed: transaction.pending, then its final status."""
+    def complete(received: Any) -> bool:
+        return all(len(received.of_resource(t)) >= 2 for t in transaction_ids)
+
+    receiver.wait_for(complete, WEBHOOKS_WITHIN_S)
+    got = receiver.received
+    for transaction_id in transaction_ids:
+        types = [event["type"] for event in got.of_resource(transaction_id)]
+        if types[:1] != ["transaction.pending"] or len(types) < 2 or types[-1] not in FINAL_EVENTS:
+            mismatches.append(f"{transaction_id}: webhooks {types or 'none'}, expected transaction.pending then "
+                              "transaction.confirmed or transaction.failed")
+    if got.signature_bad:
+        mismatches.append(f"{got.signature_bad} webhook deliveries failed signature verification")
+    return {"delivered": len(got.events), "signature_ok": got.signature_ok}
 
 
 def _watch(ctx: Any, transaction_ids: list[str], options: DemoOptions) -> None:
