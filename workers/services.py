@@ -22,7 +22,6 @@ from pipeline.stages import STEPS, Stage
 from pipeline.steps import StepContext
 from pipeline.transfers import TransferRequest, create_transfer, get_transfer
 from chains.base import Curve
-from signer.base import KeyRef
 from workers.routing import publish_after_commit
 
 
@@ -35,25 +34,29 @@ class OnboardedWallet:
 
 
 def onboard_wallet(ctx: StepContext, client_id: str, name: str, chains: dict[str, list[str]]) -> OnboardedWallet:
-    """Create a wallet with its keys (from the signer) and its accounts and assets per chain.
+    """Create a wallet with its keys (from the signer) and its accounts and assets per chain, at
+    once (the CLI, the demo and tests; the API's wallets get their keys from a worker instead).
 
     Everything is checked before anything is written (name, client, wallet limit, every chain and
-    symbol); the keys are generated under the new wallet's id first, and the wallet, its accounts
-    and assets are written together afterwards, so a failed key generation leaves no wallet that
-    counts against `max_wallets` (at most unused signer keys under an id nothing refers to).
-    One key per chain family (the adapter's key_name): EVM chains share one key and therefore one
-    address; each chain still gets its own account row.
+    symbol); the keys are generated under the new wallet's id first, by the same function as the
+    background task (`workers.wallets.generate_keys`: one key per chain family in the registry),
+    and the wallet (PROGRESSING, then ACTIVE, each with its webhook event), its accounts and assets
+    are written together afterwards, so a failed key generation leaves no wallet that counts
+    against `max_wallets` (at most unused signer keys under an id nothing refers to). EVM chains
+    share one key and therefore one address; each chain still gets its own account row.
     """
+    from workers.wallets import generate_keys
+
     name = onboarding.check_name("wallet name", name)
     assets_wanted = onboarding.check_assets(ctx.registry, chains)
     with ctx.db.unit_of_work() as session:
         onboarding.check_wallet_capacity(session, client_id)
     wallet_id = new_id("wallet")
+    keys = generate_keys(ctx, wallet_id)
     addresses: dict[str, str] = {}
     for chain in assets_wanted:
         adapter = ctx.adapter_for(chain)
-        public = ctx.signer.create_key(KeyRef(wallet_id, adapter.key_name, adapter.curve))
-        addresses[chain] = adapter.address_from_public_key(public.key)
+        addresses[chain] = adapter.address_from_public_key(keys[adapter.key_name].key)
     accounts: dict[str, str] = {}
     assets: dict[tuple[str, str], str] = {}
     with ctx.db.unit_of_work() as session:
@@ -172,6 +175,7 @@ def describe_transfer(ctx: StepContext, transaction_id: str) -> dict[str, Any]:
 
 
 def asset_rows(ctx: StepContext, wallet_id: str) -> list[tuple[Account, Asset]]:
+    """Every (account, asset) of the wallet, by chain and symbol (demo and chaos reports)."""
     with ctx.db.unit_of_work() as session:
         return list(session.execute(
             select(Account, Asset).join(Asset, Asset.account_id == Account.account_id)
