@@ -18,6 +18,7 @@ from typer.main import get_command
 
 from pipeline.settings import get_settings
 from workers.schema import check_schema, install_schema
+from workers.webhook_cli import webhooks_app
 
 MAX_ERROR_CHARS = 400
 
@@ -44,6 +45,7 @@ wallet_app = typer.Typer(no_args_is_help=True, help="Wallets, accounts and asset
 app.add_typer(signer_app, name="signer")
 app.add_typer(client_app, name="client")
 app.add_typer(wallet_app, name="wallet")
+app.add_typer(webhooks_app, name="webhooks")
 
 
 @app.callback()

@@ -1,1 +1,160 @@
-"""Placeholder until this module's tasks land (issue 8, in progress)."""
+"""The webhook dispatcher: a beat relay that hands due events out, and the task that POSTs one.
+
+Both run on the `paratro.webhooks` queue, so a slow receiver holds webhook workers only, never a
+transfer step. The decisions (claims, compare-and-set, retry schedule, FAILED) are in
+`pipeline.webhook_outbox`; this module does the HTTP:
+
+    POST <client's webhook url>            body: the event's stored payload, byte for byte
+    Content-Type: application/json
+    User-Agent: paratro-webhooks/1
+    X-Paratro-Event-Id / X-Paratro-Timestamp / X-Paratro-Signature (pipeline.webhook_signing)
+
+Redirects are not followed (a redirect could lead inside the network), proxies from the
+environment are not used, and the response body is never read. Outside devnet mode the URL's
+host is checked again and the connection pinned to the checked address (pipeline.webhooks).
+
+Delivery is at least once: a worker killed between the POST and the commit of its record leaves
+the event claimed; when the lease ends the relay claims it again and it is POSTed again, same
+`event_id`, same body (receivers dedupe on X-Paratro-Event-Id).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import httpx
+import structlog
+
+from pipeline import credentials
+from pipeline.models import utcnow
+from pipeline.settings import Settings, get_settings
+from pipeline.webhook_outbox import (
+    AttemptResult,
+    Delivery,
+    Skipped,
+    claim_due,
+    parse_token,
+    prepare_delivery,
+    record_attempt,
+)
+from pipeline.webhook_signing import signature_headers
+from pipeline.webhooks import InvalidWebhookUrl, WebhookTargetUnresolved, delivery_target
+from workers import runtime
+from workers.app import WEBHOOKS_QUEUE, app, task_name
+
+log = structlog.get_logger("paratro.webhooks")
+# httpx logs every request's full URL at INFO; a webhook URL's path may hold the receiver's token.
+logging.getLogger("httpx").setLevel(logging.WARNING)
+
+USER_AGENT = "paratro-webhooks/1"
+RELAY_BATCH = 200  # events handed out per relay tick, minus those still queued: a backlog drains steadily
+
+
+def lease_s(settings: Settings) -> float:
+    """How long a claimed event is left to its delivery task before the relay claims it again:
+    room for connect + send + answer at the timeout each, plus a queue wait."""
+    return settings.webhook_timeout_s * 3 + 30
+
+
+@app.task(name=task_name("webhook_relay"), acks_late=True, ignore_result=True)
+def webhook_relay() -> int:
+    """Claim due events and publish one delivery task each; returns how many were published."""
+    ctx = runtime.context()
+    settings = get_settings()
+    room = RELAY_BATCH - _queued_deliveries()
+    with ctx.db.unit_of_work() as session:
+        claims = claim_due(session, utcnow(), lease_s(settings), room)
+    published = 0
+    for claim in claims:
+        try:
+            deliver_webhook.apply_async(args=(claim.event_id, claim.token_text), queue=WEBHOOKS_QUEUE)
+        except Exception as exc:  # noqa: BLE001 - broker trouble: the claims lapse and are taken again
+            log.warning("webhook.publish_deferred", events=len(claims) - published, error=type(exc).__name__)
+            break
+        published += 1
+    if published:
+        log.debug("webhook.relay", published=published)
+    return published
+
+
+@app.task(name=task_name("deliver_webhook"), acks_late=True, ignore_result=True)
+def deliver_webhook(event_id: str, claim: str | None = None) -> str:
+    """POST one event under its claim (None: claim it now) and record the attempt; returns the
+    outcome (`delivered`, `retry`, `failed`), `superseded`, or the reason nothing was sent."""
+    ctx = runtime.context()
+    settings = get_settings()
+    box = credentials.secret_box(settings)
+    with ctx.db.unit_of_work() as session:
+        prepared = prepare_delivery(session, box, event_id, parse_token(claim), utcnow(), lease_s(settings))
+    if isinstance(prepared, Skipped):
+        log.info("webhook.skipped", event=event_id, reason=prepared.reason)
+        return prepared.reason
+    result = post(prepared, devnet=ctx.registry.is_devnet, timeout_s=settings.webhook_timeout_s)
+    with ctx.db.unit_of_work() as session:
+        outcome = record_attempt(session, prepared, result, utcnow(), settings.webhook_retry_schedule_s)
+    bound = log.bind(event=event_id, client=prepared.client_id, attempt=prepared.attempts + 1,
+                     status_code=result.status_code, latency_ms=result.latency_ms)
+    if outcome is None:
+        bound.info("webhook.superseded")
+        return "superseded"
+    if outcome == "delivered":
+        bound.info("webhook.delivered")
+    else:
+        bound.warning(f"webhook.{outcome}", error=result.error)
+    return outcome
+
+
+def post(delivery: Delivery, devnet: bool, timeout_s: float) -> AttemptResult:
+    """One signed POST of the delivery's body; what came back (an error line never quotes the URL)."""
+    started, clock = utcnow(), time.monotonic()
+
+    def result(status_code: int | None = None, error: str | None = None, permanent: bool = False) -> AttemptResult:
+        elapsed_ms = round((time.monotonic() - clock) * 1000)
+        return AttemptResult(started, elapsed_ms, status_code, error, permanent)
+
+    try:
+        target = delivery_target(delivery.url, devnet)
+    except InvalidWebhookUrl as exc:
+        return result(error=f"refused: {exc}", permanent=True)
+    except WebhookTargetUnresolved as exc:
+        return result(error=str(exc))
+    headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT,
+               **signature_headers(delivery.secret, delivery.event_id, delivery.body)}
+    if target.host_header:
+        headers["Host"] = target.host_header
+    extensions = {"sni_hostname": target.sni_hostname} if target.sni_hostname else None
+    try:
+        # A client per delivery: a pinned connection must not be reused for another host name.
+        with httpx.Client(timeout=timeout_s, follow_redirects=False, trust_env=False) as client:
+            request = client.build_request("POST", target.url, content=delivery.body, headers=headers,
+                                           extensions=extensions)
+            response = client.send(request, stream=True)
+            response.close()  # the answer's body is not ours to read
+    except httpx.TimeoutException as exc:
+        return result(error=f"{type(exc).__name__}: no answer within {timeout_s:g} s")
+    except httpx.HTTPError as exc:
+        return result(error=_scrubbed(exc, delivery.url, target.url))
+    status = response.status_code
+    return result(status, None if 200 <= status < 300 else f"HTTP {status}")
+
+
+def _scrubbed(exc: Exception, *urls: str) -> str:
+    """`Type: message` with every form of the URL and its host taken out."""
+    text = str(exc)
+    for url in urls:
+        host = httpx.URL(url).host
+        for part in (url, url.rstrip("/"), host):
+            if part:
+                text = text.replace(part, "<webhook>")
+    return f"{type(exc).__name__}: {text}"
+
+
+def _queued_deliveries() -> int:
+    """Messages waiting in the webhooks queue (0 if Redis cannot say: publishing will tell)."""
+    try:
+        with app.connection_for_write() as connection:
+            return int(connection.default_channel.client.llen(WEBHOOKS_QUEUE))
+    except Exception as exc:  # noqa: BLE001 - broker trouble
+        log.warning("webhook.queue_length_unknown", error=type(exc).__name__)
+        return 0
