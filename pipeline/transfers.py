@@ -29,7 +29,11 @@ from pipeline.ids import check_id, new_id
 from pipeline.models import Client, Transaction, TransactionEvent, utcnow
 from pipeline.stages import STEP_FOR_STAGE, Stage, Status
 
-_KEY = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+# 1-128 printable ASCII characters, no leading or trailing space (HTTP strips those from a header
+# value, so such a key could not arrive intact through the API's Idempotency-Key header).
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$"
+IDEMPOTENCY_KEY_MAX = 128
+_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 _PRINTABLE_ADDRESS = re.compile(r"^[\x21-\x7e]{1,256}$")
 
 
@@ -71,8 +75,9 @@ def create_transfer(session: Session, registry: Registry, req: TransferRequest,
     IdempotencyConflict) and NotFound for an unknown client; nothing is written in those cases.
     """
     check_id("client", req.client_id)
-    if not isinstance(req.idempotency_key, str) or not _KEY.fullmatch(req.idempotency_key):
-        raise InvalidInput("idempotency_key must be 1-128 characters of letters, digits and . _ : -")
+    if (not isinstance(req.idempotency_key, str) or len(req.idempotency_key) > IDEMPOTENCY_KEY_MAX
+            or not _KEY.fullmatch(req.idempotency_key)):
+        raise InvalidInput("idempotency_key must be 1-128 printable ASCII characters without leading or trailing spaces")
     _check_address_text("from_address", req.from_address, 128)  # the width of transactions.from_address
     _check_address_text("to_address", req.to_address, 256)
     try:
