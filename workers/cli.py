@@ -185,7 +185,11 @@ def worker(
         argv += ["--beat"] if beat else []
         argv += ["--queues", queues] if queues else []
         argv += ["--hostname", hostname] if hostname else []
-        raise typer.Exit(run_supervised(argv))
+        from workers.metrics import worker_exporter
+
+        with worker_exporter(get_settings()):  # PARATRO_METRICS_PORT > 0: /metrics for this worker's processes
+            code = run_supervised(argv)
+        raise typer.Exit(code)
 
     from workers.app import ALL_QUEUES
     from workers.app import app as celery_app
@@ -305,6 +309,14 @@ def sweep() -> None:
 
     _ctx()
     typer.echo(json.dumps({"redriven": sweep_task.run()}))
+
+
+@app.command()
+def status(as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False) -> None:
+    """Queue depths, pending transfers by stage, the oldest pending, failures by reason, webhook backlog."""
+    from workers.status import run_status
+
+    run_status(get_settings(), as_json)
 
 
 @client_app.command("create")

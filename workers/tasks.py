@@ -8,6 +8,7 @@ from a superseded driver, is dropped by the runner and passes nothing on.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import structlog
@@ -15,7 +16,7 @@ import structlog
 from pipeline.recovery import claim_stalled, due_messages
 from pipeline.stages import STEPS
 from pipeline.steps.runner import run_message
-from workers import runtime
+from workers import metrics, runtime
 from workers.app import app, task_name
 from workers.routing import backlogged_steps, publish_after_commit
 
@@ -26,7 +27,9 @@ _QUIET = frozenset({"dropped"})
 
 def run_step(step: str, transaction_id: str, seq: int | None, errors: int) -> str:
     ctx = runtime.context()
+    started = time.monotonic()
     report = run_message(ctx, step, transaction_id, seq, errors)
+    metrics.observe_step(ctx, step, transaction_id, report, time.monotonic() - started)
     publish_after_commit(ctx, report.dispatch)
     bound = log.bind(step=step, tx=transaction_id, seq=seq)
     if report.result == "dropped":
