@@ -20,6 +20,7 @@ from typing import Any
 from fastapi import APIRouter, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from starlette.routing import Match
 
 from pipeline.settings import get_settings
 
@@ -56,10 +57,24 @@ def metrics() -> Response:
 
 
 def route_label(scope: dict[str, Any]) -> str:
-    """The matched route's path template (set on the scope by Starlette's router), else UNMATCHED."""
-    route = scope.get("route")
-    path = getattr(route, "path", None)
-    return path if isinstance(path, str) and path else UNMATCHED
+    """The matched route's path template: set on the scope by Starlette's router, or, for a request
+    answered before routing (the signature gate's 401, 429), found by matching the app's routes
+    the same way. UNMATCHED when no route matches."""
+    path = getattr(scope.get("route"), "path", None)
+    if isinstance(path, str) and path:
+        return path
+    app = scope.get("app")
+    partial = None
+    for route in getattr(getattr(app, "router", None), "routes", ()):
+        try:
+            match, _ = route.matches(scope)
+        except Exception:  # noqa: BLE001 - a label is not worth failing a request
+            continue
+        if match is Match.FULL:
+            return str(route.path)
+        if match is Match.PARTIAL and partial is None:
+            partial = str(route.path)
+    return partial or UNMATCHED
 
 
 class RequestMetricsMiddleware:

@@ -7,11 +7,13 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
 import uvicorn
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
 
 from api import metrics as api_metrics
 from devnet.ports import free_port
@@ -32,6 +34,12 @@ def _app() -> FastAPI:
     @app.get("/api/v1/boom")
     def boom() -> None:
         raise RuntimeError("a bug")
+
+    @app.middleware("http")
+    async def deny(request: Request, call_next: Any) -> Any:  # like the signature gate: answers before routing
+        if "x-deny" in request.headers:
+            return JSONResponse({"error": {"code": "unauthorized"}}, status_code=401)
+        return await call_next(request)
 
     api_metrics.install(app)
     return app
@@ -82,6 +90,7 @@ def test_requests_counted_by_route_template(base_url: str, db_url: str) -> None:
         assert http.get("/api/v1/wallets/w_SECRETLOOKINGID2").status_code == 200
         assert http.get("/api/v1/wallets/nope").status_code == 404
         assert http.get("/no/such/path/tx_XYZ").status_code == 404
+        assert http.get("/api/v1/wallets/w_DENIED", headers={"x-deny": "1"}).status_code == 401
         # uvicorn drops the connection after an unhandled exception: its own connection
         assert httpx.get(f"{base_url}/api/v1/boom", timeout=10).status_code == 500
         response = http.get("/metrics")
@@ -95,8 +104,9 @@ def test_requests_counted_by_route_template(base_url: str, db_url: str) -> None:
     assert delta("paratro_api_requests_total", method="GET", route=route, status="404") == 1
     assert delta("paratro_api_requests_total", method="GET", route="unmatched", status="404") == 1
     assert delta("paratro_api_requests_total", method="GET", route="/api/v1/boom", status="500") == 1
-    assert delta("paratro_api_request_duration_seconds_count", method="GET", route=route) == 3
-    assert "SECRETLOOKINGID" not in text and "tx_XYZ" not in text and "/no/such" not in text
+    assert delta("paratro_api_requests_total", method="GET", route=route, status="401") == 1  # before routing
+    assert delta("paratro_api_request_duration_seconds_count", method="GET", route=route) == 4
+    assert "SECRETLOOKINGID" not in text and "w_DENIED" not in text and "tx_XYZ" not in text and "/no/such" not in text
     # the pipeline snapshot from the settings' database; the broker is down, and says so
     assert value(text, "paratro_database_up") == 1 and value(text, "paratro_broker_up") == 0
     assert value(text, "paratro_transfers", chain="solana", status="CONFIRMED") == 1
