@@ -1,4 +1,4 @@
-# Image for workers, beat and the ops CLI (docker-compose.yml). Not used by `make demo`/`make test`.
+# Image for the API, workers, beat and the ops CLI (docker-compose.yml). Not used by `make demo`/`make test`.
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 BCL_DATA_DIR=/var/lib/paratro/bitcoinlib
 WORKDIR /app
@@ -6,6 +6,7 @@ COPY pyproject.toml README.md ./
 COPY pipeline pipeline
 COPY chains chains
 COPY workers workers
+COPY api api
 COPY signer signer
 COPY devnet devnet
 RUN pip install --no-cache-dir . && useradd --system --home /var/lib/paratro paratro \
