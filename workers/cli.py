@@ -384,6 +384,27 @@ def new_master_key() -> None:
     typer.echo(make())
 
 
+@app.command("api")
+def api_cmd(
+    host: Annotated[str, typer.Option(help="interface to listen on (0.0.0.0 in a container)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+) -> None:
+    """Serve the HTTP API (OpenAPI at /openapi.json); refuses to start on a bad configuration."""
+    from api.app import create_app
+    from api.server import run
+    from pipeline import credentials
+    from workers.logconfig import configure_logging
+
+    if not 0 < port <= 65535:
+        _fail(f"--port {port} is not a TCP port")
+    settings = get_settings()
+    credentials.secret_box(settings)  # PARATRO_SECRETS_KEY present and well formed
+    _ctx()  # the chain registry
+    check_schema(settings.database_url)
+    configure_logging(settings.log_level, settings.log_json)
+    run(create_app(), host=host, port=port)
+
+
 @app.command()
 def sandbox(
     port: Annotated[int, typer.Option(help="API port on 127.0.0.1 (0: a free one)")] = 0,
