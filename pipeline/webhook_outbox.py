@@ -149,14 +149,15 @@ def prepare_delivery(session: Session, box: SecretBox, event_id: str, claim: dat
         return Skipped(f"already {event.status}")
     if claim is None:
         claim = now + timedelta(seconds=lease_s)
-        if not _compare_and_set(session, event, event.attempts, event.next_attempt_at, next_attempt_at=claim):
+        if not _compare_and_set(session, event, event.attempts, event.next_attempt_at, {"next_attempt_at": claim}):
             return Skipped("taken by another delivery")
     elif event.next_attempt_at != claim:
         return Skipped("claim superseded (lease ended or resent)")
     client = session.get(Client, event.client_id)
     if client is None or not client.webhook_url or client.webhook_secret_encrypted is None:
         reason = "no webhook configured for the client"
-        _compare_and_set(session, event, event.attempts, claim, status=FAILED, next_attempt_at=None, last_error=reason)
+        _compare_and_set(session, event, event.attempts, claim,
+                         {"status": FAILED, "next_attempt_at": None, "last_error": reason})
         return Skipped(reason)
     return Delivery(event_id=event.event_id, client_id=event.client_id, attempts=event.attempts, token=claim,
                     url=client.webhook_url, body=event.payload.encode(), secret=webhook_secret(box, client))
@@ -182,7 +183,7 @@ def record_attempt(session: Session, delivery: Delivery, result: AttemptResult, 
         else:
             values.update(next_attempt_at=now + timedelta(seconds=delay))
     event = session.get(WebhookEvent, delivery.event_id)
-    if event is None or not _compare_and_set(session, event, delivery.attempts, delivery.token, **values):
+    if event is None or not _compare_and_set(session, event, delivery.attempts, delivery.token, values):
         return None
     session.add(WebhookAttempt(event_id=delivery.event_id, attempted_at=result.started_at,
                                status_code=result.status_code, latency_ms=max(0, result.latency_ms), outcome=outcome,
@@ -190,14 +191,14 @@ def record_attempt(session: Session, delivery: Delivery, result: AttemptResult, 
     return outcome
 
 
-def _compare_and_set(session: Session, event: WebhookEvent, attempts: int, token: datetime | None,
-                     **values: Any) -> bool:
+def _compare_and_set(session: Session, event: WebhookEvent, read_attempts: int, read_token: datetime | None,
+                     values: dict[str, Any]) -> bool:
     """Update the event only if it is still PENDING with these attempts and this claim."""
-    claim_matches = (WebhookEvent.next_attempt_at.is_(None) if token is None
-                     else WebhookEvent.next_attempt_at == token)
+    claim_matches = (WebhookEvent.next_attempt_at.is_(None) if read_token is None
+                     else WebhookEvent.next_attempt_at == read_token)
     result = session.execute(update(WebhookEvent)
                              .where(WebhookEvent.event_id == event.event_id, WebhookEvent.status == PENDING,
-                                    WebhookEvent.attempts == attempts, claim_matches)
+                                    WebhookEvent.attempts == read_attempts, claim_matches)
                              .values(**values).execution_options(synchronize_session=False))
     session.expire(event)
     return result.rowcount == 1  # type: ignore[attr-defined]

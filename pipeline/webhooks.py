@@ -123,22 +123,23 @@ def _ip(host: str) -> IpAddress | None:
         return None
 
 
-def is_internal_address(address: IpAddress) -> bool:
-    """True for anything but a public unicast address: loopback, private, link-local, shared
-    (100.64/10), multicast, reserved, unspecified, documentation; IPv4 inside IPv6 (mapped,
-    NAT64, 6to4, Teredo) is judged by its IPv4 address."""
+def internal_kind(address: IpAddress) -> str | None:
+    """What makes `address` off limits ("loopback", "private", "link-local", "shared", "multicast",
+    "reserved", "unspecified", "non-public"), or None for a public unicast address. IPv4 inside
+    IPv6 (mapped, NAT64, 6to4, Teredo) is judged by its IPv4 address."""
     if isinstance(address, ipaddress.IPv6Address):
         embedded = address.ipv4_mapped or address.sixtofour or (address.teredo[1] if address.teredo else None)
         if embedded is None and address in _NAT64:
             embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-        if embedded is not None and is_internal_address(embedded):
-            return True
+        if embedded is not None and internal_kind(embedded):
+            return internal_kind(embedded)
         if address.scope_id:
-            return True
-    if isinstance(address, ipaddress.IPv4Address) and address in _SHARED:
-        return True
-    return (not address.is_global or address.is_private or address.is_loopback or address.is_link_local
-            or address.is_multicast or address.is_reserved or address.is_unspecified)
+            return "link-local"
+    checks = (("unspecified", address.is_unspecified), ("loopback", address.is_loopback),
+              ("link-local", address.is_link_local), ("multicast", address.is_multicast),
+              ("shared", isinstance(address, ipaddress.IPv4Address) and address in _SHARED),
+              ("reserved", address.is_reserved), ("private", address.is_private), ("non-public", not address.is_global))
+    return next((kind for kind, hit in checks if hit), None)
 
 
 def _public_addresses(host: str, port: int) -> list[IpAddress]:
@@ -161,9 +162,11 @@ def _public_addresses(host: str, port: int) -> list[IpAddress]:
                 addresses.append(address)
         if not addresses:
             raise WebhookTargetUnresolved("webhook url host does not resolve")
-    if any(is_internal_address(address) for address in addresses):
-        raise InvalidWebhookUrl("webhook url must not point to a loopback, private, link-local, multicast or "
-                                "reserved address (allowed only on a devnet registry)")
+    for address in addresses:
+        kind = internal_kind(address)
+        if kind is not None:
+            raise InvalidWebhookUrl(f"webhook url must not point to a {kind} address "
+                                    "(allowed only on a devnet registry)")
     return addresses
 
 

@@ -41,11 +41,15 @@ def list_cmd(
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
+    from rich.console import Console
     from rich.table import Table
 
-    from workers.display import console
-
-    table = Table(*(title for _, title in COLUMNS), title=f"webhook events ({len(rows)})")
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=180)  # a pipe or a log: whole ids on one line
+    table = Table(title=f"webhook events ({len(rows)})")
+    for key, title in COLUMNS:
+        table.add_column(title, overflow="fold" if key in ("event_id", "resource_id") else "ellipsis")
     for row in rows:
         table.add_row(*("" if row[key] is None else str(row[key]) for key, _ in COLUMNS))
     console.print(table)

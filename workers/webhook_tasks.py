@@ -88,12 +88,12 @@ def deliver_webhook(event_id: str, claim: str | None = None) -> str:
     with ctx.db.unit_of_work() as session:
         prepared = prepare_delivery(session, box, event_id, parse_token(claim), utcnow(), lease_s(settings))
     if isinstance(prepared, Skipped):
-        log.info("webhook.skipped", event=event_id, reason=prepared.reason)
+        log.info("webhook.skipped", event_id=event_id, reason=prepared.reason)
         return prepared.reason
     result = post(prepared, devnet=ctx.registry.is_devnet, timeout_s=settings.webhook_timeout_s)
     with ctx.db.unit_of_work() as session:
         outcome = record_attempt(session, prepared, result, utcnow(), settings.webhook_retry_schedule_s)
-    bound = log.bind(event=event_id, client=prepared.client_id, attempt=prepared.attempts + 1,
+    bound = log.bind(event_id=event_id, client=prepared.client_id, attempt=prepared.attempts + 1,
                      status_code=result.status_code, latency_ms=result.latency_ms)
     if outcome is None:
         bound.info("webhook.superseded")
