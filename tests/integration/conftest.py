@@ -16,6 +16,7 @@ STACK_ENV = {
     # Short deadlines so the sweeper's recovery is observable within a test.
     "PARATRO_SWEEP_INTERVAL_S": "2",
     "PARATRO_STALL_AFTER_S": "8",
+    "PARATRO_WEBHOOK_RETRY_SCHEDULE_S": "1,1,2,2,3",  # webhook retries within a test, not over a day
 }
 
 
