@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 from fastapi import FastAPI
 
-from api.auth import Guard
+from api.auth import Guard, database_lookup
 from api.errors import INTERNAL_MESSAGE, ApiError, error_response, install_error_handlers, translate
 from pipeline.settings import Settings, get_settings
 from pipeline.steps import StepContext
@@ -137,7 +137,9 @@ def create_app(faucet: Any = None, *, settings: Settings | None = None,
     from workers import runtime
 
     settings = settings or get_settings()
-    guard = Guard(settings.broker_url, settings.api_signature_window_s, settings.api_rate_limit_per_min)
+    provider = context or runtime.context
+    guard = Guard(settings.broker_url, settings.api_signature_window_s, settings.api_rate_limit_per_min,
+                  database_lookup(provider, settings))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -154,7 +156,7 @@ def create_app(faucet: Any = None, *, settings: Settings | None = None,
         redoc_url=None,
     )
     app.state.settings = settings
-    app.state.context = context or runtime.context
+    app.state.context = provider
     app.state.guard = guard
     install_error_handlers(app)
     app.add_middleware(Gate, guard=guard)

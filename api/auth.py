@@ -39,6 +39,8 @@ from fastapi import Request, Security
 from fastapi.security import APIKeyHeader
 
 from api.errors import ApiError, unauthorized, unavailable
+from pipeline.settings import Settings
+from pipeline.steps import StepContext
 
 log = structlog.get_logger("paratro.api")
 
@@ -121,19 +123,23 @@ class Caller:
 KeyLookup = Callable[[str], "Caller | None"]  # blocking (DB): run in a worker thread
 
 
-def lookup_in_database(api_key: str) -> Caller | None:
-    """The client of `api_key` with its opened secret; None for an unknown key or a client whose
-    secret predates sealing (it must rotate). DB trouble raises DatabaseUnavailable (-> 503)."""
+def database_lookup(context: Callable[[], StepContext], settings: Settings) -> KeyLookup:
+    """A KeyLookup over the pipeline's database: the client of a key id with its opened secret;
+    None for an unknown key or a client whose secret predates sealing (it must rotate). Database
+    trouble raises DatabaseUnavailable (-> 503), a missing or wrong PARATRO_SECRETS_KEY a
+    ConfigurationError (-> 503, logged)."""
     from pipeline import credentials
-    from workers import runtime
 
-    box = credentials.secret_box()
-    with runtime.context().db.unit_of_work() as session:
-        client = credentials.client_by_key(session, api_key)
-        if client is None:
-            return None
-        secret = credentials.api_secret(box, client)
-        return None if secret is None else Caller(client.client_id, secret)
+    def lookup(api_key: str) -> Caller | None:
+        box = credentials.secret_box(settings)
+        with context().db.unit_of_work() as session:
+            client = credentials.client_by_key(session, api_key)
+            if client is None:
+                return None
+            secret = credentials.api_secret(box, client)
+            return None if secret is None else Caller(client.client_id, secret)
+
+    return lookup
 
 
 class Refused(Exception):
@@ -151,7 +157,7 @@ class Guard:
     `aclose()` when the app shuts down.
     """
 
-    def __init__(self, broker_url: str, window_s: int, rate_per_min: int, lookup: KeyLookup = lookup_in_database,
+    def __init__(self, broker_url: str, window_s: int, rate_per_min: int, lookup: KeyLookup,
                  clock: Callable[[], float] = time.time) -> None:
         self._broker_url = broker_url
         self.window_s = window_s

@@ -130,8 +130,10 @@ def translate(exc: BaseException, fields: Mapping[str, str] | None = None) -> Ap
         return invalid("invalid_amount", str(exc))
     if isinstance(exc, InvalidAddressError | InvalidAddress):
         return invalid("invalid_address", str(exc))
-    if type(exc).__name__ == "InvalidWebhookUrl" and isinstance(exc, InvalidInput):
+    if type(exc).__name__ == "InvalidWebhookUrl" and isinstance(exc, InvalidInput):  # pipeline.webhooks
         return invalid("invalid_webhook_url", str(exc))
+    if type(exc).__name__ == "InvalidWebhookEvents" and isinstance(exc, InvalidInput):
+        return ApiError(422, "validation_error", _one_line(exc), "events")
     if isinstance(exc, InvalidInput):
         return invalid("validation_error", str(exc))
     if isinstance(exc, LimitExceeded):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from api import schemas
 from api.errors import ApiError, pipeline_errors
@@ -22,15 +22,15 @@ router = APIRouter(tags=["webhook"])
 
 
 @router.put("/webhook", response_model=schemas.WebhookWithSecret, responses=schemas.errors(401, 422, 429, 503))
-def put_webhook(body: schemas.WebhookPut, client_id: ClientId, ctx: Context) -> dict[str, Any]:
+def put_webhook(body: schemas.WebhookPut, request: Request, client_id: ClientId, ctx: Context) -> dict[str, Any]:
     """Set the webhook URL (https; http and loopback only on a devnet) and opt-in events; returns a
     new signing secret."""
     from pipeline import webhooks
 
     with pipeline_errors(), ctx.db.unit_of_work() as session:
-        secret = webhooks.configure_webhook(session, credentials.secret_box(), client_id, body.url,
-                                            list(body.events) if body.events is not None else None,
-                                            devnet=ctx.registry.is_devnet)
+        box = credentials.secret_box(request.app.state.settings)
+        wanted = list(body.events) if body.events is not None else None
+        secret = webhooks.configure_webhook(session, box, client_id, body.url, wanted, devnet=ctx.registry.is_devnet)
         config = webhooks.webhook_config(session, client_id)
     return {"url": config["url"], "secret": secret, "events": list(config["events"])}
 
