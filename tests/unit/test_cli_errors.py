@@ -129,7 +129,7 @@ def test_a_worker_refuses_a_well_formed_master_key_that_opens_no_wallet_key(migr
                    env=migrated).returncode == 0
     migrated["PARATRO_SIGNER_MASTER_KEY"] = wrong = new_master_key()
     line = one_error_line(paratro("worker", env=migrated))
-    assert "opens none of the 1 newest sealed wallet keys" in line and wrong not in line
+    assert "opens none of the 4 newest sealed wallet keys" in line and wrong not in line
 
 
 def test_a_worker_refuses_an_unmigrated_database(env: dict[str, str]) -> None:
