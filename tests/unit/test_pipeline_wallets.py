@@ -9,7 +9,6 @@ publishing is captured instead of sent.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
