@@ -240,7 +240,10 @@ def open_account(ctx: StepContext, client_id: str, wallet_id: str, chain: str) -
         existing = _account_on(session, wallet_id, spec.name)
         if existing is not None:
             return account_view(existing), False
-    adapter = ctx.adapter_for(spec.name)
+    try:
+        adapter = ctx.adapter_for(spec.name)
+    except ChainError as exc:
+        raise ConfigurationError(f"no adapter for {spec.name}: {_summary(exc)}") from None
     public = _public_key(ctx, KeyRef(wallet_id, adapter.key_name, adapter.curve))
     address = adapter.address_from_public_key(public.key)
     return _created_once(
