@@ -218,10 +218,12 @@ def _submit(ctx: Any, api: Any, client_id: str, from_address: str, item: Planned
     from pipeline.transfers import TransferRequest
     from workers.services import submit_transfer
 
-    if api is not None:
-        created = api.create_transaction(from_address=from_address, to_address=item.to_address, chain=item.chain,
-                                         token_symbol=item.symbol, amount=item.amount, idempotency_key=item.key)
-        return created["transaction_id"], api.last_status == 201
+    if api is not None:  # 201 created, 200 the same request again
+        body = {"from_address": from_address, "to_address": item.to_address, "chain": item.chain,
+                "token_symbol": item.symbol, "amount": item.amount}
+        response = api.request("POST", "transactions", body, headers={"Idempotency-Key": item.key})
+        response.raise_for_status()
+        return response.json()["transaction_id"], response.status_code == 201
     submission = submit_transfer(ctx, TransferRequest(
         client_id=client_id, from_address=from_address, to_address=item.to_address, chain=item.chain,
         token_symbol=item.symbol, amount=item.amount, idempotency_key=item.key))
