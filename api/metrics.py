@@ -14,13 +14,17 @@ status code: never the raw path, whose ids would make a series per resource. The
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from functools import lru_cache
+from re import Pattern
 from typing import Any
+
+import fastapi.routing
 
 from fastapi import APIRouter, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
-from starlette.routing import Match
+from starlette.routing import compile_path
 
 from pipeline.settings import get_settings
 
@@ -56,24 +60,39 @@ def metrics() -> Response:
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_PLAIN_0_0_4)
 
 
-def route_label(scope: dict[str, Any]) -> str:
-    """The matched route's path template: set on the scope by Starlette's router, or, for a request
-    answered before routing (the signature gate's 401, 429), found by matching the app's routes
-    the same way. UNMATCHED when no route matches."""
-    path = getattr(scope.get("route"), "path", None)
-    if isinstance(path, str) and path:
-        return path
-    app = scope.get("app")
+@dataclass(frozen=True)
+class RouteTemplate:
+    path: str  # the full template, prefix included: "/api/v1/wallets/{wallet_id}"
+    regex: Pattern[str]
+    methods: frozenset[str] | None
+
+
+def route_templates(app: Any) -> list[RouteTemplate]:
+    """Every route of the app with its full path template, in matching order. FastAPI >= 0.16x
+    keeps included routers unflattened (`scope["route"]` is then the router's own route, without
+    the include prefix), so the templates come from its public `iter_route_contexts` when present."""
+    routes = list(getattr(app, "routes", ()))
+    iterate = getattr(fastapi.routing, "iter_route_contexts", None)
+    templates = []
+    for entry in (iterate(routes) if iterate is not None else routes):
+        path = getattr(entry, "path", None)
+        if isinstance(path, str) and path.startswith("/"):
+            methods = getattr(entry, "methods", None)
+            templates.append(RouteTemplate(path, compile_path(path)[0], frozenset(methods) if methods else None))
+    return templates
+
+
+def route_label(scope: dict[str, Any], templates: list[RouteTemplate]) -> str:
+    """The template of the route that serves (or would serve) this request, whether or not the
+    router ran (the signature gate answers 401/429 before routing); a path that matches only with
+    another method (405) still has its template. UNMATCHED when nothing matches."""
+    path = scope.get("path", "")
     partial = None
-    for route in getattr(getattr(app, "router", None), "routes", ()):
-        try:
-            match, _ = route.matches(scope)
-        except Exception:  # noqa: BLE001 - a label is not worth failing a request
-            continue
-        if match is Match.FULL:
-            return str(route.path)
-        if match is Match.PARTIAL and partial is None:
-            partial = str(route.path)
+    for template in templates:
+        if template.regex.match(path):
+            if template.methods is None or scope.get("method") in template.methods:
+                return template.path
+            partial = partial or template.path
     return partial or UNMATCHED
 
 
@@ -82,6 +101,7 @@ class RequestMetricsMiddleware:
 
     def __init__(self, app: Any) -> None:
         self.app = app
+        self._templates: list[RouteTemplate] | None = None  # built on the first request, routes complete
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -98,9 +118,14 @@ class RequestMetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
+            try:
+                if self._templates is None:
+                    self._templates = route_templates(scope.get("app"))
+                route = route_label(scope, self._templates)
+            except Exception:  # noqa: BLE001 - a label is not worth failing a request
+                route = UNMATCHED
             method = scope.get("method", "")
             method = method if method in METHODS else "OTHER"
-            route = route_label(scope)
             REQUESTS.labels(method, route, str(status["code"])).inc()
             LATENCY.labels(method, route).observe(time.perf_counter() - started)
 

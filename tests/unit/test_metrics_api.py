@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 
 from api import metrics as api_metrics
@@ -24,12 +24,15 @@ from tests.unit.test_metrics import dead_broker, value
 
 def _app() -> FastAPI:
     app = FastAPI()
+    wallets = APIRouter()  # included with a prefix, as the API's routers are
 
-    @app.get("/api/v1/wallets/{wallet_id}")
+    @wallets.get("/wallets/{wallet_id}")
     def get_wallet(wallet_id: str) -> dict[str, str]:
         if not wallet_id.startswith("w_"):
             raise HTTPException(status_code=404)
         return {"wallet_id": wallet_id}
+
+    app.include_router(wallets, prefix="/api/v1")
 
     @app.get("/api/v1/boom")
     def boom() -> None:
@@ -91,6 +94,7 @@ def test_requests_counted_by_route_template(base_url: str, db_url: str) -> None:
         assert http.get("/api/v1/wallets/nope").status_code == 404
         assert http.get("/no/such/path/tx_XYZ").status_code == 404
         assert http.get("/api/v1/wallets/w_DENIED", headers={"x-deny": "1"}).status_code == 401
+        assert http.delete("/api/v1/wallets/w_SECRETLOOKINGID3").status_code == 405
         # uvicorn drops the connection after an unhandled exception: its own connection
         assert httpx.get(f"{base_url}/api/v1/boom", timeout=10).status_code == 500
         response = http.get("/metrics")
@@ -105,6 +109,7 @@ def test_requests_counted_by_route_template(base_url: str, db_url: str) -> None:
     assert delta("paratro_api_requests_total", method="GET", route="unmatched", status="404") == 1
     assert delta("paratro_api_requests_total", method="GET", route="/api/v1/boom", status="500") == 1
     assert delta("paratro_api_requests_total", method="GET", route=route, status="401") == 1  # before routing
+    assert delta("paratro_api_requests_total", method="DELETE", route=route, status="405") == 1
     assert delta("paratro_api_request_duration_seconds_count", method="GET", route=route) == 4
     assert "SECRETLOOKINGID" not in text and "w_DENIED" not in text and "tx_XYZ" not in text and "/no/such" not in text
     # the pipeline snapshot from the settings' database; the broker is down, and says so
