@@ -21,7 +21,7 @@ from pipeline.sealing import new_secrets_key
 from pipeline.settings import Settings
 from pipeline.webhook_outbox import Delivery
 from pipeline.webhook_signing import verify_webhook
-from pipeline.webhooks import configure_webhook
+from pipeline.webhooks import PinnedTarget, configure_webhook
 from tests.unit.fakes import World
 from workers import webhook_tasks
 from workers.webhook_tasks import USER_AGENT, post
@@ -126,6 +126,23 @@ def test_outside_devnet_a_loopback_receiver_is_refused_before_any_request(receiv
     assert receiver.requests == []
 
 
+def test_a_pinned_target_is_reached_by_address_with_the_host_name_kept(receiver: Receiver,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    pinned = PinnedTarget(receiver.url, host_header="hooks.example:8443", sni_hostname="hooks.example")
+    seen: list[tuple[str, bool]] = []
+
+    def target(url: str, devnet: bool) -> PinnedTarget:
+        seen.append((url, devnet))
+        return pinned
+
+    monkeypatch.setattr(webhook_tasks, "delivery_target", target)
+    result = post(delivery("https://hooks.example:8443/hooks/T0K3N-path-secret"), devnet=False, timeout_s=5)
+    assert result.status_code == 200 and seen == [("https://hooks.example:8443/hooks/T0K3N-path-secret", False)]
+    [(path, headers, body)] = receiver.requests
+    assert headers["Host"] == "hooks.example:8443" and path == "/hooks/T0K3N-path-secret"
+    verify_webhook(SECRET, headers, body)
+
+
 # --- the tasks, in-process ---------------------------------------------------------------------
 
 @pytest.fixture
@@ -171,8 +188,9 @@ def test_relay_then_delivery_delivers_a_ping(world: World, wired: list[tuple[str
 
 
 def test_a_failing_receiver_is_retried_on_schedule_then_failed(world: World, wired: list[tuple[str, str]],
-                                                                receiver: Receiver) -> None:
-    client_id, _ = hooked_client(world, receiver.url)
+                                                                receiver: Receiver,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    client_id, secret = hooked_client(world, receiver.url)
     event_id = ping(world, client_id)
     receiver.script = [500, 503, 502]
     outcomes = []
@@ -188,6 +206,9 @@ def test_a_failing_receiver_is_retried_on_schedule_then_failed(world: World, wir
             (500, "retry", "HTTP 500"), (503, "retry", "HTTP 503"), (502, "failed", "HTTP 502")]
     ids = {headers["X-Paratro-Event-Id"] for _, headers, _ in receiver.requests}
     assert ids == {event_id} and len({body for _, _, body in receiver.requests}) == 1  # same event every time
+    logged = capsys.readouterr()
+    assert "webhook.retry" in logged.out + logged.err and "webhook.failed" in logged.out + logged.err
+    assert "T0K3N" not in logged.out + logged.err and secret not in logged.out + logged.err  # no URL, no secret
 
 
 def test_the_relay_leaves_room_for_what_is_still_queued(world: World, wired: list[tuple[str, str]],
