@@ -114,7 +114,7 @@ class Caller:
     """Who a key id belongs to, with the secret to check their signature (never logged)."""
 
     client_id: str
-    secret: str
+    secret: str | None  # None: a client from before sealed secrets, which cannot sign until it rotates
 
     def __repr__(self) -> str:
         return f"Caller({self.client_id!r}, secret=<hidden>)"
@@ -124,8 +124,8 @@ KeyLookup = Callable[[str], "Caller | None"]  # blocking (DB): run in a worker t
 
 
 def database_lookup(context: Callable[[], StepContext], settings: Settings) -> KeyLookup:
-    """A KeyLookup over the pipeline's database: the client of a key id with its opened secret;
-    None for an unknown key or a client whose secret predates sealing (it must rotate). Database
+    """A KeyLookup over the pipeline's database: the client of a key id with its opened secret
+    (None for a client whose secret predates sealing: it must rotate); None for an unknown key. Database
     trouble raises DatabaseUnavailable (-> 503), a missing or wrong PARATRO_SECRETS_KEY a
     ConfigurationError (-> 503, logged)."""
     from pipeline import credentials
@@ -137,7 +137,7 @@ def database_lookup(context: Callable[[], StepContext], settings: Settings) -> K
             if client is None:
                 return None
             secret = credentials.api_secret(box, client)
-            return None if secret is None else Caller(client.client_id, secret)
+            return Caller(client.client_id, secret)
 
     return lookup
 
@@ -195,6 +195,8 @@ class Guard:
             caller = await run_in_threadpool(self._lookup, api_key)
             if caller is None:
                 raise Refused("unknown key")
+            if caller.secret is None:
+                raise Refused("the client has no sealed API secret (rotate it)")
             expected = signature(caller.secret, timestamp, nonce, scope["method"], path_as_sent(scope), body)
             if not hmac.compare_digest(expected, sent):
                 raise Refused("signature mismatch")

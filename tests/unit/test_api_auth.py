@@ -191,3 +191,17 @@ def test_the_client_refuses_float_amounts_and_hides_its_secret(api: ApiUnderTest
         client.create_transaction("a", "b", "ethereum", "ETH", 0.1, idempotency_key="k")  # type: ignore[arg-type]
     assert tenant.api_secret not in repr(client) and tenant.api_secret not in repr(client._http.auth)
     client.close()
+
+
+def test_a_client_without_a_sealed_secret_cannot_sign_until_it_rotates(api: ApiUnderTest) -> None:
+    from pipeline.models import Client
+
+    tenant = api.tenant()
+    with api.ctx.db.unit_of_work() as session:
+        legacy = session.get(Client, tenant.client_id)
+        legacy.api_secret_sealed, legacy.api_secret_hash = None, "pbkdf2:legacy"  # type: ignore[union-attr]
+    assert get(api, "/api/v1/chains", signed_headers(tenant, "GET", "/api/v1/chains")).status_code == 401
+    with api.ctx.db.unit_of_work() as session:
+        _, secret = credentials.rotate_secret(session, api.box, tenant.client_id)
+    rotated = Tenant(tenant.client_id, tenant.api_key, secret)
+    assert get(api, "/api/v1/chains", signed_headers(rotated, "GET", "/api/v1/chains")).status_code == 200

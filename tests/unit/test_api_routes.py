@@ -6,6 +6,7 @@ rows are inserted. (Creating wallets and transfers through the worker: tests/int
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -373,3 +374,20 @@ def test_an_unexpected_error_is_a_generic_500(db: Database, registry: Registry, 
         assert answer.json()["error"]["code"] == "internal_error" and "hunter2" not in answer.text
         ready = httpx.get(server.base_url + "/ready")
         assert ready.status_code == 503 and "hunter2" not in ready.text
+
+
+def test_waiting_for_a_wallet_ends_on_failed_or_times_out(api: ApiUnderTest, alice: Seeded) -> None:
+    from api.client import WalletFailed
+
+    with api.ctx.db.unit_of_work() as s:
+        doomed = onboarding.create_wallet(s, alice.tenant.client_id, "doomed").wallet_id
+        slow = onboarding.create_wallet(s, alice.tenant.client_id, "slow").wallet_id
+        onboarding.fail_wallet(s, doomed, "key_generation_failed", "signer refused")
+    with pytest.raises(WalletFailed) as failed:
+        alice.client.wait_wallet_active(doomed, timeout=5)
+    assert (failed.value.wallet["status"], failed.value.wallet["failure_reason"]) == ("FAILED", "key_generation_failed")
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        alice.client.wait_wallet_active(slow, timeout=0.5, poll_s=0.1)
+    assert time.monotonic() - started < 5
+    assert alice.client.wait_wallet_active(alice.wallet_id)["status"] == "ACTIVE"
