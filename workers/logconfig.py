@@ -172,3 +172,6 @@ def configure_logging(level: str = "INFO", json_lines: bool = False) -> None:
                         format="%(asctime)s %(levelname)s %(name)s %(message)s", force=True)
     for handler in logging.getLogger().handlers:
         handler.setFormatter(RedactingFormatter(handler.formatter._fmt if handler.formatter else None))
+    # httpx logs every request's full URL at INFO: a webhook URL's path may hold the receiver's
+    # token, which no pattern can tell from a path. Only DEBUG (a developer's choice) shows them.
+    logging.getLogger("httpx").setLevel(logging.NOTSET if level.upper() == "DEBUG" else logging.WARNING)

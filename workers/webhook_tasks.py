@@ -20,7 +20,6 @@ the event claimed; when the lease ends the relay claims it again and it is POSTe
 
 from __future__ import annotations
 
-import logging
 import time
 
 import httpx
@@ -44,8 +43,6 @@ from workers import runtime
 from workers.app import WEBHOOKS_QUEUE, app, task_name
 
 log = structlog.get_logger("paratro.webhooks")
-# httpx logs every request's full URL at INFO; a webhook URL's path may hold the receiver's token.
-logging.getLogger("httpx").setLevel(logging.WARNING)
 
 USER_AGENT = "paratro-webhooks/1"
 RELAY_BATCH = 200  # events handed out per relay tick, minus those still queued: a backlog drains steadily
