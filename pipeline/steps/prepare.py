@@ -35,6 +35,8 @@ def resolve_source(ctx: StepContext, run: Run) -> Outcome:
         tx = load_held(session, run)
         if stage_of(tx) is not Stage.RECEIVED:
             return Outcome.of(OutcomeKind.NOOP, tx)
+        if tx.decimals is None:  # accepted before migration 0003: its amount renders from here on
+            tx.decimals = ctx.registry.chain(tx.chain).token(tx.token_symbol).decimals
         adapter = ctx.adapter_for(tx.chain)
         try:
             from_address = adapter.validate_address(tx.from_address)

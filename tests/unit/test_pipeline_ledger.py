@@ -7,6 +7,8 @@ asset can never lock more than its balance.
 from __future__ import annotations
 
 import threading
+from datetime import datetime
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -269,3 +271,49 @@ def test_given_many_workers_locking_one_unit_each_then_exactly_the_balance_is_lo
     assert (len(successes), len(shortfalls)) == (100, 300)
     assert overdrawn == []
     assert read(db, asset_id) == (100, 100)
+
+
+def _insert(conn: Any, table: str, **values: Any) -> None:
+    """A row in a table of an older schema: given values, and a filler for every other NOT NULL
+    column without a server default (the ORM models describe the newest schema only)."""
+    columns = inspect(conn).get_columns(table)
+    row = dict(values)
+    for column in columns:
+        if column["name"] in row or column["nullable"] or column.get("default") is not None:
+            continue
+        python_type = column["type"].python_type
+        row[column["name"]] = {int: 0, str: "x", bytes: b"x"}.get(python_type, datetime(2026, 1, 1))
+    names = ", ".join(row)
+    conn.execute(text(f"INSERT INTO {table} ({names}) VALUES ({', '.join(':' + n for n in row)})"), row)
+
+
+def test_given_rows_at_0002_when_upgraded_then_every_row_survives_and_amounts_get_their_decimals(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    upgrade(url, "0002")
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            _insert(conn, "clients", client_id="cli_1", api_key_id="ak_1", api_secret_hash="scrypt$aa$bb")
+            _insert(conn, "wallets", wallet_id="w_1", client_id="cli_1", status="ACTIVE", key_status="ACTIVE")
+            _insert(conn, "accounts", account_id="acc_1", wallet_id="w_1", client_id="cli_1", chain="ethereum",
+                    address="0xabc")
+            _insert(conn, "assets", asset_id="ast_1", account_id="acc_1", client_id="cli_1", chain="ethereum",
+                    symbol="USDT", decimals=6, balance="0", locked_balance="0")
+            _insert(conn, "transactions", transaction_id="tx_1", client_id="cli_1", idempotency_key="k1",
+                    asset_id="ast_1", amount="1500000", stage="FUNDS_LOCKED")
+            _insert(conn, "transactions", transaction_id="tx_2", client_id="cli_1", idempotency_key="k2",
+                    amount="1", stage="RECEIVED")
+    finally:
+        engine.dispose()
+    upgrade(url)  # rebuilds `clients` (a column made nullable), which wallets and accounts reference
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
+            assert conn.execute(text("SELECT count(*) FROM wallets")).scalar() == 1
+            assert conn.execute(text("SELECT api_secret_hash, webhook_events FROM clients")).one() == ("scrypt$aa$bb", "[]")
+            decimals = dict(conn.execute(text("SELECT transaction_id, decimals FROM transactions")).tuples().all())
+            assert decimals == {"tx_1": 6, "tx_2": None}  # tx_2 gets them from the registry in resolve_source
+            assert conn.execute(text("PRAGMA foreign_key_check")).fetchall() == []
+    finally:
+        engine.dispose()
