@@ -106,8 +106,9 @@ def settings_secrets() -> set[str]:
         pass
     for url in urls:
         found |= url_secrets(url)
-    if settings.signer_master_key is not None:
-        found.add(settings.signer_master_key.get_secret_value())
+    for key in (settings.signer_master_key, settings.secrets_key):
+        if key is not None:
+            found.add(key.get_secret_value())
     return found
 
 

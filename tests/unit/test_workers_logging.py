@@ -143,3 +143,20 @@ def test_a_python_warning_goes_through_the_redactor(secret_settings: None, capsy
     err = capsys.readouterr().err
     assert "insecure request" in err
     assert_clean(err)
+
+
+def test_the_secrets_and_master_keys_of_the_settings_are_masked(secret_settings: None, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline.sealing import new_secrets_key
+    from signer.local import new_master_key
+
+    secrets_key, master_key = new_secrets_key(), new_master_key()
+    monkeypatch.setenv("PARATRO_SECRETS_KEY", secrets_key)
+    monkeypatch.setenv("PARATRO_SIGNER_MASTER_KEY", master_key)
+    get_settings.cache_clear()
+    configure_logging("INFO")
+    logging.getLogger("some.lib").warning("config dump: secrets=%s master=%s", secrets_key, master_key)
+    structlog.get_logger("ours").warning("boot", secrets=secrets_key)
+    err = capsys.readouterr().err
+    assert "config dump" in err and "boot" in err
+    assert secrets_key not in err and master_key not in err
