@@ -135,9 +135,9 @@ def confirm(ctx: StepContext, run: Run) -> Outcome:
                 return Outcome.of(OutcomeKind.FINAL, tx)
         else:
             if stage_of(tx) is Stage.CONFIRMING:
-                advance(session, tx, Stage.BROADCAST, reason="reorg",
-                        detail=f"block {tx.block_number} {tx.block_hash} left the canonical chain")
-                tx.block_number, tx.block_hash, tx.confirmations = None, None, 0
+                left = f"block {tx.block_number} {tx.block_hash} left the canonical chain"
+                tx.block_number, tx.block_hash, tx.confirmations = None, None, 0  # before the event renders it
+                advance(session, tx, Stage.BROADCAST, reason="reorg", detail=left)
             if status.state is TxState.EXPIRED:
                 if tx.replacement_count >= MAX_REPLACEMENTS:
                     raise ReplacementLimit(f"{tx.replacement_count} replacements expired without landing")

@@ -99,6 +99,26 @@ def test_given_an_included_tx_whose_block_leaves_the_chain_then_back_to_broadcas
     assert world.balances(alice, "ETH") == (ETH - ETH // 10 - PAID, 0)
 
 
+def test_a_reorg_stage_event_shows_the_transfer_after_the_reorg(world: World) -> None:
+    import json
+
+    from pipeline.models import Client, WebhookEvent
+
+    alice, tx_id = broadcast_transfer(world)
+    with world.db.unit_of_work() as s:
+        client = s.get(Client, alice.client_id)
+        client.webhook_url, client.webhook_events = "http://127.0.0.1:9/hook", '["transaction.stage"]'
+    world.adapter().statuses = [included(2), NOT_FOUND]
+    world.step("confirm", tx_id)
+    world.step("confirm", tx_id)  # the block left the chain: CONFIRMING -> BROADCAST
+
+    with world.db.unit_of_work() as s:
+        bodies = [json.loads(e.payload) for e in s.scalars(
+            select(WebhookEvent).where(WebhookEvent.resource_id == tx_id).order_by(WebhookEvent.sequence))]
+    assert [(b["data"]["sub_status"], b["data"]["confirmations"]) for b in bodies] == [("CONFIRMING", 2), ("BROADCAST", 0)]
+    assert [b["sequence"] for b in bodies] == [1, 2]
+
+
 def test_given_the_tx_moves_to_another_block_while_confirming_then_a_reorg_note_and_the_new_block(world: World) -> None:
     alice, tx_id = broadcast_transfer(world)
     world.adapter().statuses = [included(1), included(1, block=101, block_hash="0xb101")]
