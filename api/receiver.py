@@ -39,7 +39,7 @@ class Received:
 
 class WebhookReceiver:
     """`with WebhookReceiver() as receiver:` listens on a free loopback port; set `secret` once
-    `PUT /webhook` returned it (deliveries before that are refused and retried by the dispatcher)."""
+    `PUT /webhook` returned it (deliveries before that get 401, which is final: not retried)."""
 
     def __init__(self, tolerance_s: int = 300) -> None:
         self.secret: str | None = None
