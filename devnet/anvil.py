@@ -20,6 +20,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -239,6 +240,22 @@ class AnvilNode(Service):
 
     def set_balance(self, address: str, wei: int) -> None:
         self.rpc("anvil_setBalance", [address, hex(wei)])
+
+    def send_value(self, to: str, wei: int, timeout: float = 60.0) -> str:
+        """Pay `wei` to `to` in a real transaction from the last dev account (unlocked; not the
+        token deployer, account 0), mined before this returns; the hash. Unlike set_balance it
+        adds to whatever the address holds when the block is built, so a transfer of the
+        address's own mined meanwhile is not undone."""
+        payer = self.rpc("eth_accounts")[-1]
+        if self.balance(payer) < wei + 10**18:  # a dev account is never a pipeline account
+            self.set_balance(payer, wei + 10**22)
+        tx_hash = self.rpc("eth_sendTransaction", [{"from": payer, "to": to, "value": hex(wei)}])
+        deadline = time.monotonic() + timeout
+        while self.rpc("eth_getTransactionReceipt", [tx_hash]) is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"funding transaction {tx_hash} not mined within {timeout:.0f} s")
+            time.sleep(0.05)
+        return str(tx_hash)
 
     def balance(self, address: str) -> int:
         return int(self.rpc("eth_getBalance", [address, "latest"]), 16)

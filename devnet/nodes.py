@@ -18,7 +18,8 @@ class DevnetNode(Protocol):
     rpc_url: str
 
     def fund(self, address: str, token: TokenSpec, amount: int) -> None:
-        """Add `amount` base units of `token` to `address` on this devnet."""
+        """Add `amount` base units of `token` to `address` on this devnet, on chain when this returns
+        (mined, or credited by the node at once)."""
 
 
 class EvmDevnet:
@@ -38,7 +39,7 @@ class EvmDevnet:
         from devnet.token import mint
 
         if token.asset_type == "NATIVE":
-            self._node.set_balance(address, self._node.balance(address) + amount)
+            self._node.send_value(address, amount)
         else:
             mint(self.rpc_url, token.contract or "", address, amount)
 

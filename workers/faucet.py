@@ -2,15 +2,17 @@
 the ledger with what the chain shows, as a deposit.
 
 It exists only where the devnet nodes run in this process (the sandbox, the demo, the tests): it
-needs their faucet methods, which no real network has. The credit goes to the asset only when the
-address is an account of the calling client holding that token; any other address is funded on
-chain only. Calls are serialized per chain so two fundings of one address cannot be read as one.
+needs their faucet methods, which no real network has. A node's `fund` returns once the chain
+holds the funding (mined, or credited by the node), and only then is exactly that amount
+credited, so the ledger never shows what the chain does not; reading balances before and after
+would be fooled by the address's own transfers landing meanwhile. The credit goes to the asset
+only when the address is an account of the calling client holding that token; any other address
+is funded on chain only.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,17 +22,10 @@ from sqlalchemy import select
 from devnet.nodes import DevnetNode
 from pipeline import ledger
 from pipeline.amounts import format_amount, parse_amount
-from pipeline.errors import InvalidAddressError, TransientError, UnknownChainError, UnknownSymbol
+from pipeline.errors import InvalidAddressError, UnknownChainError, UnknownSymbol
 from pipeline.models import Account, Asset
 from pipeline.steps import StepContext
 from chains.errors import InvalidAddress, UnknownChain, UnknownToken
-
-SHOWS_WITHIN_S = 15.0  # how long the chain may take to show a funding (a block on the slowest devnet)
-
-
-class FaucetUnavailable(TransientError):
-    """The devnet did not show the funding in time; nothing was credited."""
-
 
 @dataclass(frozen=True)
 class Funding:
@@ -63,9 +58,7 @@ class DevnetFaucet:
         except InvalidAddress as exc:
             raise InvalidAddressError(f"address: {exc}") from None
         with self._locks[spec.name]:
-            before = adapter.balance_of(normalized, token)
-            self._nodes[spec.name].fund(normalized, token, base_units)
-            self._wait_until_shown(adapter, normalized, token, before + base_units)
+            self._nodes[spec.name].fund(normalized, token, base_units)  # on chain when it returns
             asset_id, balance = self._credit(client_id, spec.name, normalized, token.symbol, base_units)
         shown = None if balance is None else format_amount(balance, token.decimals)
         return Funding(spec.name, normalized, token.symbol, format_amount(base_units, token.decimals), asset_id, shown)
@@ -81,14 +74,6 @@ class DevnetFaucet:
         if spec.name not in self._nodes:
             raise UnknownChainError(f"no devnet node runs for {spec.name} in this sandbox")
         return spec, token
-
-    @staticmethod
-    def _wait_until_shown(adapter: Any, address: str, token: Any, expected: int) -> None:
-        deadline = time.monotonic() + SHOWS_WITHIN_S
-        while adapter.balance_of(address, token) < expected:
-            if time.monotonic() > deadline:
-                raise FaucetUnavailable(f"the {token.symbol} funding did not show on chain within {SHOWS_WITHIN_S:.0f} s")
-            time.sleep(0.2)
 
     def _credit(self, client_id: str, chain: str, address: str, symbol: str, amount: int) -> tuple[str | None, int | None]:
         with self._ctx.db.unit_of_work() as session:
