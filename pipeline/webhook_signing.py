@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 from collections.abc import Mapping
 
@@ -25,6 +26,9 @@ TIMESTAMP_HEADER = "X-Paratro-Timestamp"
 SIGNATURE_HEADER = "X-Paratro-Signature"
 SCHEME = "v1"
 DEFAULT_TOLERANCE_S = 300
+# ASCII digits only: str.isdigit() also takes '²' or '１２' (int() then raises ValueError or
+# accepts them), and a receiver catching WebhookSignatureError must never see anything else.
+_UNIX_SECONDS = re.compile(r"[0-9]{1,12}")
 
 
 class WebhookSignatureError(ValueError):
@@ -59,7 +63,7 @@ def verify_webhook(secret: str, headers: Mapping[str, str], body: bytes, toleran
     """
     timestamp_text = _header(headers, TIMESTAMP_HEADER)
     signature_text = _header(headers, SIGNATURE_HEADER)
-    if not timestamp_text.isdigit() or len(timestamp_text) > 12:
+    if not _UNIX_SECONDS.fullmatch(timestamp_text):
         raise WebhookSignatureError(f"{TIMESTAMP_HEADER} must be unix seconds")
     current = time.time() if now is None else now
     if abs(current - int(timestamp_text)) > tolerance_s:
@@ -67,11 +71,12 @@ def verify_webhook(secret: str, headers: Mapping[str, str], body: bytes, toleran
     candidates = _v1_values(signature_text)
     if not candidates:
         raise WebhookSignatureError(f"{SIGNATURE_HEADER} has no {SCHEME}= value")
-    expected = compute_signature(secret, timestamp_text, body)
-    # Compare against every candidate (no early exit), each in constant time.
+    expected = compute_signature(secret, timestamp_text, body).encode()
+    # Compare against every candidate (no early exit), each in constant time. "replace": a header
+    # value may hold anything, lone surrogates included; it just does not match.
     matched = False
     for candidate in candidates:
-        matched |= hmac.compare_digest(candidate.encode(), expected.encode())
+        matched |= hmac.compare_digest(candidate.encode("utf-8", "replace"), expected)
     if not matched:
         raise WebhookSignatureError("signature does not match the body and timestamp")
 

@@ -7,6 +7,8 @@ import hashlib
 import hmac
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.webhook_signing import (
     EVENT_ID_HEADER,
@@ -98,3 +100,62 @@ def test_several_v1_values_verify_if_any_matches_secret_rotation() -> None:
 def test_the_body_must_be_the_raw_bytes() -> None:
     with pytest.raises(TypeError):
         verify_webhook(SECRET, signed(), BODY.decode(), now=NOW)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", ["²", "１７６７２２５６００", "١٧٦٧٢٢٥٦٠٠", "1767225600\u0660", "+1767225600", "1_767_225_600"])
+def test_a_timestamp_of_non_ascii_digits_is_a_signature_error_not_a_crash(value: str) -> None:
+    # str.isdigit() says yes to these, and int() either raises ValueError or accepts them: a
+    # receiver catching only WebhookSignatureError must still get one.
+    assert "unix seconds" in refusal({**signed(), TIMESTAMP_HEADER: value})
+
+
+HEADER_NAMES = st.sampled_from([TIMESTAMP_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER.lower(), SIGNATURE_HEADER.upper(),
+                                EVENT_ID_HEADER])
+ANY_TEXT = st.text(st.characters(exclude_categories=()), max_size=80)  # any code point, lone surrogates included
+TIMESTAMPS = st.one_of(ANY_TEXT, st.integers(-10**13, 10**13).map(str), st.just(str(int(NOW))),
+                       st.sampled_from(["²", "１２", " 1767225600 ", "1767225600\n", "0x69", "1e9"]))
+SIGNATURES = st.one_of(ANY_TEXT, ANY_TEXT.map(lambda t: "v1=" + t), st.just(signed()[SIGNATURE_HEADER]),
+                       st.lists(ANY_TEXT, max_size=4).map(lambda parts: ",".join("v1=" + p for p in parts)))
+
+
+@settings(max_examples=400, deadline=None)
+@given(headers=st.dictionaries(st.one_of(HEADER_NAMES, ANY_TEXT), st.one_of(TIMESTAMPS, SIGNATURES), max_size=5),
+       body=st.one_of(st.binary(max_size=200), st.just(BODY)), secret=st.one_of(st.just(SECRET), st.text(max_size=40)))
+def test_any_headers_and_body_either_verify_or_raise_a_signature_error(headers: dict[str, str], body: bytes,
+                                                                       secret: str) -> None:
+    try:
+        verify_webhook(secret, headers, body, now=NOW)
+    except WebhookSignatureError as refused:
+        assert SECRET not in str(refused)
+    else:  # only the genuine signature of this very body verifies
+        assert body == BODY and secret == SECRET
+
+
+@settings(max_examples=200, deadline=None)
+@given(timestamp=TIMESTAMPS, signature=SIGNATURES, body=st.binary(max_size=100))
+def test_any_timestamp_and_signature_value_either_verify_or_raise_a_signature_error(timestamp: str, signature: str,
+                                                                                    body: bytes) -> None:
+    headers = {TIMESTAMP_HEADER: timestamp, SIGNATURE_HEADER: signature}
+    try:
+        verify_webhook(SECRET, headers, body, now=NOW)
+    except WebhookSignatureError:
+        pass
+    else:
+        assert timestamp.strip() == str(int(NOW)) and compute_signature(SECRET, timestamp.strip(), body) in signature
+
+
+@settings(max_examples=300, deadline=None)
+@given(signature=SIGNATURES, body=st.one_of(st.binary(max_size=100), st.just(BODY)))
+def test_any_signature_value_on_a_fresh_timestamp_either_verifies_or_raises_a_signature_error(signature: str,
+                                                                                              body: bytes) -> None:
+    try:
+        verify_webhook(SECRET, {**signed(), SIGNATURE_HEADER: signature}, body, now=NOW)
+    except WebhookSignatureError:
+        pass
+    else:
+        assert compute_signature(SECRET, str(int(NOW)), body) in signature
+
+
+@pytest.mark.parametrize("value", ["v1=\ud800", "v1=é" * 3, "v1=" + "\x00" * 64])
+def test_a_signature_value_of_any_characters_is_a_signature_error(value: str) -> None:
+    assert "does not match" in refusal({**signed(), SIGNATURE_HEADER: value})
