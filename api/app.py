@@ -22,6 +22,7 @@ from fastapi import FastAPI
 
 from api.auth import Guard, database_lookup
 from api.errors import INTERNAL_MESSAGE, ApiError, error_response, install_error_handlers, translate
+from api.readiness import Readiness
 from pipeline.settings import Settings, get_settings
 from pipeline.steps import StepContext
 
@@ -158,6 +159,7 @@ def create_app(faucet: Any = None, *, settings: Settings | None = None,
     app.state.settings = settings
     app.state.context = provider
     app.state.guard = guard
+    app.state.readiness = Readiness()  # /ready's probe cache: a public URL must not fan out to every node
     install_error_handlers(app)
     app.add_middleware(Gate, guard=guard)
 

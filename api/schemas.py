@@ -146,7 +146,8 @@ class Health(BaseModel):
 
 
 class Component(BaseModel):
-    status: Literal["ok", "down", "skipped"]
+    status: Literal["ok", "down", "skipped", "pending"] = Field(
+        description="`pending`: not probed yet (a first probe is running); results may be a few seconds old")
     latency_ms: int | None = None
     error: str | None = Field(None, description="the kind of failure (never an address or a credential)")
 

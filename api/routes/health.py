@@ -1,36 +1,38 @@
 """`GET /health` (the process answers) and `GET /ready` (it can serve: database, Redis, each chain's
 node), both without authentication, at /api/v1/... and at the root for container health checks.
 
-Readiness runs every probe at once in a small thread pool and waits at most READY_TIMEOUT_S: a
-hung node is reported `down` (error `timeout`) instead of hanging the health check. A probe is a
-cheap real call: `SELECT 1`, Redis PING, and per chain a read through its adapter (the native
-balance of a throwaway address on account chains, which also checks the node serves the
-registry's chain; the node's chain info on UTXO chains, where a balance would scan the UTXO set).
-Only the kind of failure is shown, never an endpoint (RPC URLs may carry credentials). On a devnet
-registry, a chain without a configured endpoint (its registry URL is a placeholder: no node was
-started for it) is `skipped` and does not make the service unready.
+/ready is public, so what it costs must not grow with its traffic: probes are cached and never
+run twice at once (api.readiness: a chain node is asked at most once per CHAIN_TTL_S, the database
+and Redis once per LOCAL_TTL_S), each on its own thread (nothing queues behind a slow chain), and
+an answer takes at most READY_TIMEOUT_S: a probe still running then is `down` (error `timeout`),
+and a request that finds another's probe running answers its last result (`pending` before the
+first). A probe is a cheap real call: `SELECT 1`, Redis PING, and per chain a read through its
+adapter (the native balance of a throwaway address on account chains, which also checks the node
+serves the registry's chain; the node's chain info on UTXO chains, where a balance would scan the
+UTXO set). Only the kind of failure is shown, never an endpoint (RPC URLs may carry credentials).
+On a devnet registry, a chain without a configured endpoint (its registry URL is a placeholder: no
+node was started for it) is `skipped` and does not make the service unready.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import wait as wait_all
+from concurrent.futures import Future
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 
 from api import schemas
+from api.readiness import Readiness, Result
 from api.routes.common import context_of
 from pipeline.settings import Settings
 from pipeline.steps import StepContext
 
-READY_TIMEOUT_S = 3.0
 REDIS_TIMEOUT_S = 2.0
 router = APIRouter(tags=["health"])
-_probes = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ready-probe")
 _addresses: dict[str, str] = {}
 _addresses_lock = threading.Lock()
 
@@ -41,26 +43,40 @@ def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
+def readiness_of(app: FastAPI) -> Readiness:
+    """The app's probe cache (made by create_app; made here for an app built otherwise)."""
+    readiness = getattr(app.state, "readiness", None)
+    if readiness is None:
+        readiness = app.state.readiness = Readiness()
+    return readiness
+
+
 @router.get("/ready", response_model=schemas.Ready, responses={503: {"model": schemas.Ready,
                                                                       "description": "a component is down"}})
-def ready(request: Request, response: Response) -> dict[str, Any]:
-    """Database, Redis and every chain's node, each `ok`, `down` (with the kind of error) or `skipped`;
-    503 when any is down."""
+async def ready(request: Request, response: Response) -> dict[str, Any]:
+    """Database, Redis and every chain's node, each `ok`, `down` (with the kind of error), `skipped`
+    or `pending` (not probed yet); 503 unless all are `ok` or `skipped`. Results may be a few
+    seconds old (cached: this URL is public); the answer comes within a few seconds."""
     settings: Settings = request.app.state.settings
-    try:
-        ctx = context_of(request)
+    readiness = readiness_of(request.app)
+    deadline = time.monotonic() + readiness.timeout_s
+    try:  # the context is built once per process; bounded all the same
+        ctx = await asyncio.wait_for(asyncio.to_thread(context_of, request), readiness.timeout_s)
     except Exception as exc:  # noqa: BLE001 - no context (bad settings, registry): not ready, say what kind
         down = {"status": "down", "error": type(exc).__name__}
         response.status_code = 503
         return {"status": "unavailable", "database": down, "redis": down, "chains": {}}
-    checks: dict[str, Callable[[], None]] = {"database": lambda: _database(ctx), "redis": lambda: _redis(settings)}
+    checks: dict[str, tuple[Callable[[], None], float]] = {
+        "database": (lambda: _database(ctx), readiness.local_ttl_s),
+        "redis": (lambda: _redis(settings), readiness.local_ttl_s),
+    }
     skipped = []
     for chain in ctx.registry.names():
         if ctx.registry.is_devnet and chain not in settings.rpc_urls:
             skipped.append(chain)
         else:
-            checks[f"chain:{chain}"] = (lambda name: lambda: _chain(ctx, name))(chain)
-    results = _run(checks)
+            checks[f"chain:{chain}"] = ((lambda name: lambda: _chain(ctx, name))(chain), readiness.chain_ttl_s)
+    results = await _run(readiness, checks, deadline)
     chains = {name.removeprefix("chain:"): result for name, result in results.items() if name.startswith("chain:")}
     chains.update({chain: {"status": "skipped"} for chain in skipped})
     answer = {"database": results["database"], "redis": results["redis"], "chains": dict(sorted(chains.items()))}
@@ -69,26 +85,16 @@ def ready(request: Request, response: Response) -> dict[str, Any]:
     return {"status": "ok" if healthy else "unavailable", **answer}
 
 
-def _run(checks: dict[str, Callable[[], None]]) -> dict[str, dict[str, Any]]:
-    started = time.monotonic()
-    futures: dict[str, Future[float]] = {name: _probes.submit(_timed, check) for name, check in checks.items()}
-    wait_all(futures.values(), timeout=READY_TIMEOUT_S)
-    results: dict[str, dict[str, Any]] = {}
-    for name, future in futures.items():
-        if not future.done():
-            future.cancel()
-            results[name] = {"status": "down", "error": "timeout", "latency_ms": int((time.monotonic() - started) * 1000)}
-        elif future.exception() is not None:
-            results[name] = {"status": "down", "error": type(future.exception()).__name__}
-        else:
-            results[name] = {"status": "ok", "latency_ms": int(future.result() * 1000)}
-    return results
-
-
-def _timed(check: Callable[[], None]) -> float:
-    started = time.monotonic()
-    check()
-    return time.monotonic() - started
+async def _run(readiness: Readiness, checks: dict[str, tuple[Callable[[], None], float]],
+               deadline: float) -> dict[str, Result]:
+    """Start the probes that are due (none already running), wait for those until `deadline`, and
+    report every component. Waiting holds no thread: the probes' futures wake the event loop."""
+    started: dict[str, Future[Result] | None] = {
+        name: readiness.begin(name, check, ttl_s) for name, (check, ttl_s) in checks.items()}
+    waiting = [asyncio.wrap_future(future) for future in started.values() if future is not None]
+    if waiting:
+        await asyncio.wait(waiting, timeout=max(0.0, deadline - time.monotonic()))
+    return {name: readiness.report(name, started[name]) for name in checks}
 
 
 def _database(ctx: StepContext) -> None:
