@@ -45,14 +45,15 @@ def _listening(url: str) -> bool:
 
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    log = (tmp_path_factory.mktemp("sandbox") / "sandbox.err").open("w")
+    log_path = tmp_path_factory.mktemp("sandbox") / "sandbox.err"
+    log = log_path.open("w")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PARATRO_")}
     process = subprocess.Popen([sys.executable, "-m", "workers.cli", "sandbox", "--chains",
                                 "ethereum,tron,bitcoin,solana", "--block-time", "0.25"],
                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True)
     try:
         ready = _ready_line(process)
-        yield process, ready
+        yield process, ready, log_path
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -64,7 +65,7 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 def test_the_ready_line_has_what_a_client_and_the_cli_need(sandbox: Any) -> None:
-    _, ready = sandbox
+    _, ready, _ = sandbox
     assert set(ready) == {"base_url", "client_id", "api_key", "api_secret", "env"}
     assert ready["base_url"].startswith("http://127.0.0.1:") and ready["base_url"].endswith("/api/v1")
     assert ready["client_id"].startswith("cli_") and ready["api_key"].startswith("ak_") and ready["api_secret"]
@@ -79,7 +80,7 @@ def test_the_quickstart_moves_money_on_four_chains_with_signed_webhooks(sandbox:
         import sandbox_quickstart
     finally:
         sys.path.remove(str(ROOT / "examples"))
-    _, ready = sandbox
+    _, ready, _ = sandbox
     outcome = sandbox_quickstart.run(ready)
     assert {chain: tx["status"] for chain, tx in outcome["transactions"].items()} == {
         "ethereum": "CONFIRMED", "tron": "CONFIRMED", "bitcoin": "CONFIRMED", "solana": "CONFIRMED"}
@@ -93,10 +94,16 @@ def test_the_quickstart_moves_money_on_four_chains_with_signed_webhooks(sandbox:
     assert "CONFIRMED" in status.stdout and "ethereum" in status.stdout
 
 
-def test_sigterm_stops_everything_it_started(sandbox: Any) -> None:
-    process, ready = sandbox
+def test_sigterm_stops_everything_it_started_and_no_log_holds_a_secret(sandbox: Any) -> None:
+    process, ready, log_path = sandbox
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=90) == 0
+    stderr = log_path.read_text()
+    workdir = Path(stderr.splitlines()[0].rsplit(" in ", 1)[1].strip())  # the first line names it
+    logs = [stderr] + [path.read_text(errors="replace") for path in workdir.glob("*.log")]
+    assert len(logs) > 1, f"no worker log in {workdir}"
+    for text in logs:
+        assert ready["api_secret"] not in text and ready["env"]["PARATRO_SECRETS_KEY"] not in text
     assert not _listening(ready["base_url"])
     assert not _listening(ready["env"]["PARATRO_BROKER_URL"])
     for url in json.loads(ready["env"]["PARATRO_RPC_URLS"]).values():
