@@ -140,7 +140,8 @@ def create_app(faucet: Any = None, *, settings: Settings | None = None,
     settings = settings or get_settings()
     provider = context or runtime.context
     guard = Guard(settings.broker_url, settings.api_signature_window_s, settings.api_rate_limit_per_min,
-                  database_lookup(provider, settings))
+                  database_lookup(provider, settings), failures_per_ip=settings.api_auth_failures_per_ip_per_min,
+                  failures_per_key=settings.api_auth_failures_per_key_per_min)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -14,13 +14,49 @@ Every authenticated request carries four headers:
 string when there is one): no re-encoding on either side, so the client signs the bytes the server
 reads. The checks run cheapest first and the nonce is recorded only once the signature is right,
 so nobody can burn another client's nonces: headers well formed -> timestamp within the window ->
-key known -> signature (constant-time) -> nonce unused (Redis SET NX EX) -> rate limit (Redis,
-fixed one-minute windows per client). Every refusal is the same 401 `unauthorized` to the caller;
-the reason is logged at INFO (key id and reason, never a secret or a signature).
+failure throttle (Redis, see below) -> key known -> signature (constant-time) -> nonce unused
+(Redis SET NX EX) -> rate limit (Redis, fixed one-minute windows per client). Every refusal is the
+same 401 `unauthorized` to the caller; the reason is logged at INFO (key id and reason, never a
+secret or a signature).
 
 The API secret is kept sealed (pipeline.credentials) and opened per request, not cached, so a
 rotated secret stops working at once. Redis is the broker's; when it cannot be reached, requests
 are refused with 503 `unavailable` (failing closed: without the nonce store a replay would pass).
+
+Failed checks are throttled before they cost anything. A wrong signature under a known key id
+costs a database lookup and an AES-GCM open; without a limit anyone could buy those at line rate.
+Every refusal from the lookup on (unknown key, no sealed secret, wrong signature, nonce reused)
+adds one to two fixed one-minute Redis counters: per client address (the ASGI peer) and per key
+id. Before the lookup, a request whose address has `api_auth_failures_per_ip_per_min` (60)
+failures in the current minute, or whose key id has `api_auth_failures_per_key_per_min` (600), is
+answered 429 `rate_limited` with Retry-After (the end of the minute), whatever its signature:
+checking it is the very cost being saved. Cheap refusals (malformed headers, a timestamp out of
+the window) are not counted; they cost no lookup, and without a key id or a fresh timestamp they
+cost no Redis call either.
+The trade-off: the key id is no secret (it travels in clear in every request), so a per-key
+counter lets whoever knows it deny its owner service. That is why the per-key threshold is ten
+times the per-address one: one source address stops at its own limit, and locking a key out takes
+failures from at least ten addresses, sustained every minute (it lifts at the next minute once
+they stop). A correctly signing client never fails a check (a wrong clock fails cheaply,
+uncounted); one that keeps signing with a rotated-out secret throttles itself and, on a shared
+address (NAT), its neighbours, until the next minute. The address is the TCP peer (api.server runs
+uvicorn without proxy headers): behind a reverse proxy every caller shares the proxy's address,
+which makes the per-address limit global, so there raise api_auth_failures_per_ip_per_min (the
+per-key limit still bounds the cost per key) or serve with proxy headers trusted from the proxy
+only. Without an address (a Unix socket) only the per-key counter applies.
+
+What the signature does not cover. The v1 string to sign is fixed by the spec and followed
+exactly: timestamp, nonce, method, request target and body, and no header, so NOT the
+`Idempotency-Key` of POST /transactions. Once a request has reached us its nonce is spent and the
+same signed bytes are refused under any Idempotency-Key. But a party that captured a signed POST
+/transactions that never reached us (dropped on the way) can send it within the signature window
+with an Idempotency-Key of its choosing; it is accepted once, as the client's. It cannot change
+the body (amount, destination) and only one of the captured copies gets through (one nonce), but
+if the client meanwhile retried with its own key (a fresh signature, as it should), that is a
+second transfer of the same body. Capturing needs a broken transport: run the API behind TLS only.
+The shipped client (api.client) signs every send anew with a nonce it never reuses and keeps one
+Idempotency-Key across the retries of a call, so it never puts the same signed bytes on the wire
+twice, under any key. A later version of the string to sign should cover the Idempotency-Key.
 """
 
 from __future__ import annotations
@@ -55,6 +91,8 @@ _TIMESTAMP = re.compile(r"^[0-9]{1,12}$")
 _NONCE = re.compile(r"^[A-Za-z0-9_\-]{8,64}$")
 _SIGNATURE = re.compile(r"^[0-9a-f]{64}$")
 RATE_WINDOW_S = 60
+FAILURES_PER_IP_PER_MIN = 60  # defaults of settings.api_auth_failures_per_{ip,key}_per_min
+FAILURES_PER_KEY_PER_MIN = 600
 REDIS_TIMEOUT_S = 2.0
 
 
@@ -158,16 +196,20 @@ class Guard:
     """
 
     def __init__(self, broker_url: str, window_s: int, rate_per_min: int, lookup: KeyLookup,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, *, failures_per_ip: int = FAILURES_PER_IP_PER_MIN,
+                 failures_per_key: int = FAILURES_PER_KEY_PER_MIN) -> None:
         self._broker_url = broker_url
         self.window_s = window_s
         self.rate_per_min = rate_per_min
+        self.failures_per_ip = failures_per_ip
+        self.failures_per_key = failures_per_key
         self._lookup = lookup
         self._clock = clock
         self._redis: Any = None
 
     def __repr__(self) -> str:
-        return f"Guard(window_s={self.window_s}, rate_per_min={self.rate_per_min})"
+        return (f"Guard(window_s={self.window_s}, rate_per_min={self.rate_per_min}, "
+                f"failures_per_ip={self.failures_per_ip}, failures_per_key={self.failures_per_key})")
 
     def _client(self) -> Any:
         if self._redis is None:
@@ -187,26 +229,68 @@ class Guard:
         from starlette.concurrency import run_in_threadpool
 
         headers = _headers(scope)
+        address = client_address(scope)
         try:
             api_key, timestamp, nonce, sent = _well_formed(headers)
             now = self._clock()
             if abs(now - int(timestamp)) > self.window_s:
                 raise Refused("timestamp outside the window")
-            caller = await run_in_threadpool(self._lookup, api_key)
-            if caller is None:
-                raise Refused("unknown key")
-            if caller.secret is None:
-                raise Refused("the client has no sealed API secret (rotate it)")
-            expected = signature(caller.secret, timestamp, nonce, scope["method"], path_as_sent(scope), body)
-            if not hmac.compare_digest(expected, sent):
-                raise Refused("signature mismatch")
-            await self._record_nonce(api_key, nonce)
+            counters = _failure_counters(api_key, address, now)
+            await self._not_throttled(counters, api_key, address, now)
+            try:
+                caller = await run_in_threadpool(self._lookup, api_key)
+                if caller is None:
+                    raise Refused("unknown key")
+                if caller.secret is None:
+                    raise Refused("the client has no sealed API secret (rotate it)")
+                expected = signature(caller.secret, timestamp, nonce, scope["method"], path_as_sent(scope), body)
+                if not hmac.compare_digest(expected, sent):
+                    raise Refused("signature mismatch")
+                await self._record_nonce(api_key, nonce)
+            except Refused:
+                await self._count_failure(counters)
+                raise
         except Refused as refused:
             log.info("api.unauthorized", reason=refused.reason, api_key=_shown_key(headers.get(KEY_HEADER.lower())),
                      method=scope.get("method"), path=scope.get("path"))
             raise unauthorized() from None
         await self._within_rate(caller.client_id, now)
         return caller.client_id
+
+    async def _not_throttled(self, counters: "_Counters", api_key: str, address: str | None, now: float) -> None:
+        """429 when this key id or this address failed too often in the current minute (before
+        the lookup: refusing costs one Redis round trip, no database, no decryption)."""
+        from redis.exceptions import RedisError
+
+        try:
+            found = await self._client().mget(counters.keys())
+        except RedisError as exc:
+            log.warning("api.redis_unavailable", during="failure_throttle", error=type(exc).__name__)
+            raise unavailable("the rate limiter (Redis) is unavailable; retry later") from None
+        by_key = int(found[0] or 0)
+        by_address = int(found[1] or 0) if counters.by_address is not None else 0
+        if by_key < self.failures_per_key and by_address < self.failures_per_ip:
+            return
+        retry_after = max(1, math.ceil((counters.window + 1) * RATE_WINDOW_S - now))
+        log.info("api.auth_throttled", api_key=api_key, address=address, key_failures=by_key,
+                 address_failures=by_address, by="key" if by_key >= self.failures_per_key else "address")
+        raise ApiError(429, "rate_limited",
+                       f"too many failed signature checks in a minute; retry after {retry_after} s",
+                       headers={"Retry-After": str(retry_after)})
+
+    async def _count_failure(self, counters: "_Counters") -> None:
+        """One more failure for the key id and the address. Redis trouble only costs the count:
+        the caller is refused anyway."""
+        from redis.exceptions import RedisError
+
+        try:
+            pipe = self._client().pipeline(transaction=False)
+            for key in counters.keys():
+                pipe.incr(key)
+                pipe.expire(key, 2 * RATE_WINDOW_S)
+            await pipe.execute()
+        except RedisError as exc:
+            log.warning("api.redis_unavailable", during="failure_count", error=type(exc).__name__)
 
     async def _record_nonce(self, api_key: str, nonce: str) -> None:
         """Refused if the nonce was seen with this key; remembered as long as a timestamp signed
@@ -242,6 +326,32 @@ class Guard:
             raise ApiError(429, "rate_limited",
                            f"more than {self.rate_per_min} requests in a minute; retry after {retry_after} s",
                            headers={"Retry-After": str(retry_after)})
+
+
+@dataclass(frozen=True)
+class _Counters:
+    """The Redis counters of failed checks for one request's key id and address, this minute."""
+
+    window: int
+    by_key: str
+    by_address: str | None  # None: no address in the scope, the key's counter alone applies
+
+    def keys(self) -> list[str]:
+        return [self.by_key] + ([self.by_address] if self.by_address is not None else [])
+
+
+def _failure_counters(api_key: str, address: str | None, now: float) -> _Counters:
+    window = int(now // RATE_WINDOW_S)
+    return _Counters(window, f"paratro:authfail:key:{api_key}:{window}",
+                     None if address is None else f"paratro:authfail:ip:{address}:{window}")
+
+
+def client_address(scope: Mapping[str, Any]) -> str | None:
+    """The peer's address from the ASGI scope (the TCP peer: a proxy's, behind one), or None."""
+    client = scope.get("client")
+    if isinstance(client, (tuple, list)) and client and isinstance(client[0], str) and client[0]:
+        return client[0][:64]
+    return None
 
 
 def _headers(scope: Mapping[str, Any]) -> dict[str, str]:

@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     api_rate_limit_per_min: int = Field(600, ge=1, description="API requests per client per minute (429 beyond)")
     api_signature_window_s: int = Field(300, ge=30, description="allowed clock difference of a signed request; "
                                         "nonces are remembered this long")
+    api_auth_failures_per_ip_per_min: int = Field(60, ge=1, description="failed signature checks per client "
+                                                  "address a minute; beyond, 429 before any lookup (api.auth)")
+    api_auth_failures_per_key_per_min: int = Field(600, ge=1, description="failed signature checks per API key "
+                                                   "id a minute, all addresses together; beyond, 429 (api.auth)")
     webhook_timeout_s: float = Field(10.0, gt=0, le=60, description="one webhook POST's timeout")
     webhook_relay_interval_s: float = Field(1.0, gt=0, description="how often beat hands due webhook events to "
                                             "the dispatcher")

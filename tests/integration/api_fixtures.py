@@ -4,8 +4,9 @@ of its own signing with the shipped ParatroClient. One server per stack param (s
 
 Use it from a test module with `from tests.integration.api_fixtures import api  # noqa: F401`,
 then `api.client` (a ParatroClient for `api.client_id`) or `api.new_tenant()` for another client.
-The server's rate limit is raised far above the default so that tests and the fuzz are never
-throttled; the 429 tests build their own app with a tiny limit (`api.serve(...)`).
+The server's rate limit and failed-check throttle are raised far above the defaults so that tests
+and the fuzz are never throttled; the 429 tests build their own app with a tiny limit
+(`api.serve(...)`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from workers import runtime
 from workers.stack import EmbeddedStack
 
 TEST_RATE_LIMIT_PER_MIN = 100_000
+# Every test calls from 127.0.0.1 and shares the stack's Redis, so failed-check throttling (api.auth)
+# is off unless a test turns it on (`api.serve(api_auth_failures_per_key_per_min=...)`).
+NO_FAILURE_THROTTLE = {"api_auth_failures_per_ip_per_min": 100_000, "api_auth_failures_per_key_per_min": 100_000}
 
 
 @dataclass
@@ -72,7 +76,7 @@ class Api:
     def serve(self, **setting_overrides: Any) -> ServerHandle:
         """Another server on the same stack with some API settings changed (e.g. a tiny rate limit);
         the caller stops it."""
-        settings = get_settings().model_copy(update=setting_overrides)
+        settings = get_settings().model_copy(update={**NO_FAILURE_THROTTLE, **setting_overrides})
         return serve_in_thread(create_app(settings=settings))
 
     def close(self) -> None:
@@ -90,7 +94,8 @@ def _faucet(stack: EmbeddedStack) -> Any:
 
 @pytest.fixture(scope="session")
 def api(stack: EmbeddedStack) -> Iterator[Api]:
-    settings = get_settings().model_copy(update={"api_rate_limit_per_min": TEST_RATE_LIMIT_PER_MIN})
+    settings = get_settings().model_copy(update={"api_rate_limit_per_min": TEST_RATE_LIMIT_PER_MIN,
+                                                 **NO_FAILURE_THROTTLE})
     server = serve_in_thread(create_app(_faucet(stack), settings=settings))
     handle = Api(stack, server, tenant=None)  # type: ignore[arg-type]
     try:

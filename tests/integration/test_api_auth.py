@@ -1,5 +1,6 @@
 """Signed requests against the real stack (its database on SQLite and PostgreSQL, its Redis): each
-way to fail authentication is one 401, and the per-client rate limit answers 429 with Retry-After.
+way to fail authentication is one 401, the per-client rate limit answers 429 with Retry-After, and
+so do failed signature checks beyond their limit, before the key is looked up.
 (Every case in detail, with a unit database: tests/unit/test_api_auth.py.)"""
 
 from __future__ import annotations
@@ -59,5 +60,26 @@ def test_beyond_the_rate_limit_the_client_gets_429_with_retry_after(api: Api) ->
         assert refused.json()["error"]["code"] == "rate_limited"
         assert 1 <= int(refused.headers["Retry-After"]) <= 60
         assert bystander.client.request("GET", "chains").status_code == 200  # per client
+    finally:
+        server.stop()
+
+
+def test_failed_signatures_beyond_the_limit_get_429_before_the_lookup(api: Api) -> None:
+    server = api.serve(api_auth_failures_per_key_per_min=3)
+    try:
+        url = server.base_url + TARGET
+        tenant = api.new_tenant("attacked", base_url=server.base_url + "/api/v1")
+        bystander = api.new_tenant("bystander", base_url=server.base_url + "/api/v1")
+        for _ in range(2):  # a second round only if the minute turned over in the middle of the first
+            assert [httpx.get(url, headers=headers_for(tenant, secret="guess")).status_code
+                    for _ in range(3)] == [401] * 3
+            refused = httpx.get(url, headers=headers_for(tenant))  # even a good signature: it is not checked
+            if refused.status_code == 429:
+                break
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["error"]["code"] == "rate_limited"
+        assert 1 <= int(refused.headers["Retry-After"]) <= 60
+        assert tenant.client.request("GET", "chains").status_code == 429
+        assert httpx.get(url, headers=headers_for(bystander)).status_code == 200  # other keys are served
     finally:
         server.stop()

@@ -74,8 +74,12 @@ def redis_url() -> Iterator[str]:
 
 def serve(db: Database, registry: Registry, signer: LocalKeySigner, broker_url: str, **overrides: object) -> ApiUnderTest:
     key = new_secrets_key()
+    # Tests share one Redis per module and all call from 127.0.0.1: failure throttling is off
+    # unless a test turns it on (test_api_auth.py tests it).
+    throttle: dict[str, object] = {"api_auth_failures_per_ip_per_min": 100_000,
+                                   "api_auth_failures_per_key_per_min": 100_000}
     settings = Settings(database_url=db.url, broker_url=broker_url, chain_registry="devnet", secrets_key=key,
-                        rpc_urls={}, **overrides)  # type: ignore[arg-type]
+                        rpc_urls={}, **{**throttle, **overrides})  # type: ignore[arg-type]
     ctx = StepContext(db=db, registry=registry, adapter_for=lambda chain: get_adapter(registry.chain(chain)),
                       signer=signer)
     handle = serve_in_thread(create_app(settings=settings, context=lambda: ctx))

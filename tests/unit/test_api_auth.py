@@ -4,14 +4,17 @@ answers 429 with Retry-After, and Redis down fails closed with 503."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import secrets
 import time
 
 import httpx
 import pytest
 
 from api.client import ParatroAPIError, ParatroClient, sign_request
-from api.auth import signature
+from api.auth import Caller, Guard, signature
+from api.errors import ApiError
 from pipeline import credentials
 from pipeline.db import Database
 from chains.registry import Registry
@@ -205,3 +208,120 @@ def test_a_client_without_a_sealed_secret_cannot_sign_until_it_rotates(api: ApiU
         _, secret = credentials.rotate_secret(session, api.box, tenant.client_id)
     rotated = Tenant(tenant.client_id, tenant.api_key, secret)
     assert get(api, "/api/v1/chains", signed_headers(rotated, "GET", "/api/v1/chains")).status_code == 200
+
+
+# -- failed checks are throttled before the key lookup -------------------------------------------
+
+class Lookups:
+    """A KeyLookup over fixed callers that counts its calls (each one is a DB read and a decrypt)."""
+
+    def __init__(self, callers: dict[str, str]) -> None:
+        self.callers, self.calls = callers, 0
+
+    def __call__(self, api_key: str) -> Caller | None:
+        self.calls += 1
+        secret = self.callers.get(api_key)
+        return None if secret is None else Caller("cl_" + api_key, secret)
+
+
+def scope_of(api_key: str, secret: str, address: str | None, stamp: int, nonce: str | None = None) -> dict[str, object]:
+    nonce = nonce or secrets.token_urlsafe(12)
+    headers = {"x-paratro-key": api_key, "x-paratro-timestamp": str(stamp), "x-paratro-nonce": nonce,
+               "x-paratro-signature": signature(secret, str(stamp), nonce, "GET", "/api/v1/chains", b"")}
+    scope: dict[str, object] = {"type": "http", "method": "GET", "path": "/api/v1/chains",
+                                "raw_path": b"/api/v1/chains", "query_string": b"",
+                                "headers": [(k.encode(), v.encode()) for k, v in headers.items()]}
+    if address is not None:
+        scope["client"] = (address, 40000)
+    return scope
+
+
+def test_failed_checks_are_throttled_per_address_and_per_key_before_the_lookup(redis_url: str) -> None:
+    victim, other = "ak_" + secrets.token_hex(8), "ak_" + secrets.token_hex(8)
+    lookups = Lookups({victim: "victim-secret", other: "other-secret"})
+    now = 1_800_000_000 + secrets.randbelow(10_000) * 60 + 17.5  # a fixed clock: 42.5 s left in its minute
+    guard = Guard(redis_url, 300, 10_000, lookups, clock=lambda: now, failures_per_ip=3, failures_per_key=5)
+    net = f"10.{secrets.randbelow(250)}.{secrets.randbelow(250)}"
+    a, b, c, d, e, f = (f"{net}.{host}" for host in range(1, 7))
+    stamp = int(now)
+
+    async def outcome(scope: dict[str, object]) -> object:
+        try:
+            return await guard.authenticate(scope, b"")
+        except ApiError as refused:
+            return (refused.status, refused.code, refused.headers.get("Retry-After"))
+
+    async def scenario() -> None:
+        throttled = (429, "rate_limited", "43")
+        # one address: three wrong signatures cost three lookups, then it is refused before the lookup
+        for _ in range(3):
+            assert (await outcome(scope_of(victim, "guess", a, stamp)))[:2] == (401, "unauthorized")
+        assert lookups.calls == 3
+        assert await outcome(scope_of(victim, "victim-secret", a, stamp)) == throttled
+        assert await outcome(scope_of(other, "other-secret", a, stamp)) == throttled  # any key, from there
+        assert lookups.calls == 3
+        # ... but that one address did not lock the victim out elsewhere
+        assert await outcome(scope_of(victim, "victim-secret", b, stamp)) == "cl_" + victim
+        # failures from several addresses add up per key: at 5 the key is refused from everywhere
+        for address in (b, c):
+            assert (await outcome(scope_of(victim, "guess", address, stamp)))[0] == 401
+        calls = lookups.calls
+        assert await outcome(scope_of(victim, "victim-secret", d, stamp)) == throttled
+        assert await outcome(scope_of(victim, "victim-secret", None, stamp)) == throttled  # no address: the key's
+        assert await outcome(scope_of(other, "other-secret", d, stamp)) == "cl_" + other  # other keys are fine
+        assert lookups.calls == calls + 1
+        # unknown key ids count per address too (enumeration)
+        for _ in range(3):
+            assert (await outcome(scope_of("ak_" + secrets.token_hex(8), "x", e, stamp)))[0] == 401
+        assert (await outcome(scope_of("ak_" + secrets.token_hex(8), "x", e, stamp))) == throttled
+        # cheap refusals (stale timestamp, malformed header) are neither looked up nor counted
+        calls = lookups.calls
+        for _ in range(5):
+            assert (await outcome(scope_of(victim, "victim-secret", f, stamp - 3600)))[0] == 401
+            assert (await outcome(scope_of(victim, "victim-secret", f, stamp, nonce="bad")))[0] == 401
+        assert lookups.calls == calls
+        assert await outcome(scope_of(other, "other-secret", f, stamp)) == "cl_" + other
+        # a replayed nonce is a failure after the lookup: counted
+        replay = scope_of(other, "other-secret", f, stamp)
+        assert await outcome(replay) == "cl_" + other
+        assert (await outcome(replay))[0] == 401
+        await guard.aclose()
+
+    asyncio.run(scenario())
+    # the next minute starts clean
+    now += 60
+    guard2 = Guard(redis_url, 300, 10_000, lookups, clock=lambda: now, failures_per_ip=3, failures_per_key=5)
+
+    async def next_minute() -> object:
+        try:
+            return await guard2.authenticate(scope_of(victim, "victim-secret", a, int(now)), b"")
+        finally:
+            await guard2.aclose()
+
+    assert asyncio.run(next_minute()) == "cl_" + victim
+
+
+def test_through_the_server_failed_signatures_turn_into_429_for_that_key(db: Database, registry: Registry,
+                                                                          local_signer: LocalKeySigner,
+                                                                          redis_url: str) -> None:
+    throttled = serve(db, registry, local_signer, redis_url, api_auth_failures_per_key_per_min=3)
+    try:
+        tenant, bystander = throttled.tenant(), throttled.tenant()
+        with throttled.client(tenant) as client, throttled.client(bystander) as other:
+            for _ in range(2):  # a second round only if the minute turned over in the middle of the first
+                for _ in range(3):
+                    forged = signed_headers(tenant, "GET", "/api/v1/chains", secret="guessing")
+                    assert get(throttled, "/api/v1/chains", forged).status_code == 401
+                refused = client.request("GET", "chains")
+                if refused.status_code == 429:
+                    break
+            assert refused.status_code == 429, refused.text
+            assert refused.json()["error"]["code"] == "rate_limited"
+            assert 1 <= int(refused.headers["Retry-After"]) <= 60
+            with pytest.raises(ParatroAPIError) as caught:
+                client.chains()
+            assert (caught.value.status, caught.value.code) == (429, "rate_limited")
+            assert caught.value.retry_after is not None and caught.value.retry_after >= 1
+            assert other.request("GET", "chains").status_code == 200
+    finally:
+        throttled.server.stop()
