@@ -19,6 +19,14 @@ hex(sha256(body))), where path_with_query is the request target exactly as sent 
 bytes sent (b"" when there is none). A request is signed anew on every send, so retrying a call
 is always a fresh nonce; retry POST /transactions with the same idempotency key.
 
+Why that matters: the v1 string to sign does not cover the Idempotency-Key header (see api.auth).
+The server refuses signed bytes it has seen (the nonce), but a signed POST that never reached it
+could be sent by whoever captured it under another Idempotency-Key. So this client never puts the
+same signed bytes on the wire twice: every send (a retry included) is signed again with a nonce
+that is random AND carries a per-signer sequence number (unique within the process by
+construction, across processes and forks by the random part), it never retries by itself
+(httpx's transport retries stay off), and a retry is a new call with the same Idempotency-Key.
+
 Webhook receivers: `verify_webhook(secret, headers, body)` checks a delivery's signature and
 timestamp (from pipeline.webhook_signing, re-exported here when that module is installed).
 """
@@ -29,6 +37,7 @@ import hashlib
 import hmac
 import json
 import secrets
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from decimal import Decimal
@@ -81,13 +90,24 @@ class _Signer(httpx.Auth):
     def __init__(self, api_key: str, api_secret: str) -> None:
         self._api_key = api_key
         self._api_secret = api_secret
+        self._signed = 0
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"_Signer({self._api_key!r}, secret=<hidden>)"
 
+    def nonce(self) -> str:
+        """A nonce this signer has never issued: 20 random characters, "-", then its sequence number
+        (hex). The number makes it unique here even if the random source repeated; the random part
+        keeps two processes (or a forked copy of this signer) from colliding."""
+        with self._lock:
+            self._signed += 1
+            sequence = self._signed
+        return f"{secrets.token_urlsafe(15)}-{sequence:x}"  # 22-38 characters of [A-Za-z0-9_-]
+
     def auth_flow(self, request: httpx.Request) -> Iterator[httpx.Request]:
         timestamp = str(int(time.time()))
-        nonce = secrets.token_urlsafe(18)  # 24 characters of [A-Za-z0-9_-]
+        nonce = self.nonce()
         target = request.url.raw_path.decode("ascii")  # path + "?" + query, exactly as it goes on the wire
         request.headers["X-Paratro-Key"] = self._api_key
         request.headers["X-Paratro-Timestamp"] = timestamp
