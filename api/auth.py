@@ -189,7 +189,8 @@ class Refused(Exception):
 
 
 class Guard:
-    """The checks of one API process: signature window, nonce store and rate limit on Redis.
+    """The checks of one API process: signature window, failed-check throttle, nonce store and rate
+    limit (the last three on Redis, shared by every API process).
 
     The Redis client is created on first use inside the server's event loop and closed by
     `aclose()` when the app shuts down.

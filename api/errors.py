@@ -18,7 +18,8 @@ about one input). Codes are a contract with client code; messages are for people
     limit_exceeded          409     max_wallets reached
     wallet_not_active       409     the wallet's key is not ready (or its generation failed)
     webhook_not_configured  409     POST /webhook/test without a webhook URL
-    rate_limited            429     more than the client's requests per minute (Retry-After says when)
+    rate_limited            429     more than the client's requests per minute, or too many failed signature
+                                    checks from the caller's address or key id (Retry-After says when)
     unavailable             503     the database, Redis or the signer cannot be reached; retry later
     internal_error          500     a bug; the message never carries the exception's text
 
