@@ -8,7 +8,9 @@ An event row (pipeline.events) is PENDING with `next_attempt_at` = when it is du
    other relays off the event, and the delivery task carries it.
 2. `prepare_delivery` (the task) reads the event; it goes on only if the event is still PENDING
    under that same claim. A late or duplicated message (Redis redelivery, an expired lease that
-   was claimed again) finds another value and sends nothing.
+   was claimed again) finds another value and sends nothing. Nor does a message that comes with
+   less of its lease left than one delivery can take (the POST has a total deadline): a delivery
+   that starts always ends before the relay may claim its event again, so two never overlap.
 3. After the POST, `record_attempt` writes the attempt and the event's new state in one DB
    transaction, compare-and-set on what step 2 read (status, attempts, claim): of two copies of
    one delivery, one records; the other's attempt is dropped.
@@ -139,9 +141,13 @@ class AttemptResult:
 
 
 def prepare_delivery(session: Session, box: SecretBox, event_id: str, claim: datetime | None, now: datetime,
-                     lease_s: float) -> Delivery | Skipped:
+                     lease_s: float, delivery_s: float = 0.0) -> Delivery | Skipped:
     """The delivery of `event_id` under `claim`, or why there is none. Without a claim (a direct
-    call) the event is claimed here. An event whose client has no webhook any more is FAILED here."""
+    call) the event is claimed here. A claim with less than `delivery_s` (the longest one delivery
+    runs) left is not used: the relay claims the event again when it ends, and this delivery would
+    still be running. An event whose client has no webhook any more is FAILED here."""
+    if delivery_s > lease_s:
+        raise ValueError("the lease must be longer than one delivery")
     event = session.get(WebhookEvent, event_id)
     if event is None:
         return Skipped("unknown event")
@@ -153,6 +159,8 @@ def prepare_delivery(session: Session, box: SecretBox, event_id: str, claim: dat
             return Skipped("taken by another delivery")
     elif event.next_attempt_at != claim:
         return Skipped("claim superseded (lease ended or resent)")
+    elif (claim - now).total_seconds() < delivery_s:
+        return Skipped("too little of the claim left to deliver (the next claim will)")
     client = session.get(Client, event.client_id)
     if client is None or not client.webhook_url or client.webhook_secret_encrypted is None:
         reason = "no webhook configured for the client"

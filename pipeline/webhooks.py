@@ -25,6 +25,8 @@ import json
 import re
 import secrets
 import socket
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
@@ -43,6 +45,11 @@ _HOST_NAME = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,62})(\.[a-z0-9_]([a-z0-9_-]{0,
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _SHARED = ipaddress.IPv4Network("100.64.0.0/10")
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+RESOLVE_TIMEOUT_S = 5.0  # one host name lookup, at configuration and at every delivery
+# getaddrinfo cannot be interrupted, so it runs on these threads and is waited for at most the
+# timeout; a lookup that hangs holds one of them (until the resolver itself gives up), never the
+# caller, and at most this many hang at once (later ones queue, and time out just the same).
+_resolver = ThreadPoolExecutor(max_workers=4, thread_name_prefix="webhook-dns")
 
 
 class InvalidWebhookUrl(InvalidInput):
@@ -63,17 +70,18 @@ class WebhookTargetUnresolved(TransientError):
 
 # --- the URL ---------------------------------------------------------------------------------
 
-def check_webhook_url(url: object, devnet: bool) -> str:
+def check_webhook_url(url: object, devnet: bool, resolve_timeout_s: float = RESOLVE_TIMEOUT_S) -> str:
     """Return `url` if the deployment may POST to it; InvalidWebhookUrl with the reason otherwise.
 
-    Outside devnet the host is resolved (socket.getaddrinfo), so this can take a DNS round trip.
+    Outside devnet the host is resolved, so this can take a DNS round trip (at most
+    `resolve_timeout_s`).
     """
     parts = _parse(url)
     if not devnet:
         if parts.scheme != "https":
             raise InvalidWebhookUrl("webhook url must use https (http is accepted only on a devnet registry)")
         try:
-            _public_addresses(parts.hostname or "", _port(parts))
+            _public_addresses(parts.hostname or "", _port(parts), resolve_timeout_s)
         except WebhookTargetUnresolved:
             raise InvalidWebhookUrl("webhook url host does not resolve: check the host name") from None
     return str(url)
@@ -142,19 +150,16 @@ def internal_kind(address: IpAddress) -> str | None:
     return next((kind for kind, hit in checks if hit), None)
 
 
-def _public_addresses(host: str, port: int) -> list[IpAddress]:
+def _public_addresses(host: str, port: int, resolve_timeout_s: float) -> list[IpAddress]:
     """Every address `host` stands for, all of them public; else InvalidWebhookUrl (or
-    WebhookTargetUnresolved when the name does not resolve)."""
+    WebhookTargetUnresolved when the name does not resolve within `resolve_timeout_s`)."""
     literal = _ip(host)
     if literal is not None:
         addresses: list[IpAddress] = [literal]
     else:
         if host.rstrip(".") == "localhost" or host.rstrip(".").endswith(".localhost"):
             raise InvalidWebhookUrl("webhook url must not point to localhost (allowed only on a devnet registry)")
-        try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except (socket.gaierror, UnicodeError, OSError):
-            raise WebhookTargetUnresolved("webhook url host does not resolve") from None
+        infos = _resolve(host, port, resolve_timeout_s)
         addresses = []
         for info in infos:
             address = _ip(str(info[4][0]).split("%")[0])
@@ -170,6 +175,18 @@ def _public_addresses(host: str, port: int) -> list[IpAddress]:
     return addresses
 
 
+def _resolve(host: str, port: int, timeout_s: float) -> list[Any]:
+    """socket.getaddrinfo(host, port), given at most `timeout_s`; WebhookTargetUnresolved otherwise."""
+    lookup = _resolver.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+    try:
+        return lookup.result(timeout=timeout_s)
+    except FutureTimeout:
+        lookup.cancel()  # if it is still queued it never runs
+        raise WebhookTargetUnresolved(f"webhook url host did not resolve within {timeout_s:g} s") from None
+    except (UnicodeError, OSError):  # socket.gaierror included
+        raise WebhookTargetUnresolved("webhook url host does not resolve") from None
+
+
 @dataclass(frozen=True)
 class PinnedTarget:
     """Where one delivery connects: `url` with its host replaced by the checked address, the
@@ -180,17 +197,17 @@ class PinnedTarget:
     sni_hostname: str | None = None
 
 
-def delivery_target(url: str, devnet: bool) -> PinnedTarget:
+def delivery_target(url: str, devnet: bool, resolve_timeout_s: float = RESOLVE_TIMEOUT_S) -> PinnedTarget:
     """The target of a delivery to `url`, checked again now (DNS rebinding): InvalidWebhookUrl if
     it now points inside (do not retry), WebhookTargetUnresolved if the name does not resolve
-    (retry). In devnet mode the URL as it is."""
+    within `resolve_timeout_s` (retry). In devnet mode the URL as it is."""
     if devnet:
         return PinnedTarget(url)
     parts = _parse(url)
     if parts.scheme != "https":
         raise InvalidWebhookUrl("webhook url must use https")
     host = parts.hostname or ""
-    address = _public_addresses(host, _port(parts))[0]
+    address = _public_addresses(host, _port(parts), resolve_timeout_s)[0]
     if _ip(host) is not None:
         return PinnedTarget(url)  # nothing to resolve, nothing to pin
     literal = f"[{address}]" if address.version == 6 else str(address)

@@ -51,7 +51,7 @@ def create_app() -> Celery:
         task_routes={task_name(step): {"queue": QUEUE_PREFIX + step} for step in STEPS}
         | {task_name("sweep"): {"queue": SWEEP_QUEUE}, task_name("relay"): {"queue": SWEEP_QUEUE},
            task_name("generate_wallet_keys"): {"queue": KEYS_QUEUE}, task_name("wallet_keys_relay"): {"queue": SWEEP_QUEUE},
-           task_name("deliver_webhook"): {"queue": WEBHOOKS_QUEUE}, task_name("webhook_relay"): {"queue": WEBHOOKS_QUEUE}},
+           task_name("deliver_webhook"): {"queue": WEBHOOKS_QUEUE}, task_name("webhook_relay"): {"queue": SWEEP_QUEUE}},
         beat_schedule={
             "sweep-stalled-transfers": {"task": task_name("sweep"), "schedule": timedelta(seconds=settings.sweep_interval_s)},
             "relay-outbox": {"task": task_name("relay"), "schedule": timedelta(seconds=settings.relay_interval_s),

@@ -1,7 +1,9 @@
 """The webhook dispatcher: a beat relay that hands due events out, and the task that POSTs one.
 
-Both run on the `paratro.webhooks` queue, so a slow receiver holds webhook workers only, never a
-transfer step. The decisions (claims, compare-and-set, retry schedule, FAILED) are in
+Deliveries run on the `paratro.webhooks` queue, so a slow receiver holds webhook workers only,
+never a transfer step. The relay runs on `paratro.sweeper` (workers.app routes it there): were it
+queued behind deliveries, receivers that hold every webhook worker would stop the hand-out of
+every client's events. The decisions (claims, compare-and-set, retry schedule, FAILED) are in
 `pipeline.webhook_outbox`; this module does the HTTP:
 
     POST <client's webhook url>            body: the event's stored payload, byte for byte
@@ -11,7 +13,10 @@ transfer step. The decisions (claims, compare-and-set, retry schedule, FAILED) a
 
 Redirects are not followed (a redirect could lead inside the network), proxies from the
 environment are not used, and the response body is never read. Outside devnet mode the URL's
-host is checked again and the connection pinned to the checked address (pipeline.webhooks).
+host is checked again (the lookup bounded by RESOLVE_TIMEOUT_S) and the connection pinned to the
+checked address (pipeline.webhooks). PARATRO_WEBHOOK_TIMEOUT_S is the whole POST's deadline -
+connect, send and the answer's status line and headers, of at most 32 KiB - not a per-read
+timeout a receiver dripping bytes could stretch forever (workers.webhook_http).
 
 Delivery is at least once: a worker killed between the POST and the commit of its record leaves
 the event claimed; when the lease ends the relay claims it again and it is POSTed again, same
@@ -38,20 +43,36 @@ from pipeline.webhook_outbox import (
     record_attempt,
 )
 from pipeline.webhook_signing import signature_headers
-from pipeline.webhooks import InvalidWebhookUrl, WebhookTargetUnresolved, delivery_target
+from pipeline.webhooks import RESOLVE_TIMEOUT_S, InvalidWebhookUrl, WebhookTargetUnresolved, delivery_target
 from workers import runtime
 from workers.app import WEBHOOKS_QUEUE, app, task_name
+from workers.webhook_http import DeadlineTransport
 
 log = structlog.get_logger("paratro.webhooks")
 
 USER_AGENT = "paratro-webhooks/1"
 RELAY_BATCH = 200  # events handed out per relay tick, minus those still queued: a backlog drains steadily
+RECORD_ROOM_S = 10.0  # a delivery's DB reads and record around the POST, and clock skew between relay and worker
+QUEUE_ROOM_S = 30.0  # a delivery task's wait in the queue that still finds its claim usable
+
+
+def resolve_timeout_s(settings: Settings) -> float:
+    """The bound on a delivery's host name lookup (never above the POST's own deadline)."""
+    return min(RESOLVE_TIMEOUT_S, settings.webhook_timeout_s)
+
+
+def delivery_s(settings: Settings) -> float:
+    """The longest one delivery runs once it has started: the lookup, the POST (a total
+    deadline), and the DB around them."""
+    return resolve_timeout_s(settings) + settings.webhook_timeout_s + RECORD_ROOM_S
 
 
 def lease_s(settings: Settings) -> float:
     """How long a claimed event is left to its delivery task before the relay claims it again:
-    room for connect + send + answer at the timeout each, plus a queue wait."""
-    return settings.webhook_timeout_s * 3 + 30
+    a queue wait plus twice a whole delivery (80 s by default). A task starts the POST only with
+    a whole delivery's time of the lease left (prepare_delivery), so when the relay claims the
+    event again, the delivery of the previous claim is over."""
+    return QUEUE_ROOM_S + 2 * delivery_s(settings)
 
 
 @app.task(name=task_name("webhook_relay"), acks_late=True, ignore_result=True)
@@ -83,11 +104,13 @@ def deliver_webhook(event_id: str, claim: str | None = None) -> str:
     settings = get_settings()
     box = credentials.secret_box(settings)
     with ctx.db.unit_of_work() as session:
-        prepared = prepare_delivery(session, box, event_id, parse_token(claim), utcnow(), lease_s(settings))
+        prepared = prepare_delivery(session, box, event_id, parse_token(claim), utcnow(), lease_s(settings),
+                                    delivery_s(settings))
     if isinstance(prepared, Skipped):
         log.info("webhook.skipped", event_id=event_id, reason=prepared.reason)
         return prepared.reason
-    result = post(prepared, devnet=ctx.registry.is_devnet, timeout_s=settings.webhook_timeout_s)
+    result = post(prepared, devnet=ctx.registry.is_devnet, timeout_s=settings.webhook_timeout_s,
+                  resolve_timeout_s=resolve_timeout_s(settings))
     with ctx.db.unit_of_work() as session:
         outcome = record_attempt(session, prepared, result, utcnow(), settings.webhook_retry_schedule_s)
     bound = log.bind(event_id=event_id, client=prepared.client_id, attempt=prepared.attempts + 1,
@@ -102,8 +125,11 @@ def deliver_webhook(event_id: str, claim: str | None = None) -> str:
     return outcome
 
 
-def post(delivery: Delivery, devnet: bool, timeout_s: float) -> AttemptResult:
-    """One signed POST of the delivery's body; what came back (an error line never quotes the URL)."""
+def post(delivery: Delivery, devnet: bool, timeout_s: float,
+         resolve_timeout_s: float = RESOLVE_TIMEOUT_S) -> AttemptResult:
+    """One signed POST of the delivery's body, over by `timeout_s` after it starts whatever the
+    receiver does (after a host lookup of at most `resolve_timeout_s`); what came back: the status
+    code, or one error line that never quotes the URL."""
     started, clock = utcnow(), time.monotonic()
 
     def result(status_code: int | None = None, error: str | None = None, permanent: bool = False) -> AttemptResult:
@@ -111,7 +137,7 @@ def post(delivery: Delivery, devnet: bool, timeout_s: float) -> AttemptResult:
         return AttemptResult(started, elapsed_ms, status_code, error, permanent)
 
     try:
-        target = delivery_target(delivery.url, devnet)
+        target = delivery_target(delivery.url, devnet, resolve_timeout_s)
     except InvalidWebhookUrl as exc:
         return result(error=f"refused: {exc}", permanent=True)
     except WebhookTargetUnresolved as exc:
@@ -122,14 +148,16 @@ def post(delivery: Delivery, devnet: bool, timeout_s: float) -> AttemptResult:
         headers["Host"] = target.host_header
     extensions = {"sni_hostname": target.sni_hostname} if target.sni_hostname else None
     try:
-        # A client per delivery: a pinned connection must not be reused for another host name.
-        with httpx.Client(timeout=timeout_s, follow_redirects=False, trust_env=False) as client:
+        # A client per delivery: a pinned connection must not be reused for another host name; and
+        # the transport's deadline starts now and covers the whole exchange.
+        with httpx.Client(transport=DeadlineTransport(timeout_s), timeout=timeout_s, follow_redirects=False,
+                          trust_env=False) as client:
             request = client.build_request("POST", target.url, content=delivery.body, headers=headers,
                                            extensions=extensions)
             response = client.send(request, stream=True)
             response.close()  # the answer's body is not ours to read
     except httpx.TimeoutException as exc:
-        return result(error=f"{type(exc).__name__}: no answer within {timeout_s:g} s")
+        return result(error=f"{type(exc).__name__}: no complete answer within {timeout_s:g} s")
     except httpx.HTTPError as exc:
         return result(error=_scrubbed(exc, delivery.url, target.url))
     status = response.status_code

@@ -414,3 +414,19 @@ def test_operator_times_become_naive_utc(text: str, expected: datetime) -> None:
 def test_a_bad_operator_time_is_named() -> None:
     with pytest.raises(InvalidInput, match="--until must be an ISO-8601 time"):
         parse_moment("yesterday", "--until")
+
+
+def test_a_claim_is_used_only_with_a_whole_delivery_of_it_left(db: Database, box: SecretBox, client_id: str,
+                                                               hooked: str) -> None:
+    event_id = ping(db, client_id)
+    claim = claim_one(db)  # LEASE seconds from now
+    late = claim - timedelta(seconds=LEASE / 4)  # the task runs with a quarter of the lease left
+    with db.unit_of_work() as s:
+        assert prepare_delivery(s, box, event_id, claim, late, LEASE, delivery_s=LEASE / 2) == Skipped(
+            "too little of the claim left to deliver (the next claim will)")
+    assert event(db, event_id).next_attempt_at == claim  # left claimed: the relay takes it when it ends
+    with db.unit_of_work() as s:
+        delivery = prepare_delivery(s, box, event_id, claim, late, LEASE, delivery_s=LEASE / 5)
+        assert isinstance(delivery, Delivery) and delivery.token == claim
+        with pytest.raises(ValueError, match="lease must be longer"):
+            prepare_delivery(s, box, event_id, claim, utcnow(), LEASE, delivery_s=LEASE + 1)

@@ -5,7 +5,9 @@ target is checked again and pinned to the address that was checked."""
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -18,6 +20,8 @@ from pipeline.webhooks import (
     check_webhook_url,
     delivery_target,
 )
+from pipeline.webhook_outbox import Delivery
+from workers.webhook_tasks import post
 
 PUBLIC_V4, PUBLIC_V6 = "93.184.215.14", "2606:2800:21f:cb07:6820:80da:af6b:8b2c"
 
@@ -165,3 +169,49 @@ def test_a_name_that_does_not_resolve_at_delivery_is_worth_a_retry(dns: list[str
 def test_devnet_delivery_goes_to_the_url_as_it_is(dns: list[str]) -> None:
     target = delivery_target("http://127.0.0.1:9999/h", devnet=True)
     assert (target.url, target.host_header, target.sni_hostname) == ("http://127.0.0.1:9999/h", None, None)
+
+
+@pytest.fixture
+def hanging_dns(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
+    """getaddrinfo that hangs on `slow.example` (as a resolver with an unreachable server does)
+    until the test ends; other names as `dns`."""
+    release = threading.Event()
+    fake_dns(monkeypatch, {"hooks.example": [PUBLIC_V4]})
+    fast = socket.getaddrinfo
+
+    def getaddrinfo(host: str, port: Any, *args: Any, **kwargs: Any) -> list[Any]:
+        if host == "slow.example":
+            release.wait(30)
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (PUBLIC_V4, port))]
+        return fast(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    yield release
+    release.set()
+
+
+def test_a_hanging_lookup_at_delivery_is_given_up_after_the_resolve_timeout(hanging_dns: threading.Event) -> None:
+    started = time.monotonic()
+    with pytest.raises(WebhookTargetUnresolved) as caught:
+        delivery_target("https://slow.example/h", devnet=False, resolve_timeout_s=0.3)
+    assert time.monotonic() - started < 1.0
+    assert str(caught.value) == "webhook url host did not resolve within 0.3 s" and caught.value.transient
+    # Lookups still hanging do not stop the others (each waits on its own, a few threads serve them).
+    assert delivery_target("https://hooks.example/h", devnet=False, resolve_timeout_s=2).url == f"https://{PUBLIC_V4}/h"
+
+
+def test_a_hanging_lookup_makes_the_delivery_a_retry_within_its_timeout(hanging_dns: threading.Event) -> None:
+    started = time.monotonic()
+    result = post(Delivery("ev_01J0000000000000000000000A", "cli_01J0000000000000000000000A", 0, None,
+                           "https://slow.example/T0K3N", b"{}", "whsec_x"), devnet=False, timeout_s=5,
+                  resolve_timeout_s=0.3)
+    assert time.monotonic() - started < 1.0
+    assert (result.status_code, result.error, result.permanent) == (
+        None, "webhook url host did not resolve within 0.3 s", False)
+
+
+def test_a_hanging_lookup_at_configuration_is_refused_in_time(hanging_dns: threading.Event) -> None:
+    started = time.monotonic()
+    with pytest.raises(InvalidWebhookUrl, match="does not resolve"):
+        check_webhook_url("https://slow.example/h", devnet=False, resolve_timeout_s=0.3)
+    assert time.monotonic() - started < 1.0
