@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -186,3 +187,70 @@ def test_a_400_fails_at_once_and_a_resend_delivers_it(stack, receiver: Receiver)
     assert {r.headers["X-Paratro-Event-Id"] for r in got} == {event_id}
     all_verified(got, secret)
     assert attempts(event_id) == [(400, "failed"), (200, "delivered")]
+
+
+class Dripper:
+    """A receiver that reads the request, then answers a byte every 0.2 s without ever finishing
+    its headers, until the client hangs up; records how long each connection was held."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/drip"
+        self.held_s: list[float] = []
+        self.connections = 0
+        self.stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._drip, args=(conn,), daemon=True).start()
+
+    def _drip(self, conn: socket.socket) -> None:
+        started = time.monotonic()
+        with conn:
+            try:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += conn.recv(65536) or b"\r\n\r\n"
+                conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                while not self.stop.wait(0.2):
+                    conn.sendall(b"a")  # once the dispatcher has hung up, this fails within two bytes
+            except OSError:
+                pass
+        self.held_s.append(time.monotonic() - started)
+
+    def close(self) -> None:
+        self.sock.close()  # later attempts are refused at once
+        self.stop.set()
+
+
+def test_a_dripping_receiver_is_let_go_at_the_deadline_and_others_are_served(stack, receiver: Receiver) -> None:
+    with h.ctx().db.unit_of_work() as s:
+        box = credentials.secret_box()
+        slow_id = credentials.create_client(s, box, "webhook dripper")[0].client_id
+        fine_id = credentials.create_client(s, box, "webhook fine")[0].client_id
+    dripper = Dripper()
+    try:
+        hook(slow_id, dripper.url)
+        path = f"/fine/{fine_id}"
+        hook(fine_id, receiver.url + path)
+        with h.ctx().db.unit_of_work() as s:
+            slow_event = events.ping(s, s.get(Client, slow_id)).event_id  # type: ignore[arg-type]
+        wait_for(lambda: dripper.connections >= 1, "the delivery to the dripping receiver to start", timeout=30)
+        with h.ctx().db.unit_of_work() as s:
+            fine_event = events.ping(s, s.get(Client, fine_id)).event_id  # type: ignore[arg-type]
+        wait_for(lambda: rows(event_id=fine_event)[0].status == "DELIVERED", "the other client's event", timeout=15)
+        assert attempts(slow_event) == []  # still being dripped at, and no hold on anyone else
+        wait_for(lambda: bool(attempts(slow_event)), "the dripped delivery to be given up", timeout=30)
+        assert attempts(slow_event)[0] == (None, "retry")
+        assert rows(event_id=slow_event)[0].last_error == "ReadTimeout: no complete answer within 10 s"
+        wait_for(lambda: bool(dripper.held_s), "the dispatcher to hang up", timeout=5)
+        assert 9.5 <= dripper.held_s[0] < 12, dripper.held_s  # PARATRO_WEBHOOK_TIMEOUT_S=10, total
+    finally:
+        dripper.close()
+    wait_for(lambda: rows(event_id=slow_event)[0].status == "FAILED", "the retries, refused, to use up the schedule")
