@@ -54,7 +54,8 @@ class Settings(BaseSettings):
                                                   "address a minute; beyond, 429 before any lookup (api.auth)")
     api_auth_failures_per_key_per_min: int = Field(600, ge=1, description="failed signature checks per API key "
                                                    "id a minute, all addresses together; beyond, 429 (api.auth)")
-    webhook_timeout_s: float = Field(10.0, gt=0, le=60, description="one webhook POST's timeout")
+    webhook_timeout_s: float = Field(10.0, gt=0, le=60, description="one webhook POST's total deadline (connect, "
+                                     "send, the answer's status and headers)")
     webhook_relay_interval_s: float = Field(1.0, gt=0, description="how often beat hands due webhook events to "
                                             "the dispatcher")
     webhook_retry_schedule_s: Annotated[tuple[float, ...], NoDecode] = Field(
