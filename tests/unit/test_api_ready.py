@@ -74,7 +74,11 @@ class Served:
 
 
 @pytest.fixture
-def served(db: Database, registry: Registry, local_signer: LocalKeySigner, redis_url: str) -> Iterator[Served]:
+def served(db: Database, registry: Registry, local_signer: LocalKeySigner, redis_url: str,
+           monkeypatch: pytest.MonkeyPatch) -> Iterator[Served]:
+    # pydantic-settings merges a dict given here with PARATRO_RPC_URLS from the environment (an
+    # integration stack earlier in this process exports one): only PROBED chains have endpoints.
+    monkeypatch.delenv("PARATRO_RPC_URLS", raising=False)
     nodes = FakeNodes()
     settings = Settings(database_url=db.url, broker_url=redis_url, chain_registry="devnet",
                         secrets_key=new_secrets_key(), rpc_urls={chain: SECRET_URL for chain in PROBED})
