@@ -7,6 +7,7 @@ COPY pipeline pipeline
 COPY chains chains
 COPY workers workers
 COPY api api
+COPY paratro paratro
 COPY signer signer
 COPY devnet devnet
 RUN pip install --no-cache-dir . && useradd --system --home /var/lib/paratro paratro \

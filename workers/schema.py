@@ -1,6 +1,6 @@
 """The database schema for the CLI, the worker and the embedded stack: install it, check it.
 
-Its own module so that `workers.cli` and `workers.stack` both use it without importing each other.
+Its own module so that `paratro.cli` and `workers.stack` both use it without importing each other.
 """
 
 from __future__ import annotations

@@ -137,7 +137,7 @@ class EmbeddedStack:
 
     def _spawn(self, name: str) -> ManagedProcess:
         spec = self._specs[name]
-        argv = [sys.executable, "-m", "workers.cli", "worker", "-c", str(spec.concurrency), "--hostname", f"{name}@%h"]
+        argv = [sys.executable, "-m", "paratro.cli", "worker", "-c", str(spec.concurrency), "--hostname", f"{name}@%h"]
         if spec.beat:
             argv.append("--beat")
         if spec.queues:

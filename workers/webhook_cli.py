@@ -1,6 +1,6 @@
 """`paratro webhooks list` and `paratro webhooks resend`: the operator's view of webhook events.
 
-Imports nothing heavy at module level (no Celery, no SQLAlchemy session): `workers.cli` registers
+Imports nothing heavy at module level (no Celery, no SQLAlchemy session): `paratro.cli` registers
 this sub-app at import time. Errors end as one line through `paratro`'s own handler (bad input
 exits 2, configuration or database trouble 1).
 """

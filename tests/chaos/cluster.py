@@ -125,7 +125,7 @@ class ChaosCluster:
         try:
             from workers.schema import install_schema
         except ImportError:  # older layout
-            from workers.cli import install_schema  # type: ignore[no-redef]
+            from paratro.cli import install_schema  # type: ignore[no-redef]
 
         install_schema()
 
@@ -139,7 +139,7 @@ class ChaosCluster:
         self._serial += 1
         name = f"w{self._serial}"
         log_path = self.workdir / f"worker-{name}.log"
-        argv = [sys.executable, "-m", "workers.cli", "worker", "-c", str(self.concurrency), "--hostname", f"{name}@%h"]
+        argv = [sys.executable, "-m", "paratro.cli", "worker", "-c", str(self.concurrency), "--hostname", f"{name}@%h"]
         process = ManagedProcess(argv, name=f"worker-{name}", ready=None, log_path=log_path,
                                  env={**os.environ, **self.env}, grace=5.0, cwd=Path.cwd())
         process.start()
@@ -156,7 +156,7 @@ class ChaosCluster:
                "PARATRO_BEAT_SCHEDULE_PATH": str(self.workdir / f"celerybeat-schedule-{self._beats}")}
         if interval_s is not None:
             env["PARATRO_SWEEP_INTERVAL_S"] = str(int(interval_s))
-        self.beat = ManagedProcess([sys.executable, "-m", "workers.cli", "beat"], name="beat", ready=None,
+        self.beat = ManagedProcess([sys.executable, "-m", "paratro.cli", "beat"], name="beat", ready=None,
                                    log_path=self.workdir / f"beat-{self._beats}.log", env=env, grace=3.0,
                                    cwd=Path.cwd())
         self.beat.start()

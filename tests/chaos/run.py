@@ -130,7 +130,7 @@ def run(args: argparse.Namespace, cluster: ChaosCluster, clock: Clock, workdir: 
     from chains import get_adapter
     from pipeline import credentials
     from workers import runtime
-    from workers.demo_plan import PLANS
+    from paratro.demo_plan import PLANS
     from workers.services import fresh_destination, onboard_wallet
 
     ctx = runtime.context()

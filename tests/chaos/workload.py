@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Callable
 
-from workers.demo_plan import PLANS, broken_checksum
+from paratro.demo_plan import PLANS, broken_checksum
 
 CHAINS = ("ethereum", "bsc", "tron", "bitcoin", "solana")
 

@@ -26,7 +26,7 @@ def test_a_transfer_submitted_while_the_broker_is_down_runs_when_it_returns(stac
         first = submit_transfer(h.ctx(), req)
         again = submit_transfer(h.ctx(), req)
         cli = subprocess.run(
-            [sys.executable, "-m", "workers.cli", "transfer", "--client-id", f.client_id, "--from", f.address,
+            [sys.executable, "-m", "paratro.cli", "transfer", "--client-id", f.client_id, "--from", f.address,
              "--to", h.fresh_address(), "--chain", "ethereum", "--token", "ETH", "--amount", "0.1",
              "--idempotency-key", "cli-while-down"],
             capture_output=True, text=True, timeout=60, env={**os.environ, **stack.env})

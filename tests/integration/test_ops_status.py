@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def paratro(stack: EmbeddedStack, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "workers.cli", *args], env={**os.environ, **stack.env, **env},
+    return subprocess.run([sys.executable, "-m", "paratro.cli", *args], env={**os.environ, **stack.env, **env},
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 

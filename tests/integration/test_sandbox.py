@@ -48,7 +48,7 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Any:
     log_path = tmp_path_factory.mktemp("sandbox") / "sandbox.err"
     log = log_path.open("w")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PARATRO_")}
-    process = subprocess.Popen([sys.executable, "-m", "workers.cli", "sandbox", "--chains",
+    process = subprocess.Popen([sys.executable, "-m", "paratro.cli", "sandbox", "--chains",
                                 "ethereum,tron,bitcoin,solana", "--block-time", "0.25"],
                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True)
     try:
@@ -88,7 +88,7 @@ def test_the_quickstart_moves_money_on_four_chains_with_signed_webhooks(sandbox:
         assert types[0] == "transaction.pending" and types[-1] == "transaction.confirmed", (transaction_id, types)
     assert outcome["signature_bad"] == 0 and outcome["signature_ok"] >= 2 * len(outcome["webhooks"])
 
-    status = subprocess.run([sys.executable, "-m", "workers.cli", "status", "--json"], cwd=ROOT, text=True,
+    status = subprocess.run([sys.executable, "-m", "paratro.cli", "status", "--json"], cwd=ROOT, text=True,
                             capture_output=True, env={**os.environ, **ready["env"]}, timeout=60)
     assert status.returncode == 0, status.stderr
     assert "CONFIRMED" in status.stdout and "ethereum" in status.stdout

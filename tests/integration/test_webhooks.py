@@ -105,7 +105,7 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) ->
 
 
 def paratro(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "workers.cli", *args], env=dict(os.environ), cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "paratro.cli", *args], env=dict(os.environ), cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
 
 

@@ -23,7 +23,7 @@ PATH_KEY = "PATHKEY0a1b2c3d4e5f"
 
 def paratro(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("PARATRO_")}
-    return subprocess.run([sys.executable, "-m", "workers.cli", *args], env={**clean, **env}, cwd=env["HOME_DIR"],
+    return subprocess.run([sys.executable, "-m", "paratro.cli", *args], env={**clean, **env}, cwd=env["HOME_DIR"],
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -143,7 +143,7 @@ def test_transfer_prints_one_line_when_the_broker_is_away(monkeypatch: pytest.Mo
     """The submit contract: published=False means stored, its dispatch waiting in the outbox."""
     from dataclasses import dataclass
 
-    from workers import cli
+    from paratro import cli
 
     @dataclass
     class Submission:
@@ -163,8 +163,8 @@ def test_transfer_prints_one_line_when_the_broker_is_away(monkeypatch: pytest.Mo
 
 
 def test_the_cli_the_demo_and_the_stack_do_not_import_each_other() -> None:
-    code = ("import sys, workers.stack, workers.demo; "
-            "assert 'workers.cli' not in sys.modules, 'stack/demo import the cli'; print('ok')")
+    code = ("import sys, workers.stack, paratro.demo; "
+            "assert 'paratro.cli' not in sys.modules, 'stack/demo import the cli'; print('ok')")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
 
@@ -216,7 +216,7 @@ def test_error_lines_for_broker_and_driver_errors_are_one_line_and_masked(monkey
     from sqlalchemy.exc import OperationalError
 
     from pipeline.settings import get_settings
-    from workers.cli import error_line
+    from paratro.cli import error_line
 
     monkeypatch.setenv("PARATRO_BROKER_URL", f"redis://:{SECRET_PW}@10.1.2.3:6379/0")
     get_settings.cache_clear()

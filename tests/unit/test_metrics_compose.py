@@ -12,7 +12,7 @@ import yaml
 from typer.main import get_command
 
 from workers.app import ALL_QUEUES
-from workers.cli import app as cli
+from paratro.cli import app as cli
 
 COMPOSE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
 

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def paratro(*args: str, db_url: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PARATRO_")}
     env.update(PARATRO_DATABASE_URL=db_url, PARATRO_CHAIN_REGISTRY="devnet", COLUMNS="200")
-    return subprocess.run([sys.executable, "-m", "workers.cli", "webhooks", *args], env=env, cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "paratro.cli", "webhooks", *args], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
 
 

@@ -24,7 +24,7 @@ from rich.live import Live
 from rich.table import Table
 from sqlalchemy import func, select
 
-from workers.demo_plan import PLANS, distribute
+from paratro.demo_plan import PLANS, distribute
 
 WEBHOOKS_WITHIN_S = 30.0  # after the last transfer is final: the dispatcher's relay runs every second
 FINAL_EVENTS = ("transaction.confirmed", "transaction.failed")

@@ -181,7 +181,7 @@ def worker(
         from workers.supervisor import supervise as run_supervised
 
         configure_logging(get_settings().log_level, get_settings().log_json)
-        argv = [sys.executable, "-m", "workers.cli", "worker", "--no-supervise", "-c", str(concurrency)]
+        argv = [sys.executable, "-m", "paratro.cli", "worker", "--no-supervise", "-c", str(concurrency)]
         argv += ["--beat"] if beat else []
         argv += ["--queues", queues] if queues else []
         argv += ["--hostname", hostname] if hostname else []
@@ -413,8 +413,8 @@ def sandbox(
     concurrency: Annotated[int, typer.Option(help="worker processes")] = 2,
 ) -> None:
     """Run the local Sandbox: devnets, a worker, the API and a faucet; prints one JSON line when ready."""
-    from workers.demo import default_chains
-    from workers.sandbox import SandboxOptions, run_sandbox
+    from paratro.demo import default_chains
+    from paratro.sandbox import SandboxOptions, run_sandbox
 
     selected = tuple(c.strip() for c in chains.split(",") if c.strip()) if chains else default_chains()
     unknown = [c for c in selected if c not in default_chains()]
@@ -434,8 +434,8 @@ def demo(
     concurrency: Annotated[int, typer.Option(help="worker processes")] = 4,
 ) -> None:
     """Run the embedded stack (redis, devnet, worker) and real transfers end to end."""
-    from workers.demo import DemoOptions, default_chains, run_demo
-    from workers.demo_plan import distribute
+    from paratro.demo import DemoOptions, default_chains, run_demo
+    from paratro.demo_plan import distribute
 
     selected = tuple(c.strip() for c in chains.split(",") if c.strip()) if chains else default_chains()
     try:
