@@ -1,4 +1,5 @@
-"""`paratro`: the ops command line (worker, beat, migrate, transfer, show, replay, sweep, demo).
+"""`paratro`: the ops command line (worker, beat, api, sandbox, demo, migrate, client, wallet,
+transfer, show, replay, sweep, status, webhooks).
 
 Configuration comes from `PARATRO_*` environment variables (see README). Bad input exits 2 with a
 one-line error and changes nothing; a configuration or environment problem (settings, registry,
