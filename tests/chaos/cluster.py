@@ -81,6 +81,7 @@ class ChaosCluster:
         from chains.registry import load_registry
         from devnet.nodes import start_node
         from devnet.redis_server import RedisServer
+        from pipeline.sealing import new_secrets_key
         from signer.local import new_master_key
         from tests.chaos.lag import SolanaLag, TronLag
         from workers.stack import project_home
@@ -116,6 +117,7 @@ class ChaosCluster:
             "PARATRO_CHAIN_REGISTRY": "devnet",
             "PARATRO_RPC_URLS": json.dumps({chain: proxy.url for chain, proxy in self.proxies.items()}),
             "PARATRO_SIGNER_MASTER_KEY": new_master_key(),
+            "PARATRO_SECRETS_KEY": new_secrets_key(),
             "PARATRO_BEAT_SCHEDULE_PATH": str(self.workdir / "celerybeat-schedule"),
             **PIPELINE_ENV,
         }
