@@ -17,6 +17,7 @@ STACK_ENV = {
     "PARATRO_SWEEP_INTERVAL_S": "2",
     "PARATRO_STALL_AFTER_S": "8",
     "PARATRO_WEBHOOK_RETRY_SCHEDULE_S": "1,1,2,2,3",  # webhook retries within a test, not over a day
+    "PARATRO_WEBHOOK_TIMEOUT_S": "5",  # a receiver that never answers is let go within a test
 }
 
 

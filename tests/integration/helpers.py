@@ -211,3 +211,12 @@ def assert_reconciled(f: Funded) -> None:
         row = asset(asset_id)
         on_chain = balance_on_chain(f.chain, f.address, symbol)
         assert (f.chain, symbol, row.balance, row.locked_balance) == (f.chain, symbol, on_chain, 0)
+
+
+def once_per_session(stack: EmbeddedStack, why: str) -> None:
+    """Run a test that does not depend on the database on the SQLite stack only (the whole suite
+    runs twice, once per database; `why` says why this one need not)."""
+    import pytest
+
+    if stack.options.database_url is not None:
+        pytest.skip(f"runs on the SQLite stack only: {why}")

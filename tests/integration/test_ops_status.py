@@ -100,6 +100,7 @@ def step_runs(text: str) -> dict[tuple[str, str], float]:
 
 
 def test_worker_exporter_serves_step_histograms(stack: EmbeddedStack) -> None:
+    helpers.once_per_session(stack, "the exporter serves files the worker processes write, not the database")
     port = free_port()
     os.environ["PARATRO_METRICS_PORT"] = str(port)  # only while this worker's process is spawned
     try:

@@ -97,6 +97,8 @@ def test_a_requested_wallet_becomes_active_through_the_worker_and_its_accounts_h
 @pytest.mark.parametrize("loss", ["message lost after publishing", "broker refused the publish"])
 def test_a_wallet_whose_first_message_went_missing_becomes_active_through_the_relay(
         stack: EmbeddedStack, monkeypatch: pytest.MonkeyPatch, loss: str) -> None:
+    if loss == "message lost after publishing":  # waits out the relay's grace; the database is not the point
+        h.once_per_session(stack, "the relay's grace is the same on either database")
     ctx = h.ctx()
     client_id = client_with_webhook()
 
