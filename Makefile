@@ -12,10 +12,10 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@echo "installing paratro-pipeline and its pinned dependencies into $(VENV) ..."
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]' 2>&1 \
-	  | { grep -v "is ignored: it is neither a file nor a directory" || true; }
-	$(BIN)/python -m pip check
+	@echo "installing paratro-pipeline and its pinned dependencies into $(VENV) ..." >&2
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]' 2>&1 \
+	  | { grep -v "is ignored: it is neither a file nor a directory" || true; } >&2
+	@$(BIN)/python -m pip check >&2
 	@touch $(STAMP)
 
 demo: install
@@ -23,9 +23,10 @@ demo: install
 	$(BIN)/paratro demo
 
 # The local Sandbox: devnets, a worker, the API and the faucet; one JSON line when ready; Ctrl-C stops it.
+# Progress goes to stderr, so stdout holds only that line (`make sandbox > sandbox.json`).
 sandbox: install
-	$(BIN)/python -m devnet.ensure redis anvil
-	$(BIN)/paratro sandbox
+	@$(BIN)/python -m devnet.ensure redis anvil
+	@$(BIN)/paratro sandbox
 
 test: install
 	$(BIN)/python -m devnet.ensure redis postgres anvil
