@@ -28,9 +28,15 @@ sandbox: install
 	@$(BIN)/python -m devnet.ensure redis anvil
 	@$(BIN)/paratro sandbox
 
+# Unit tests run alongside the integration tests (which mostly wait on blocks and workers), their
+# output shown after; both must pass.
 test: install
 	$(BIN)/python -m devnet.ensure redis postgres anvil
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	@mkdir -p var
+	@$(BIN)/python -m pytest -q -p no:cacheprovider -m "not integration" > var/test-unit.log 2>&1 & unit=$$!; \
+	  $(BIN)/python -m pytest -q -p no:cacheprovider -m integration; integration=$$?; \
+	  wait $$unit; unit=$$?; echo "--- unit tests (ran alongside; var/test-unit.log) ---"; tail -n 25 var/test-unit.log; \
+	  echo "make test: integration exit $$integration, unit exit $$unit"; test $$integration -eq 0 -a $$unit -eq 0
 
 # The chaos harness (tests/chaos): N transfers under worker kills, redis restarts, database
 # backend terminations, a driver storm and faulty/lagging RPC; DB=postgresql (default) or sqlite.

@@ -312,7 +312,7 @@ def test_given_rows_at_0002_when_upgraded_then_every_row_survives_and_amounts_ge
             assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
             assert conn.execute(text("SELECT count(*) FROM wallets")).scalar() == 1
             assert conn.execute(text("SELECT api_secret_hash, webhook_events FROM clients")).one() == ("scrypt$aa$bb", "[]")
-            decimals = dict(conn.execute(text("SELECT transaction_id, decimals FROM transactions")).tuples().all())
+            decimals = dict(conn.execute(text("SELECT transaction_id, decimals FROM transactions")).all())
             assert decimals == {"tx_1": 6, "tx_2": None}  # tx_2 gets them from the registry in resolve_source
             assert conn.execute(text("PRAGMA foreign_key_check")).fetchall() == []
     finally:
