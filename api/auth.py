@@ -61,7 +61,6 @@ twice, under any key. A later version of the string to sign should cover the Ide
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import math
 import re
@@ -75,6 +74,7 @@ from fastapi import Request, Security
 from fastapi.security import APIKeyHeader
 
 from api.errors import ApiError, unauthorized, unavailable
+from api.signing import sign_request
 from pipeline.settings import Settings
 from pipeline.steps import StepContext
 
@@ -94,18 +94,6 @@ RATE_WINDOW_S = 60
 FAILURES_PER_IP_PER_MIN = 60  # defaults of settings.api_auth_failures_per_{ip,key}_per_min
 FAILURES_PER_KEY_PER_MIN = 600
 REDIS_TIMEOUT_S = 2.0
-
-
-def string_to_sign(timestamp: str, nonce: str, method: str, path_with_query: str, body: bytes) -> bytes:
-    """The exact bytes both sides sign (see the module docstring)."""
-    digest = hashlib.sha256(body).hexdigest()
-    return "\n".join((timestamp, nonce, method.upper(), path_with_query, digest)).encode("utf-8")
-
-
-def signature(secret: str, timestamp: str, nonce: str, method: str, path_with_query: str, body: bytes) -> str:
-    """Lowercase hex HMAC-SHA256 of the string to sign under the API secret."""
-    message = string_to_sign(timestamp, nonce, method, path_with_query, body)
-    return hmac.new(secret.encode("utf-8"), message, hashlib.sha256).hexdigest()
 
 
 def path_as_sent(scope: Mapping[str, Any]) -> str:
@@ -244,7 +232,7 @@ class Guard:
                     raise Refused("unknown key")
                 if caller.secret is None:
                     raise Refused("the client has no sealed API secret (rotate it)")
-                expected = signature(caller.secret, timestamp, nonce, scope["method"], path_as_sent(scope), body)
+                expected = sign_request(caller.secret, timestamp, nonce, scope["method"], path_as_sent(scope), body)
                 if not hmac.compare_digest(expected, sent):
                     raise Refused("signature mismatch")
                 await self._record_nonce(api_key, nonce)

@@ -33,8 +33,6 @@ timestamp (from pipeline.webhook_signing, re-exported here when that module is i
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import secrets
 import threading
@@ -44,6 +42,8 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
+
+from api.signing import sign_request
 
 __all__ = ["ParatroAPIError", "ParatroClient", "ParatroError", "WalletFailed", "sign_request", "verify_webhook",
            "WebhookSignatureError"]
@@ -73,13 +73,6 @@ class WalletFailed(ParatroError):
     def __init__(self, wallet: Mapping[str, Any]) -> None:
         super().__init__(f"wallet {wallet.get('wallet_id')} FAILED: {wallet.get('failure_reason')}")
         self.wallet = dict(wallet)
-
-
-def sign_request(api_secret: str, timestamp: str, nonce: str, method: str, path_with_query: str, body: bytes) -> str:
-    """The X-Paratro-Signature value for one request."""
-    digest = hashlib.sha256(body).hexdigest()
-    message = "\n".join((timestamp, nonce, method.upper(), path_with_query, digest)).encode("utf-8")
-    return hmac.new(api_secret.encode("utf-8"), message, hashlib.sha256).hexdigest()
 
 
 class _Signer(httpx.Auth):

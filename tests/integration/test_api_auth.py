@@ -10,7 +10,7 @@ import time
 
 import httpx
 
-from api.auth import signature
+from api.signing import sign_request
 from pipeline.settings import get_settings
 from tests.integration.api_fixtures import Api, Tenant, api  # noqa: F401
 
@@ -22,7 +22,7 @@ def headers_for(tenant: Tenant, *, secret: str | None = None, timestamp: int | N
     stamp = str(int(time.time()) if timestamp is None else timestamp)
     nonce = nonce or secrets.token_urlsafe(16)
     return {"X-Paratro-Key": key or tenant.api_key, "X-Paratro-Timestamp": stamp, "X-Paratro-Nonce": nonce,
-            "X-Paratro-Signature": signature(secret or tenant.api_secret, stamp, nonce, "GET", TARGET, b"")}
+            "X-Paratro-Signature": sign_request(secret or tenant.api_secret, stamp, nonce, "GET", TARGET, b"")}
 
 
 def test_each_authentication_failure_is_the_same_401(api: Api) -> None:

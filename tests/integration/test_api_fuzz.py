@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from api.auth import signature
+from api.signing import sign_request
 from tests.integration.api_fixtures import Api, api  # noqa: F401
 
 EXAMPLES = 400
@@ -41,7 +41,7 @@ class SignedRequests(requests.auth.AuthBase):
         stamp, nonce = str(int(time.time())), secrets.token_urlsafe(16)
         request.headers.update({
             "X-Paratro-Key": self.api_key, "X-Paratro-Timestamp": stamp, "X-Paratro-Nonce": nonce,
-            "X-Paratro-Signature": signature(self.api_secret, stamp, nonce, request.method or "GET",
+            "X-Paratro-Signature": sign_request(self.api_secret, stamp, nonce, request.method or "GET",
                                              request.path_url, body)})
         return request
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pytest
 
 from api.app import create_app
-from api.auth import signature
+from api.signing import sign_request
 from api.client import ParatroClient
 from api.server import ServerHandle, serve_in_thread
 from chains import get_adapter
@@ -61,7 +61,7 @@ def signed_headers(tenant: Tenant, method: str, target: str, body: bytes = b"", 
     stamp = str(int(time.time()) if timestamp is None else timestamp)
     nonce = nonce or secrets.token_urlsafe(12)
     return {"X-Paratro-Key": tenant.api_key, "X-Paratro-Timestamp": stamp, "X-Paratro-Nonce": nonce,
-            "X-Paratro-Signature": signature(secret or tenant.api_secret, stamp, nonce, method, target, body)}
+            "X-Paratro-Signature": sign_request(secret or tenant.api_secret, stamp, nonce, method, target, body)}
 
 
 @pytest.fixture(scope="module")

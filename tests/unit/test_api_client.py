@@ -16,7 +16,8 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from api.auth import _NONCE, signature
+from api.auth import _NONCE
+from api.signing import sign_request
 from api.client import ParatroAPIError, ParatroClient, _Signer
 from pipeline.models import Transaction
 from tests.unit.api_support import ApiUnderTest, api, redis_url, signed_headers  # noqa: F401
@@ -79,7 +80,7 @@ def test_a_retried_transfer_is_signed_anew_with_a_fresh_nonce_and_the_same_idemp
         assert isinstance(headers, dict) and isinstance(sent["body"], bytes)
         assert headers["idempotency-key"] == "order-42"
         assert _NONCE.fullmatch(headers["x-paratro-nonce"])
-        assert headers["x-paratro-signature"] == signature(SECRET, headers["x-paratro-timestamp"],
+        assert headers["x-paratro-signature"] == sign_request(SECRET, headers["x-paratro-timestamp"],
                                                            headers["x-paratro-nonce"], "POST",
                                                            "/api/v1/transactions", sent["body"])
     assert first["body"] == retry["body"] and first["target"] == retry["target"]
