@@ -28,11 +28,11 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from chains.errors import UnknownChain, UnknownToken
 from chains.registry import Registry
-from pipeline.errors import InvalidInput, LimitExceeded, NotFound, UnknownChainError, UnknownSymbol
+from pipeline.errors import InvalidInput, LimitExceeded, NotFound
 from pipeline.events import wallet_changed
 from pipeline.ids import check_id, new_id
+from pipeline.lookup import chain_spec, token_spec
 from pipeline.models import Account, Asset, Client, Wallet, utcnow
 
 NAME_MAX_CHARS = 200  # the column width of clients.name and wallets.wallet_name
@@ -58,18 +58,10 @@ def check_assets(registry: Registry, chains: dict[str, list[str]]) -> dict[str, 
     written; returns the assets keyed by the registry's chain names with symbols as configured."""
     checked: dict[str, list[str]] = {}
     for chain, symbols in chains.items():
-        try:
-            spec = registry.chain(chain)
-        except UnknownChain as exc:
-            raise UnknownChainError(str(exc)) from None
+        spec = chain_spec(registry, chain)
         if spec.name in checked:
             raise InvalidInput(f"chain {spec.name} is listed twice")
-        found = []
-        for symbol in symbols:
-            try:
-                found.append(spec.token(symbol).symbol)
-            except UnknownToken as exc:
-                raise UnknownSymbol(str(exc)) from None
+        found = [token_spec(registry, spec.name, symbol)[1].symbol for symbol in symbols]
         checked[spec.name] = list(dict.fromkeys(found))
     return checked
 
@@ -198,10 +190,7 @@ def due_key_generations(session: Session, grace_s: float, limit: int = 200) -> l
 def create_account(session: Session, registry: Registry, wallet_id: str, chain: str, address: str) -> Account:
     """Record the wallet's address on `chain` (idempotent per wallet and chain)."""
     wallet = _wallet(session, wallet_id)
-    try:
-        spec = registry.chain(chain)
-    except UnknownChain as exc:
-        raise UnknownChainError(str(exc)) from None
+    spec = chain_spec(registry, chain)
     existing = session.scalar(select(Account).where(Account.wallet_id == wallet_id, Account.chain == spec.name))
     if existing is not None:
         if existing.address != address:
@@ -220,10 +209,7 @@ def add_asset(session: Session, registry: Registry, account_id: str, symbol: str
     account = session.get(Account, account_id)
     if account is None:
         raise NotFound(f"account {account_id} not found")
-    try:
-        token = registry.chain(account.chain).token(symbol)
-    except UnknownToken as exc:
-        raise UnknownSymbol(str(exc)) from None
+    token = token_spec(registry, account.chain, symbol)[1]
     existing = session.scalar(select(Asset).where(Asset.account_id == account_id, Asset.symbol == token.symbol))
     if existing is not None:
         return existing

@@ -19,13 +19,13 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from chains.errors import UnknownChain, UnknownToken
 from chains.registry import Registry
 from pipeline import events
 from pipeline.amounts import parse_amount
 from pipeline.driving import hand_off
-from pipeline.errors import IdempotencyConflict, InvalidInput, NotFound, UnknownChainError, UnknownSymbol
+from pipeline.errors import IdempotencyConflict, InvalidInput, NotFound
 from pipeline.ids import check_id, new_id
+from pipeline.lookup import token_spec
 from pipeline.models import Client, Transaction, TransactionEvent, utcnow
 from pipeline.stages import STEP_FOR_STAGE, Stage, Status
 
@@ -80,13 +80,7 @@ def create_transfer(session: Session, registry: Registry, req: TransferRequest,
         raise InvalidInput("idempotency_key must be 1-128 printable ASCII characters without leading or trailing spaces")
     _check_address_text("from_address", req.from_address, 128)  # the width of transactions.from_address
     _check_address_text("to_address", req.to_address, 256)
-    try:
-        spec = registry.chain(req.chain)
-        token = spec.token(req.token_symbol)
-    except UnknownChain as exc:
-        raise UnknownChainError(str(exc)) from None
-    except UnknownToken as exc:
-        raise UnknownSymbol(str(exc)) from None
+    spec, token = token_spec(registry, req.chain, req.token_symbol)
     amount = parse_amount(req.amount, token.decimals)
     fingerprint = _fingerprint(req, amount)
 

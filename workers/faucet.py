@@ -22,10 +22,11 @@ from sqlalchemy import select
 from devnet.nodes import DevnetNode
 from pipeline import ledger
 from pipeline.amounts import format_amount, parse_amount
-from pipeline.errors import InvalidAddressError, UnknownChainError, UnknownSymbol
+from pipeline.errors import InvalidAddressError, UnknownChainError
+from pipeline.lookup import token_spec
 from pipeline.models import Account, Asset
 from pipeline.steps import StepContext
-from chains.errors import InvalidAddress, UnknownChain, UnknownToken
+from chains.errors import InvalidAddress
 
 @dataclass(frozen=True)
 class Funding:
@@ -64,13 +65,7 @@ class DevnetFaucet:
         return Funding(spec.name, normalized, token.symbol, format_amount(base_units, token.decimals), asset_id, shown)
 
     def _token(self, chain: str, symbol: str) -> tuple[Any, Any]:
-        try:
-            spec = self._ctx.registry.chain(chain)
-            token = spec.token(symbol)
-        except UnknownChain as exc:
-            raise UnknownChainError(str(exc)) from None
-        except UnknownToken as exc:
-            raise UnknownSymbol(str(exc)) from None
+        spec, token = token_spec(self._ctx.registry, chain, symbol)
         if spec.name not in self._nodes:
             raise UnknownChainError(f"no devnet node runs for {spec.name} in this sandbox")
         return spec, token

@@ -30,18 +30,18 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from chains.base import Curve
-from chains.errors import ChainError, UnknownChain, UnknownToken
+from chains.errors import ChainError, UnknownToken
 from pipeline import onboarding
 from pipeline.errors import (
     ConfigurationError,
     NotFound,
     PipelineError,
     TransientError,
-    UnknownChainError,
     UnknownSymbol,
     WalletNotActive,
 )
 from pipeline.ids import check_id
+from pipeline.lookup import chain_spec
 from pipeline.models import Account, Asset, Wallet, utcnow
 from pipeline.steps import StepContext
 from pipeline.views import account_view, asset_view, wallet_view
@@ -231,7 +231,7 @@ def open_account(ctx: StepContext, client_id: str, wallet_id: str, chain: str) -
     the network comes from the registry. A family whose key the wallet lacks (added to the registry
     after the wallet was activated) gets its key now. Signer trouble: TransientError (retry later)."""
     check_id("wallet", wallet_id)
-    spec = _chain_spec(ctx, chain)
+    spec = chain_spec(ctx.registry, chain)
     with ctx.db.unit_of_work() as session:
         wallet = _client_wallet(session, client_id, wallet_id)
         if wallet.status != onboarding.ACTIVE:
@@ -288,13 +288,6 @@ def _created_once(create: Callable[[Any], Any], find: Callable[[Any], Any], ctx:
             if found is None:
                 raise
             return view(found), False
-
-
-def _chain_spec(ctx: StepContext, chain: object) -> Any:
-    try:
-        return ctx.registry.chain(chain)  # type: ignore[arg-type]
-    except UnknownChain as exc:
-        raise UnknownChainError(str(exc)) from None
 
 
 def _client_wallet(session: Any, client_id: str, wallet_id: str) -> Wallet:

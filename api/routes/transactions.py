@@ -17,8 +17,7 @@ from sqlalchemy import select
 from api import schemas
 from api.errors import pipeline_errors
 from api.routes.common import DEFAULT_LIMIT, ClientId, Context, Cursor, Limit, checked_id, page
-from chains.errors import UnknownChain
-from pipeline.errors import UnknownChainError
+from pipeline.lookup import chain_spec
 from pipeline.models import Transaction
 from pipeline.transfers import IDEMPOTENCY_KEY_PATTERN, TransferRequest, get_transfer
 from pipeline.views import transaction_view
@@ -67,10 +66,7 @@ def list_transactions(
         if status is not None:
             query = query.where(Transaction.status == status)
         if chain is not None:
-            try:
-                query = query.where(Transaction.chain == ctx.registry.chain(chain).name)
-            except UnknownChain as exc:
-                raise UnknownChainError(str(exc)) from None
+            query = query.where(Transaction.chain == chain_spec(ctx.registry, chain).name)
         with ctx.db.unit_of_work() as session:
             return page(session, query, Transaction.transaction_id, "transaction", limit, cursor, transaction_view)
 
