@@ -7,6 +7,8 @@ broker is back. Nothing here decides anything; a copy published twice is dropped
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import structlog
 
 from pipeline.driving import Dispatch, mark_due_now
@@ -41,13 +43,20 @@ def publish_after_commit(ctx: StepContext, dispatch: Dispatch | None) -> bool:
     return False
 
 
+def queue_lengths(queues: Iterable[str]) -> dict[str, int]:
+    """Messages waiting in each queue right now (Redis list lengths, over the app's broker
+    connection); raises the broker's error."""
+    with app.connection_for_write() as connection:
+        client = connection.default_channel.client
+        return {queue: int(client.llen(queue)) for queue in queues}
+
+
 def backlogged_steps() -> frozenset[str]:
-    """Steps whose queue holds messages right now (Redis list lengths): a due outbox row of such a
-    step is probably still queued, so the relay does not copy it yet. Empty if Redis cannot say."""
+    """Steps whose queue holds messages right now: a due outbox row of such a step is probably
+    still queued, so the relay does not copy it yet. Empty if Redis cannot say."""
     try:
-        with app.connection_for_write() as connection:
-            client = connection.default_channel.client
-            return frozenset(step for step in STEPS if client.llen(QUEUE_PREFIX + step) > 0)
+        lengths = queue_lengths(QUEUE_PREFIX + step for step in STEPS)
     except Exception as exc:  # noqa: BLE001 - broker trouble: publishing will say so too
         log.warning("relay.queue_lengths_unknown", error=f"{type(exc).__name__}")
         return frozenset()
+    return frozenset(step for step in STEPS if lengths[QUEUE_PREFIX + step] > 0)

@@ -46,6 +46,7 @@ from pipeline.webhook_signing import signature_headers
 from pipeline.webhooks import RESOLVE_TIMEOUT_S, InvalidWebhookUrl, WebhookTargetUnresolved, delivery_target
 from workers import runtime
 from workers.app import WEBHOOKS_QUEUE, app, task_name
+from workers.routing import queue_lengths
 from workers.webhook_http import DeadlineTransport
 
 log = structlog.get_logger("paratro.webhooks")
@@ -178,8 +179,7 @@ def _scrubbed(exc: Exception, *urls: str) -> str:
 def _queued_deliveries() -> int:
     """Messages waiting in the webhooks queue (0 if Redis cannot say: publishing will tell)."""
     try:
-        with app.connection_for_write() as connection:
-            return int(connection.default_channel.client.llen(WEBHOOKS_QUEUE))
+        return queue_lengths([WEBHOOKS_QUEUE])[WEBHOOKS_QUEUE]
     except Exception as exc:  # noqa: BLE001 - broker trouble
         log.warning("webhook.queue_length_unknown", error=type(exc).__name__)
         return 0
