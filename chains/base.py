@@ -113,6 +113,40 @@ class TxStatus:
     detail: str | None = None  # why a REVERTED transaction failed, in the chain's words (e.g. OUT_OF_ENERGY)
 
 
+@dataclass(frozen=True)
+class Watched:
+    """A broadcast transaction the confirmation tracker follows (one per pending transfer).
+
+    `key` is the pipeline's id for it (opaque here). `signed` carries the hash and the build
+    context (expiry data), never the raw bytes: the tracker reads thousands of these per tick.
+    `block_number`/`block_hash` are where it was last seen included (None while not seen)."""
+
+    key: str
+    signed: SignedTransaction
+    sender: str
+    nonce: int | None = None
+    block_number: int | None = None
+    block_hash: str | None = None
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What one tracker tick learned from the node about many watched transactions.
+
+    `statuses` holds news only, by `Watched.key`: INCLUDED/REVERTED (block, hash, confirmations;
+    `fee_paid` set whenever confirmations reach the chain's depth) for a transaction seen in a
+    canonical block, NOT_FOUND for one whose stored block is no longer canonical (a reorg). A
+    watched transaction absent from `statuses` has no news (in the mempool, dropped, or not yet
+    looked at this tick): the pipeline asks about it one by one when it has waited too long.
+    `cursor` is the adapter's own JSON-able state, stored by the pipeline and handed back next
+    tick (a scanned block height, a rotation offset); `rpc_calls` counts HTTP requests made."""
+
+    head: int
+    statuses: dict[str, TxStatus]
+    cursor: dict[str, Any] = field(default_factory=dict)
+    rpc_calls: int = 0
+
+
 class ChainAdapter(Protocol):
     """One chain (one registry entry) reached through its family's SDK.
 
@@ -183,3 +217,10 @@ class ChainAdapter(Protocol):
 
     def balance_of(self, address: str, token: TokenSpec) -> int:
         """On-chain balance in base units (for reconciliation)."""
+
+    def track(self, watched: Sequence[Watched], cursor: Mapping[str, Any]) -> Observation:
+        """One confirmation-tracker tick for many broadcast transactions of this chain, in a number
+        of RPC calls that does not grow with `len(watched)` beyond batch sizes (EVM: one batch of
+        account nonces, receipts only for what moved; Solana: getSignatureStatuses, 256 a call, over
+        a rotating window; TRON and Bitcoin: the blocks since the cursor). News only (see
+        `Observation`); never EXPIRED: expiry proofs stay with `get_status`, asked one by one."""
