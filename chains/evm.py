@@ -26,19 +26,21 @@ decisions that need a node:
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from chains import evm_address, evm_tx
+from chains import evm_address, evm_tracking, evm_tx
 from chains.base import (
     Curve,
     FeeQuote,
+    Observation,
     SignedTransaction,
     TransferIntent,
     TxState,
     TxStatus,
     UnsignedTransaction,
     Utxo,
+    Watched,
 )
 from chains.errors import (
     ChainError,
@@ -275,17 +277,13 @@ class EvmAdapter:
 
     def _included(self, receipt: dict[str, Any], number: int) -> TxStatus:
         head = to_int(self._call("eth_blockNumber", []), "block number")
-        status = to_int(receipt.get("status"), "receipt status")
-        fee = to_int(receipt.get("gasUsed"), "gas used") * to_int(receipt.get("effectiveGasPrice"), "effective gas price")
-        if receipt.get("l1Fee") is not None:  # OP-stack chains charge the L1 data fee on top
-            fee += to_int(receipt["l1Fee"], "L1 fee")
-        return TxStatus(
-            state=TxState.INCLUDED if status == 1 else TxState.REVERTED,
-            block_number=number,
-            block_hash=str(receipt["blockHash"]),
-            confirmations=max(head - number + 1, 1),
-            fee_paid=fee,
-        )
+        return evm_tracking.included_status(receipt, number, head)
+
+    def track(self, watched: Sequence[Watched], cursor: Mapping[str, Any]) -> Observation:
+        """Many transactions in a few batches: nonces say what moved (chains.evm_tracking)."""
+        if not self._chain_checked:
+            self.verify_chain()
+        return evm_tracking.track(self._rpc, self.spec.confirmations, watched)
 
     # --- balances ----------------------------------------------------------------------------
 

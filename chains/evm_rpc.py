@@ -17,8 +17,10 @@ shared with the other families; only web3 (the provider, its retry, its exceptio
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from typing import Any, ContextManager
 
+from chains.errors import ChainRpcError
 from chains.transport import (
     REQUEST_TIMEOUT_S,
     NodeRpcError,
@@ -30,7 +32,8 @@ from chains.transport import (
 
 RETRIES = 2  # web3 retries transport errors of idempotent calls; the pipeline retries beyond that
 
-__all__ = ["REQUEST_TIMEOUT_S", "RETRIES", "JsonRpcClient", "NodeRpcError", "redact_endpoint", "rpc_errors", "to_int"]
+__all__ = ["REQUEST_TIMEOUT_S", "RETRIES", "JsonRpcClient", "NodeRpcError", "batch_results", "redact_endpoint", "rpc_errors",
+           "to_int"]
 
 
 def rpc_errors(operation: str, endpoint: str) -> ContextManager[None]:
@@ -78,6 +81,25 @@ class JsonRpcClient:
         """The `result` of a JSON-RPC call; NodeRpcError for an error object, ChainRpcError otherwise."""
         with rpc_errors(method, self.url):
             return json_rpc_result(method, self.web3().provider.make_request(method, params), self.url)
+
+
+def batch_results(client: "JsonRpcClient", calls: Sequence[tuple[str, list[Any]]]) -> list[Any]:
+    """Many JSON-RPC calls in one HTTP request: each call's `result`, or its NodeRpcError (as a
+    value, not raised: one unknown receipt must not hide the others); ChainRpcError for transport
+    trouble or an answer that is not one response per call."""
+    if not calls:
+        return []
+    with rpc_errors("batch", client.url):
+        answers = client.web3().provider.make_batch_request([(method, params) for method, params in calls])
+    if not isinstance(answers, list) or len(answers) != len(calls):
+        raise ChainRpcError(f"batch of {len(calls)}: unusable answer from {client.endpoint}")
+    results: list[Any] = []
+    for (method, _), answer in zip(calls, answers):
+        try:
+            results.append(json_rpc_result(method, answer, client.url))
+        except NodeRpcError as exc:
+            results.append(exc)
+    return results
 
 
 def to_int(value: Any, what: str) -> int:

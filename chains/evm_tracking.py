@@ -1,0 +1,88 @@
+"""Confirmation tracking for many EVM transactions in a few JSON-RPC batches (`EvmAdapter.track`).
+
+Asking for every pending transaction's receipt each tick costs an RPC per transfer per tick, so
+100,000 transfers waiting during congestion would cost 100,000 calls a tick. An account's nonce
+says what moved instead: one batch reads the head and `eth_getTransactionCount(sender, latest)`
+for every sender with transactions out; a transaction whose nonce is still at or above its
+sender's count cannot be mined (nothing with its nonce is), so only the others need a receipt.
+Transactions seen included are looked at again only when they reach the chain's depth: a receipt
+(for the fee) and the canonical block at that height (a reorg sends them back). The calls per
+tick grow with what moved and with the number of sending accounts, never with the backlog.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from chains.base import Observation, TxState, TxStatus, Watched
+from chains.evm_rpc import JsonRpcClient, NodeRpcError, batch_results, to_int
+
+BATCH_SIZE = 500  # calls per HTTP request: well under the 1,000 most providers accept
+
+
+def included_status(receipt: dict[str, Any], number: int, head: int) -> TxStatus:
+    """The status a canonical receipt gives: success or revert, the fee actually charged."""
+    status = to_int(receipt.get("status"), "receipt status")
+    fee = to_int(receipt.get("gasUsed"), "gas used") * to_int(receipt.get("effectiveGasPrice"), "effective gas price")
+    if receipt.get("l1Fee") is not None:  # OP-stack chains charge the L1 data fee on top
+        fee += to_int(receipt["l1Fee"], "L1 fee")
+    return TxStatus(
+        state=TxState.INCLUDED if status == 1 else TxState.REVERTED,
+        block_number=number,
+        block_hash=str(receipt["blockHash"]),
+        confirmations=max(head - number + 1, 1),
+        fee_paid=fee,
+    )
+
+
+class _Batches:
+    """Runs calls in batches of BATCH_SIZE and counts the HTTP requests."""
+
+    def __init__(self, rpc: JsonRpcClient) -> None:
+        self.rpc = rpc
+        self.requests = 0
+
+    def run(self, calls: list[tuple[str, list[Any]]]) -> list[Any]:
+        results: list[Any] = []
+        for start in range(0, len(calls), BATCH_SIZE):
+            self.requests += 1
+            results.extend(batch_results(self.rpc, calls[start:start + BATCH_SIZE]))
+        return results
+
+
+def _value(result: Any) -> Any:
+    if isinstance(result, NodeRpcError):
+        raise result
+    return result
+
+
+def track(rpc: JsonRpcClient, depth: int, watched: Sequence[Watched]) -> Observation:
+    """News about `watched` (see `chains.base.Observation`); the module docstring says how."""
+    batches = _Batches(rpc)
+    unseen = [item for item in watched if item.block_number is None]
+    senders = sorted({item.sender for item in unseen if item.nonce is not None})
+    first = batches.run([("eth_blockNumber", [])] + [("eth_getTransactionCount", [s, "latest"]) for s in senders])
+    head = to_int(_value(first[0]), "block number")
+    mined_nonces = {sender: to_int(_value(result), "nonce") for sender, result in zip(senders, first[1:])}
+    moved = [item for item in unseen if item.nonce is None or mined_nonces[item.sender] > item.nonce]
+    deep = [item for item in watched if item.block_number is not None and head - item.block_number + 1 >= depth]
+    asked = moved + deep
+    receipts = batches.run([("eth_getTransactionReceipt", [item.signed.tx_hash]) for item in asked])
+    found = {item.key: receipt for item, receipt in zip(asked, receipts)
+             if isinstance(receipt, dict) and receipt.get("blockHash")}
+    heights = sorted({to_int(receipt.get("blockNumber"), "receipt block number") for receipt in found.values()})
+    blocks = batches.run([("eth_getBlockByNumber", [hex(height), False]) for height in heights])
+    canonical = {height: str(block.get("hash", "")).lower() for height, block in zip(heights, blocks)
+                 if isinstance(block, dict)}
+    statuses: dict[str, TxStatus] = {}
+    for item in asked:
+        receipt = found.get(item.key)
+        if receipt is not None:
+            number = to_int(receipt.get("blockNumber"), "receipt block number")
+            if canonical.get(number) == str(receipt["blockHash"]).lower():
+                statuses[item.key] = included_status(receipt, number, head)
+                continue
+        if item.block_number is not None:  # seen included before, and no longer: a reorg
+            statuses[item.key] = TxStatus(TxState.NOT_FOUND)
+    return Observation(head=head, statuses=statuses, rpc_calls=batches.requests)
