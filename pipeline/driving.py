@@ -13,6 +13,12 @@ hand-over:
     run ends --hand_off()--> driver_seq = S+2, outbox row (tx, next step, S+2), lease cleared
     sweeper/replay --redrive()--> driver_seq + 1, outbox row, generation + 1
 
+Once broadcast, a transfer is handed to its chain's confirmation tracker instead of a message
+(`hand_to_tracker`: token + 1, `tracked_at` set, no outbox row, no lease): one tick per chain
+follows every tracked transfer in a few batched RPC calls and writes only if the transfer still
+has the token and attempt it read. While that chain's tracker ticks, the sweeper leaves its
+transfers alone; when it stops ticking, the sweeper hands them to the per-transfer confirm step.
+
 A message whose seq is not the transfer's current token was superseded: it is dropped and passes
 nothing on. A running step's lease expires only if its worker died (it is longer than any single
 RPC), and only then may the sweeper re-drive; a transfer waiting in the queue has an outbox row
@@ -24,13 +30,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import ColumnElement, and_, delete, select
+from sqlalchemy import ColumnElement, and_, delete, exists, select
 from sqlalchemy.orm import Session
 
 from pipeline.errors import NotFound, Superseded
 from pipeline.ids import check_id
-from pipeline.models import OutboxMessage, Transaction, utcnow
-from pipeline.stages import FINAL, STEP_FOR_STAGE, Stage, Status
+from pipeline.models import ChainTracker, OutboxMessage, Transaction, utcnow
+from pipeline.stages import FINAL, STEP_FOR_STAGE, TRACKED_STAGES, Stage, Status
 
 
 @dataclass(frozen=True)
@@ -129,7 +135,7 @@ def hand_off(session: Session, tx: Transaction, step: str, countdown_s: float = 
     The row is due for the relay only `publish_grace_s` after the message's countdown: the caller
     publishes right after the commit, and marks the row due at once if that fails."""
     tx.driver_seq += 1
-    tx.lease_until = None
+    tx.lease_until = tx.tracked_at = None
     tx.heartbeat_at = utcnow()
     due = utcnow() + timedelta(seconds=countdown_s + publish_grace_s)
     session.add(OutboxMessage(kind="step", transaction_id=tx.transaction_id, step=step, seq=tx.driver_seq,
@@ -137,18 +143,36 @@ def hand_off(session: Session, tx: Transaction, step: str, countdown_s: float = 
     return Dispatch(tx.transaction_id, step, tx.driver_seq, countdown_s, errors)
 
 
+def hand_to_tracker(tx: Transaction) -> None:
+    """Give a broadcast transfer to its chain's confirmation tracker: new token, no message, no
+    lease. The tracker's writes check this token; any other driver taking over moves it on."""
+    tx.driver_seq += 1
+    tx.lease_until = None
+    tx.heartbeat_at = tx.tracked_at = utcnow()
+
+
 def hand_to_stage(session: Session, tx: Transaction, publish_grace_s: float) -> Dispatch | None:
-    """Hand off to the step that moves the transfer out of its current stage (None if final)."""
+    """Hand off to whoever moves the transfer out of its current stage: the step's message, or the
+    chain's tracker once broadcast (None then, and when final)."""
     stage = Stage(tx.stage)
     if stage in FINAL:
         release(tx)
+        return None
+    if stage in TRACKED_STAGES:
+        hand_to_tracker(tx)
         return None
     return hand_off(session, tx, STEP_FOR_STAGE[stage], publish_grace_s=publish_grace_s)
 
 
 def release(tx: Transaction) -> None:
     """Nobody drives it any more (final, or held for ops)."""
-    tx.lease_until = None
+    tx.lease_until = tx.tracked_at = None
+
+
+def tracker_ticking(chain: str | ColumnElement[str], within_s: float) -> ColumnElement[bool]:
+    """The chain's tracker finished a tick within `within_s` (a chain name or a correlated column)."""
+    since = utcnow() - timedelta(seconds=within_s)
+    return exists().where(ChainTracker.chain == chain, ChainTracker.ticked_at > since)
 
 
 def park(tx: Transaction) -> None:
@@ -158,9 +182,12 @@ def park(tx: Transaction) -> None:
     tx.heartbeat_at = utcnow()
 
 
-def is_driven(session: Session, tx: Transaction) -> bool:
-    """A live driver holds it: a running step's lease, or a message on its way (an outbox row)."""
+def is_driven(session: Session, tx: Transaction, tracker_within_s: float = 120.0) -> bool:
+    """A live driver holds it: a running step's lease, a message on its way (an outbox row), or a
+    chain tracker that ticked within `tracker_within_s`."""
     if tx.lease_until is not None and tx.lease_until > utcnow():
+        return True
+    if tx.tracked_at is not None and session.scalar(select(tracker_ticking(tx.chain, tracker_within_s))):
         return True
     return session.scalar(select(OutboxMessage.id).where(step_messages_of(tx.transaction_id)).limit(1)) is not None
 

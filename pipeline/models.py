@@ -138,6 +138,7 @@ class Transaction(Base):
         UniqueConstraint("client_id", "idempotency_key", name="uq_tx_client_idempotency"),
         Index("ix_tx_status_heartbeat", "status", "heartbeat_at"),
         Index("ix_tx_hash", "chain", "tx_hash"),
+        Index("ix_tx_tracked", "chain", "tracked_at"),
     )
 
     transaction_id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -197,6 +198,8 @@ class Transaction(Base):
     broadcast_at: Mapped[datetime | None] = mapped_column(DateTime)  # first broadcast
     last_broadcast_at: Mapped[datetime | None] = mapped_column(DateTime)
     finalized_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # Set while the chain's confirmation tracker drives it (BROADCAST/CONFIRMING): no message, no lease.
+    tracked_at: Mapped[datetime | None] = mapped_column(DateTime)
 
 
 class TransactionEvent(Base):
@@ -211,6 +214,22 @@ class TransactionEvent(Base):
     reason: Mapped[str | None] = mapped_column(String(64))
     detail: Mapped[str | None] = mapped_column(Text)
     at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class ChainTracker(Base):
+    """One row per chain: the confirmation tracker's lease (one live tick per chain), its
+    adapter cursor, and when it last finished a tick (the sweeper leaves tracked transfers alone
+    while that is recent)."""
+
+    __tablename__ = "chain_trackers"
+
+    chain: Mapped[str] = mapped_column(String(32), primary_key=True)
+    cursor: Mapped[str] = mapped_column(Text, default="{}")  # the adapter's JSON state
+    lease_token: Mapped[int] = mapped_column(BigInteger, default=0)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime)
+    ticked_at: Mapped[datetime | None] = mapped_column(DateTime)
+    head: Mapped[int | None] = mapped_column(BigInteger)
+    tracked: Mapped[int] = mapped_column(Integer, default=0)  # transfers followed in the last tick
 
 
 class OutboxMessage(Base):

@@ -17,7 +17,16 @@ from datetime import timedelta
 from sqlalchemy import and_, exists, or_, select
 from sqlalchemy.orm import Session
 
-from pipeline.driving import Dispatch, drop_step_messages, due_outbox, is_driven, redrive, release, step_messages_of
+from pipeline.driving import (
+    Dispatch,
+    drop_step_messages,
+    due_outbox,
+    is_driven,
+    redrive,
+    release,
+    step_messages_of,
+    tracker_ticking,
+)
 from pipeline.lifecycle import record_note
 from pipeline.models import Transaction, utcnow
 from pipeline.stages import Stage, Status
@@ -34,13 +43,15 @@ class Redrive:
 def claim_stalled(session: Session, park_s: float, limit: int = 500) -> list[Redrive]:
     """Pending transfers that nobody drives: a running step's lease expired, or a parked transfer
     (no lease, no message) has waited `park_s`. A transfer with a message on its way (an outbox
-    row) is not touched: the relay looks after its message."""
+    row) is not touched: the relay looks after its message; nor is one its chain's tracker
+    follows while that tracker ticks (a tracker that stopped ticking hands them all back here)."""
     now = utcnow()
     waiting = exists().where(step_messages_of(Transaction.transaction_id))
+    tracked = and_(Transaction.tracked_at.is_not(None), tracker_ticking(Transaction.chain, park_s))
     parked = and_(Transaction.lease_until.is_(None), Transaction.heartbeat_at < now - timedelta(seconds=park_s))
     rows = session.scalars(
         select(Transaction)
-        .where(Transaction.status == Status.PENDING.value, Transaction.held_at.is_(None), ~waiting,
+        .where(Transaction.status == Status.PENDING.value, Transaction.held_at.is_(None), ~waiting, ~tracked,
                or_(Transaction.lease_until < now, parked))
         .order_by(Transaction.heartbeat_at)
         .limit(limit)
@@ -54,7 +65,7 @@ def claim_for_replay(session: Session, tx: Transaction, grace_s: float, force: b
     final, or if a live driver holds it (a running step's lease, a message on its way) unless
     `force`. A forced replay supersedes every driver and message in flight (a step hung in an RPC):
     whatever they conclude is not written."""
-    if tx.status != Status.PENDING.value or (not force and tx.held_at is None and is_driven(session, tx)):
+    if tx.status != Status.PENDING.value or (not force and tx.held_at is None and is_driven(session, tx, grace_s)):
         return None
     tx.held_at = None
     return _redrive(session, tx, "replayed", grace_s)

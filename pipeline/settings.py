@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     step_lease_s: int = Field(300, description="a running step's lease; the sweeper re-drives only after it expires "
                               "(must exceed any single RPC: Bitcoin UTXO scans take up to 120 s)")
     relay_interval_s: int = Field(2, description="how often beat publishes outbox messages that are due")
+    tracker_interval_s: float = Field(1.0, gt=0, le=60, description="how often beat runs each chain's "
+                                      "confirmation tracker tick")
+    tracker_recheck_s: float = Field(15.0, gt=0, description="a tracked transfer without news this long after its "
+                                     "last send goes to the per-transfer confirm step (rebroadcast, expiry)")
     confirm_timeout_s: int = Field(1800, description="stop polling a broadcast transfer after this long (replayable)")
     signature_timeout_s: int = Field(600, description="stop waiting for the signer after this long (replayable)")
     secrets_key: SecretStr | None = Field(

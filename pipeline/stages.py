@@ -75,6 +75,9 @@ STEP_FOR_STAGE: dict[Stage, str] = {
     Stage.CONFIRMING: "confirm",
 }
 
+# Followed by the chain's confirmation tracker (pipeline.tracking), not by step messages.
+TRACKED_STAGES = frozenset({Stage.BROADCAST, Stage.CONFIRMING})
+
 STEPS: tuple[str, ...] = (
     "resolve_source",
     "validate_destination",

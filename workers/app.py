@@ -22,9 +22,10 @@ QUEUE_PREFIX = "paratro."
 SWEEP_QUEUE = QUEUE_PREFIX + "sweeper"
 KEYS_QUEUE = QUEUE_PREFIX + "keys"  # wallet key generation: slow, must not wait behind transfers
 WEBHOOKS_QUEUE = QUEUE_PREFIX + "webhooks"  # deliveries: a slow receiver must not hold transfer steps
+TRACKER_QUEUE = QUEUE_PREFIX + "tracker"  # confirmation ticks, one per chain: must not wait behind steps
 MIN_STEP_LEASE_S = 30  # above the 10 s RPC timeout with margin; Bitcoin UTXO scans need the default 300
-ALL_QUEUES = [QUEUE_PREFIX + step for step in STEPS] + [SWEEP_QUEUE, KEYS_QUEUE, WEBHOOKS_QUEUE]
-TASK_MODULES = ["workers.tasks", "workers.key_tasks", "workers.webhook_tasks"]
+ALL_QUEUES = [QUEUE_PREFIX + step for step in STEPS] + [SWEEP_QUEUE, KEYS_QUEUE, WEBHOOKS_QUEUE, TRACKER_QUEUE]
+TASK_MODULES = ["workers.tasks", "workers.key_tasks", "workers.webhook_tasks", "workers.tracker_tasks"]
 
 
 def task_name(step: str) -> str:
@@ -51,7 +52,8 @@ def create_app() -> Celery:
         task_routes={task_name(step): {"queue": QUEUE_PREFIX + step} for step in STEPS}
         | {task_name("sweep"): {"queue": SWEEP_QUEUE}, task_name("relay"): {"queue": SWEEP_QUEUE},
            task_name("generate_wallet_keys"): {"queue": KEYS_QUEUE}, task_name("wallet_keys_relay"): {"queue": SWEEP_QUEUE},
-           task_name("deliver_webhook"): {"queue": WEBHOOKS_QUEUE}, task_name("webhook_relay"): {"queue": SWEEP_QUEUE}},
+           task_name("deliver_webhook"): {"queue": WEBHOOKS_QUEUE}, task_name("webhook_relay"): {"queue": SWEEP_QUEUE},
+           task_name("track"): {"queue": TRACKER_QUEUE}, task_name("track_chain"): {"queue": TRACKER_QUEUE}},
         beat_schedule={
             "sweep-stalled-transfers": {"task": task_name("sweep"), "schedule": timedelta(seconds=settings.sweep_interval_s)},
             "relay-outbox": {"task": task_name("relay"), "schedule": timedelta(seconds=settings.relay_interval_s),
@@ -59,6 +61,9 @@ def create_app() -> Celery:
             "relay-wallet-keys": {"task": task_name("wallet_keys_relay"),
                                   "schedule": timedelta(seconds=settings.relay_interval_s),
                                   "options": {"expires": settings.relay_interval_s * 5}},
+            "track-confirmations": {"task": task_name("track"),
+                                    "schedule": timedelta(seconds=settings.tracker_interval_s),
+                                    "options": {"expires": settings.tracker_interval_s * 5}},
             "relay-webhooks": {"task": task_name("webhook_relay"),
                                "schedule": timedelta(seconds=settings.webhook_relay_interval_s),
                                "options": {"expires": settings.webhook_relay_interval_s * 5}},

@@ -5,7 +5,8 @@ unit tests drive it with in-memory fakes and the task stays a two-liner:
 
     take()  -- the message's token must be the transfer's; else it was superseded: drop it
     step    -- the work, every write fenced by the run's token and the attempt it read
-    conclude-- in one DB transaction: hand off to the next step (new token + outbox row), retry
+    conclude-- in one DB transaction: hand off to the next step (new token + outbox row; once
+               broadcast, to the chain's confirmation tracker instead), retry
                the same step later (transient error, backoff with full jitter), park it for the
                sweeper (retries exhausted, deadline), hold it for ops (an error no retry cures,
                a refused send without proof), or release it (final)
@@ -22,11 +23,12 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 
 from chains.errors import ChainError
-from pipeline.driving import Dispatch, Run, hand_off, hand_to_stage, load_held, park, release, take
+from pipeline.driving import Dispatch, Run, hand_off, hand_to_stage, hand_to_tracker, load_held, park, release, take
 from pipeline.errors import NotFound, PipelineError, Superseded, UnprovenRejection
 from pipeline.lifecycle import is_final, record_note
 from pipeline.models import Transaction
 from pipeline.recovery import hold
+from pipeline.stages import TRACKED_STAGES, Stage
 from pipeline.steps import STEP_FUNCTIONS
 from pipeline.steps.context import Outcome, OutcomeKind, StepContext
 from signer.base import SignerError
@@ -96,6 +98,8 @@ def _conclude(ctx: StepContext, run: Run, outcome: Outcome) -> StepReport:
             dispatch: Dispatch | None = None
             if outcome.kind in (OutcomeKind.ADVANCED, OutcomeKind.NOOP):
                 dispatch = hand_to_stage(session, tx, grace)
+            elif outcome.kind is OutcomeKind.WAIT and Stage(tx.stage) in TRACKED_STAGES:
+                hand_to_tracker(tx)  # broadcast and waiting: the chain's tracker follows it from here
             elif outcome.kind is OutcomeKind.WAIT:
                 countdown = min(outcome.countdown, ctx.max_countdown_s)  # a poll that worked: errors start over
                 dispatch = hand_off(session, tx, run.step, countdown, 0, grace)

@@ -131,7 +131,7 @@ def confirm(ctx: StepContext, run: Run) -> Outcome:
         tx = load_held(session, run, attempt)
         touch(tx)
         if status.state in (TxState.INCLUDED, TxState.REVERTED):
-            if _record_inclusion(session, tx, status, spec.confirmations):
+            if record_inclusion(session, tx, status, spec.confirmations):
                 return Outcome.of(OutcomeKind.FINAL, tx)
         else:
             if stage_of(tx) is Stage.CONFIRMING:
@@ -164,7 +164,7 @@ def confirm(ctx: StepContext, run: Run) -> Outcome:
     return Outcome(outcome_kind, stage_after, poll)
 
 
-def _record_inclusion(session: Session, tx: Transaction, status: TxStatus, depth: int) -> bool:
+def record_inclusion(session: Session, tx: Transaction, status: TxStatus, depth: int) -> bool:
     """Store where the transaction is; settle when deep enough. True when the transfer is final."""
     if tx.block_hash and tx.block_hash != status.block_hash:
         record_note(session, tx, "reorg", f"now in block {status.block_number} {status.block_hash}")

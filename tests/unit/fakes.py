@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from eth_keys import keys as eth_keys
 from eth_utils import keccak
@@ -31,15 +32,18 @@ from sqlalchemy import func, select
 from chains.base import (
     Curve,
     FeeQuote,
+    Observation,
     SignedTransaction,
     TransferIntent,
     TxState,
     TxStatus,
     UnsignedTransaction,
     Utxo,
+    Watched,
 )
 from chains.errors import InvalidAddress, InvalidSignature, TransactionRejected
 from chains.registry import ChainSpec, Registry, TokenSpec
+from chains.tracking import track_each
 from pipeline import credentials, ledger, onboarding
 from pipeline.sealing import SecretBox, new_secrets_key
 from pipeline.db import Database
@@ -119,6 +123,7 @@ class FakeAdapter:
         self.built: list[tuple[TransferIntent, FeeQuote, int | None]] = []
         self.built_contexts: list[dict] = []  # the context each build was given
         self.status_calls: list[str] = []
+        self.track_calls: list[int] = []  # how many transactions each track() call was given
         self.unlandable = False  # what proves_unlandable answers after a refused send
         self.unlandable_calls: list[str] = []
 
@@ -216,6 +221,11 @@ class FakeAdapter:
         if not self.statuses:
             return NOT_FOUND
         return self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
+
+    def track(self, watched: Sequence[Watched], cursor: Mapping[str, Any]) -> Observation:
+        """The one-by-one fallback over `get_status`: answers follow `statuses` like get_status."""
+        self.track_calls.append(len(watched))
+        return track_each(self, watched, cursor)
 
     def proves_unlandable(self, signed: SignedTransaction) -> bool:
         self.unlandable_calls.append(signed.tx_hash)

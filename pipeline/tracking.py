@@ -1,0 +1,268 @@
+"""Confirmation tracking per chain: one tick follows every broadcast transfer of a chain at once.
+
+A Celery task per pending transfer per poll costs an ETA message held in worker memory and an RPC
+per transfer per poll: 100,000 transfers waiting for depth during congestion would be 100,000 of
+each. A tick instead reads the chain's tracked transfers (one indexed query), asks the adapter
+about all of them in a few batched calls (`ChainAdapter.track`: news only), and writes only the
+transfers that changed, a chunk per DB transaction. Its cost grows with what moved, not with the
+backlog.
+
+One driver per transfer still holds: a transfer handed to the tracker (`driving.hand_to_tracker`)
+has a token and no message and no lease; every write here re-reads the row under lock and
+requires the token and attempt the tick read (`Attempt`), so a replay or sweeper that took the
+transfer meanwhile wins and the tick's view is dropped. One tick per chain at a time: the chain's
+`ChainTracker` row is a lease with its own token (`acquire`/`finish`).
+
+The tracker does the common path only (seen included -> CONFIRMING; at depth -> settled, exactly
+as the confirm step settles: `record_inclusion`). Anything unusual goes to the per-transfer
+confirm step (`hand_off(..., "confirm")`), which keeps the one-by-one logic: a reorg (a block
+seen before is no longer canonical), and a transfer without news for `recheck_s` (dropped and to
+be sent again, expired and to be replaced, or past the confirmation timeout). The confirm step
+hands it back to the tracker when it is waiting again.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from chains.base import Observation, SignedTransaction, TxState, TxStatus, Watched
+from pipeline.driving import Attempt, Dispatch, hand_off, hand_to_stage, release
+from pipeline.models import ChainTracker, Transaction, utcnow
+from pipeline.stages import TRACKED_STAGES, Stage, Status
+from pipeline.steps.context import StepContext, touch
+from pipeline.steps.settlement import record_inclusion
+
+TICK_LEASE_S = 120.0  # one tick's lease on its chain: longer than any tick (RPC timeouts included)
+CHUNK = 100  # transfers written per DB transaction: short row locks, few commits
+
+
+@dataclass(frozen=True)
+class TrackerLimits:
+    """How the tracker hands transfers to the per-transfer confirm step."""
+
+    recheck_s: float = 15.0  # no news this long after broadcast or hand-over: ask one by one
+    confirm_timeout_s: float = 1800.0
+    handoffs_per_tick: int = 200  # bound on confirm-step messages per tick and chain
+    publish_grace_s: float = 120.0
+
+
+@dataclass(frozen=True)
+class Followed:
+    """One tracked transfer as the tick read it."""
+
+    transaction_id: str
+    attempt: Attempt
+    from_address: str
+    nonce: int | None
+    block_number: int | None
+    block_hash: str | None
+    build_context: str | None
+    quiet_since: datetime  # last hand-over to the tracker or last send, whichever is later
+    broadcast_at: datetime | None
+
+    def watched(self) -> Watched:
+        context = json.loads(self.build_context) if self.build_context else {}
+        return Watched(key=self.transaction_id, signed=SignedTransaction(b"", self.attempt.tx_hash or "", context),
+                       sender=self.from_address, nonce=self.nonce, block_number=self.block_number,
+                       block_hash=self.block_hash)
+
+
+@dataclass
+class TickReport:
+    """What one tick did, for the log line, the metrics and the scale benchmark."""
+
+    chain: str
+    ran: bool = True
+    tracked: int = 0
+    head: int | None = None
+    news: int = 0
+    confirming: int = 0
+    confirmed: int = 0
+    failed: int = 0
+    handed: int = 0  # to the per-transfer confirm step
+    superseded: int = 0  # another driver took the transfer between read and write
+    rpc_calls: int = 0
+    dispatches: list[Dispatch] = field(default_factory=list)
+
+
+# --- the chain's lease --------------------------------------------------------------------------
+
+def acquire(session: Session, chain: str, lease_s: float = TICK_LEASE_S) -> tuple[int, dict[str, Any]] | None:
+    """Take the chain's tick lease: (token, cursor), or None while another tick holds it."""
+    row = session.get(ChainTracker, chain, with_for_update=True, populate_existing=True)
+    now = utcnow()
+    if row is None:
+        row = ChainTracker(chain=chain, cursor="{}", lease_token=0, tracked=0)
+        session.add(row)
+        try:
+            session.flush()
+        except IntegrityError:  # another tick created it first: it holds the chain now
+            return None
+    elif row.lease_until is not None and row.lease_until > now:
+        return None
+    row.lease_token += 1
+    row.lease_until = now + timedelta(seconds=lease_s)
+    return row.lease_token, json.loads(row.cursor or "{}")
+
+
+def finish(session: Session, chain: str, token: int, observation: Observation | None, tracked: int) -> bool:
+    """Store the cursor and mark the tick done, if the lease is still this tick's. A failed tick
+    (observation None) only gives the lease back: `ticked_at` says the chain is really followed."""
+    row = session.get(ChainTracker, chain, with_for_update=True, populate_existing=True)
+    if row is None or row.lease_token != token:
+        return False
+    row.lease_until = None
+    if observation is not None:
+        row.cursor = json.dumps(observation.cursor, sort_keys=True)
+        row.head = observation.head or row.head
+        row.ticked_at = utcnow()
+        row.tracked = tracked
+    return True
+
+
+# --- reading and deciding ---------------------------------------------------------------------
+
+_FOLLOWED_COLUMNS = (
+    Transaction.transaction_id, Transaction.driver_seq, Transaction.stage, Transaction.replacement_count,
+    Transaction.tx_hash, Transaction.signature_request_id, Transaction.from_address, Transaction.nonce,
+    Transaction.block_number, Transaction.block_hash, Transaction.build_context, Transaction.tracked_at,
+    Transaction.last_broadcast_at, Transaction.broadcast_at,
+)
+
+
+def has_tracked(session: Session, chain: str) -> bool:
+    """Whether the chain has any transfer for its tracker (an index seek)."""
+    return session.scalar(select(Transaction.transaction_id).where(
+        Transaction.chain == chain, Transaction.tracked_at.is_not(None)).limit(1)) is not None
+
+
+def read_followed(session: Session, chain: str) -> list[Followed]:
+    """Every transfer the chain's tracker drives, as plain values (no ORM objects: 100,000 rows)."""
+    rows = session.execute(select(*_FOLLOWED_COLUMNS).where(
+        Transaction.chain == chain, Transaction.tracked_at.is_not(None),
+        Transaction.status == Status.PENDING.value, Transaction.held_at.is_(None)))
+    followed = []
+    for (tx_id, seq, stage, replacements, tx_hash, request_id, sender, nonce, block_number, block_hash,
+         context, tracked_at, last_sent, first_sent) in rows:
+        quiet_since = max(tracked_at, last_sent) if last_sent else tracked_at
+        followed.append(Followed(tx_id, Attempt(seq, stage, replacements, tx_hash, request_id), sender, nonce,
+                                 block_number, block_hash, context, quiet_since, first_sent))
+    return followed
+
+
+@dataclass(frozen=True)
+class Decision:
+    followed: Followed
+    status: TxStatus | None  # record this inclusion; None: hand to the per-transfer confirm step
+
+
+def decide(followed: Sequence[Followed], observation: Observation, depth: int, limits: TrackerLimits,
+           now: datetime) -> list[Decision]:
+    """Which transfers to write: inclusions that change something, reorgs, and (oldest first, at
+    most `handoffs_per_tick`) the ones quiet for too long."""
+    decisions: list[Decision] = []
+    quiet: list[Followed] = []
+    for item in followed:
+        status = observation.statuses.get(item.transaction_id)
+        if status is not None and status.state in (TxState.INCLUDED, TxState.REVERTED):
+            if _changes_something(item, status, depth):
+                decisions.append(Decision(item, status))
+        elif status is not None or Stage(item.attempt.stage) not in TRACKED_STAGES:
+            decisions.append(Decision(item, None))  # a reorg, or not ours to follow: one by one
+        elif _too_quiet(item, limits, now):
+            quiet.append(item)
+    quiet.sort(key=lambda item: item.quiet_since)
+    decisions.extend(Decision(item, None) for item in quiet[:limits.handoffs_per_tick])
+    return decisions
+
+
+def _changes_something(item: Followed, status: TxStatus, depth: int) -> bool:
+    return (Stage(item.attempt.stage) is Stage.BROADCAST or status.confirmations >= depth
+            or status.block_hash != item.block_hash)
+
+
+def _too_quiet(item: Followed, limits: TrackerLimits, now: datetime) -> bool:
+    if now - item.quiet_since > timedelta(seconds=limits.recheck_s):
+        return True
+    return item.broadcast_at is not None and now - item.broadcast_at > timedelta(seconds=limits.confirm_timeout_s)
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+def apply(ctx: StepContext, decisions: Sequence[Decision], depth: int, limits: TrackerLimits,
+          report: TickReport) -> None:
+    """Write the decisions a chunk per DB transaction, each only if the transfer is still in the
+    attempt the tick read and still the tracker's."""
+    for start in range(0, len(decisions), CHUNK):
+        chunk = {decision.followed.transaction_id: decision for decision in decisions[start:start + CHUNK]}
+        with ctx.db.unit_of_work() as session:
+            rows = session.scalars(
+                select(Transaction).where(Transaction.transaction_id.in_(sorted(chunk)))
+                .order_by(Transaction.transaction_id).with_for_update().execution_options(populate_existing=True))
+            for tx in rows:
+                _apply_one(session, tx, chunk[tx.transaction_id], depth, limits, report)
+
+
+def _apply_one(session: Session, tx: Transaction, decision: Decision, depth: int, limits: TrackerLimits,
+               report: TickReport) -> None:
+    if (tx.tracked_at is None or tx.held_at is not None or tx.status != Status.PENDING.value
+            or Attempt.of(tx) != decision.followed.attempt):
+        report.superseded += 1
+        return
+    if decision.status is None:
+        dispatch = (hand_off(session, tx, "confirm", publish_grace_s=limits.publish_grace_s)
+                    if Stage(tx.stage) in TRACKED_STAGES else hand_to_stage(session, tx, limits.publish_grace_s))
+        if dispatch is not None:
+            report.dispatches.append(dispatch)
+        report.handed += 1
+        return
+    touch(tx)
+    if not record_inclusion(session, tx, decision.status, depth):
+        report.confirming += 1
+        return
+    release(tx)
+    if tx.status == Status.CONFIRMED.value:
+        report.confirmed += 1
+    else:
+        report.failed += 1
+
+
+# --- one tick -----------------------------------------------------------------------------------
+
+def tick(ctx: StepContext, chain: str, limits: TrackerLimits) -> TickReport:
+    """One tick for one chain (see the module docstring). Chain trouble raises after giving the
+    lease back; `ticked_at` stays old, so a tracker that keeps failing lets the sweeper take over."""
+    report = TickReport(chain)
+    with ctx.db.unit_of_work() as session:
+        if not has_tracked(session, chain):
+            report.ran = False
+            return report
+        lease = acquire(session, chain)
+    if lease is None:
+        report.ran = False
+        return report
+    token, cursor = lease
+    observation: Observation | None = None
+    try:
+        with ctx.db.unit_of_work() as session:
+            followed = read_followed(session, chain)
+        report.tracked = len(followed)
+        if followed:
+            observation = ctx.adapter_for(chain).track([item.watched() for item in followed], cursor)
+        else:
+            observation = Observation(head=0, statuses={}, cursor=cursor)
+        report.head, report.news, report.rpc_calls = observation.head, len(observation.statuses), observation.rpc_calls
+        depth = ctx.registry.chain(chain).confirmations
+        apply(ctx, decide(followed, observation, depth, limits, utcnow()), depth, limits, report)
+    finally:
+        with ctx.db.unit_of_work() as session:
+            finish(session, chain, token, observation, report.tracked)
+    return report

@@ -1,0 +1,159 @@
+"""The per-chain confirmation tracker: broadcast transfers are followed by one tick per chain, with
+the one-driver rule (token + attempt checked at every write), one tick per chain at a time, the
+sweeper taking over when the tracker stops, and unusual cases handed to the confirm step."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import select
+
+from chains.base import TxState, TxStatus
+from pipeline.models import ChainTracker, OutboxMessage, Transaction, utcnow
+from pipeline.recovery import claim_stalled
+from pipeline.stages import Stage
+from pipeline.tracking import TrackerLimits, acquire, decide, read_followed, tick
+from tests.unit.fakes import DEFAULT_FEE, DEFAULT_FEE_PAID, PENDING, World, included, reverted
+
+ETH = 10**18
+LIMITS = TrackerLimits(recheck_s=15.0, confirm_timeout_s=1800.0, handoffs_per_tick=200, publish_grace_s=120.0)
+
+
+def broadcast_by_runner(world: World) -> tuple[object, str]:
+    """A transfer driven through the runner up to its broadcast: the runner hands it to the tracker."""
+    alice = world.onboard(balances={"ETH": ETH})
+    tx_id = world.transfer(alice, "0.1")
+    for step in ("resolve_source", "validate_destination", "lock_funds", "request_signature", "request_signature",
+                 "broadcast"):
+        if world.tx(tx_id).stage == Stage.BROADCAST.value:
+            break
+        world.deliver(step, tx_id)
+    assert world.tx(tx_id).stage == Stage.BROADCAST.value
+    return alice, tx_id
+
+
+def outbox_rows(world: World, tx_id: str) -> list[OutboxMessage]:
+    with world.db.unit_of_work() as s:
+        return list(s.scalars(select(OutboxMessage).where(OutboxMessage.transaction_id == tx_id)))
+
+
+def test_a_broadcast_transfer_is_handed_to_the_tracker_without_a_message(world: World) -> None:
+    _, tx_id = broadcast_by_runner(world)
+    tx = world.tx(tx_id)
+    assert tx.tracked_at is not None and tx.lease_until is None
+    assert outbox_rows(world, tx_id) == []
+
+
+def test_a_tick_moves_a_transfer_to_confirming_then_settles_it_at_depth(world: World) -> None:
+    alice, tx_id = broadcast_by_runner(world)
+    adapter = world.adapter()
+    adapter.statuses = [included(confirmations=1)]
+    report = tick(world.ctx(), "ethereum", LIMITS)
+    assert (report.tracked, report.news, report.confirming) == (1, 1, 1)
+    assert world.tx(tx_id).stage == Stage.CONFIRMING.value
+    assert world.balances(alice, "ETH")[1] == 10**17 + DEFAULT_FEE.max_fee  # still locked
+
+    adapter.statuses = [included(confirmations=3)]
+    report = tick(world.ctx(), "ethereum", LIMITS)
+    assert report.confirmed == 1
+    tx = world.tx(tx_id)
+    assert (tx.status, tx.tracked_at, tx.fee_paid) == ("CONFIRMED", None, DEFAULT_FEE_PAID)
+    assert world.balances(alice, "ETH") == (ETH - 10**17 - DEFAULT_FEE_PAID, 0)
+    assert [to for _, to in world.stage_changes(tx_id)][-2:] == ["CONFIRMING", "CONFIRMED"]
+    assert tick(world.ctx(), "ethereum", LIMITS).ran is False  # nothing left to follow: no RPC
+
+
+def test_a_revert_is_settled_as_failed_with_the_fee_paid(world: World) -> None:
+    alice, tx_id = broadcast_by_runner(world)
+    world.adapter().statuses = [reverted(confirmations=3)]
+    assert tick(world.ctx(), "ethereum", LIMITS).failed == 1
+    tx = world.tx(tx_id)
+    assert (tx.status, tx.failure_reason) == ("FAILED", "reverted")
+    assert world.balances(alice, "ETH") == (ETH - DEFAULT_FEE_PAID, 0)
+
+
+def test_a_transfer_another_driver_took_between_read_and_write_is_not_written(world: World) -> None:
+    _, tx_id = broadcast_by_runner(world)
+    with world.db.unit_of_work() as s:
+        followed = read_followed(s, "ethereum")
+    world.edit(tx_id, lambda tx: setattr(tx, "driver_seq", tx.driver_seq + 1))  # e.g. a forced replay
+    from pipeline.tracking import TickReport, apply
+    from chains.base import Observation
+    observation = Observation(head=10, statuses={tx_id: included(confirmations=3)})
+    report = TickReport("ethereum")
+    apply(world.ctx(), decide(followed, observation, 3, LIMITS, utcnow()), 3, LIMITS, report)
+    assert (report.superseded, report.confirmed) == (1, 0)
+    assert world.tx(tx_id).status == "PENDING"
+
+
+def test_one_tick_per_chain_at_a_time(world: World) -> None:
+    with world.db.unit_of_work() as s:
+        first = acquire(s, "ethereum")
+    with world.db.unit_of_work() as s:
+        assert acquire(s, "ethereum") is None  # the first tick's lease is live
+        assert acquire(s, "bsc") is not None  # another chain is its own tracker
+    assert first is not None
+
+
+def test_a_quiet_transfer_goes_to_the_confirm_step_and_comes_back_when_waiting(world: World) -> None:
+    _, tx_id = broadcast_by_runner(world)
+    world.adapter().statuses = [PENDING]
+    assert tick(world.ctx(), "ethereum", LIMITS).handed == 0  # no news, but not quiet long enough
+    world.edit(tx_id, lambda tx: setattr(tx, "tracked_at", utcnow() - timedelta(seconds=60)))
+    world.edit(tx_id, lambda tx: setattr(tx, "last_broadcast_at", utcnow() - timedelta(seconds=60)))
+    report = tick(world.ctx(), "ethereum", LIMITS)
+    assert report.handed == 1 and len(report.dispatches) == 1
+    assert world.tx(tx_id).tracked_at is None and [r.step for r in outbox_rows(world, tx_id)] == ["confirm"]
+    world.deliver("confirm", tx_id)  # the node has it pending: the confirm step hands it back
+    tx = world.tx(tx_id)
+    assert tx.tracked_at is not None and outbox_rows(world, tx_id) == []
+
+
+def test_a_reorg_of_a_seen_block_goes_to_the_confirm_step(world: World) -> None:
+    _, tx_id = broadcast_by_runner(world)
+    world.adapter().statuses = [included(confirmations=1)]
+    tick(world.ctx(), "ethereum", LIMITS)
+    world.adapter().statuses = [TxStatus(TxState.NOT_FOUND)]
+    report = tick(world.ctx(), "ethereum", LIMITS)
+    assert report.handed == 1
+    world.deliver("confirm", tx_id)
+    assert world.tx(tx_id).stage == Stage.BROADCAST.value  # the confirm step's reorg handling
+
+
+def test_the_sweeper_leaves_tracked_transfers_to_a_ticking_tracker_and_takes_them_when_it_stops(world: World) -> None:
+    _, tx_id = broadcast_by_runner(world)
+    world.adapter().statuses = [PENDING]
+    tick(world.ctx(), "ethereum", LIMITS)
+    world.edit(tx_id, lambda tx: setattr(tx, "heartbeat_at", utcnow() - timedelta(seconds=600)))
+    with world.db.unit_of_work() as s:
+        assert claim_stalled(s, park_s=120) == []  # the tracker ticked just now
+    with world.db.unit_of_work() as s:
+        s.get(ChainTracker, "ethereum").ticked_at = utcnow() - timedelta(seconds=600)
+    with world.db.unit_of_work() as s:
+        claimed = claim_stalled(s, park_s=120)
+    assert [(c.transaction_id, c.step) for c in claimed] == [(tx_id, "confirm")]
+    assert world.tx(tx_id).tracked_at is None
+
+
+def test_hand_offs_per_tick_are_bounded_oldest_first(world: World) -> None:
+    ids = [broadcast_by_runner(world)[1] for _ in range(3)]
+    for age, tx_id in zip((300, 100, 200), ids):
+        world.edit(tx_id, lambda tx, age=age: setattr(tx, "tracked_at", utcnow() - timedelta(seconds=age)))
+        world.edit(tx_id, lambda tx, age=age: setattr(tx, "last_broadcast_at", utcnow() - timedelta(seconds=age)))
+    world.adapter().statuses = [PENDING]
+    limits = TrackerLimits(recheck_s=15.0, handoffs_per_tick=2)
+    report = tick(world.ctx(), "ethereum", limits)
+    assert report.handed == 2
+    handed = {d.transaction_id for d in report.dispatches}
+    assert handed == {ids[0], ids[2]}  # the two quiet the longest
+
+
+def test_a_tick_reads_every_tracked_transfer_in_one_adapter_call(world: World) -> None:
+    for _ in range(5):
+        broadcast_by_runner(world)
+    world.adapter().statuses = [PENDING]
+    tick(world.ctx(), "ethereum", LIMITS)
+    assert world.adapter().track_calls == [5]
+    with world.db.unit_of_work() as s:
+        assert s.scalar(select(ChainTracker.tracked).where(ChainTracker.chain == "ethereum")) == 5
+        assert s.scalar(select(Transaction.tracked_at).limit(1)) is not None
