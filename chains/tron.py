@@ -56,12 +56,14 @@ from chains import tron_address, tron_tx
 from chains.base import (
     Curve,
     FeeQuote,
+    Observation,
     SignedTransaction,
     TransferIntent,
     TxState,
     TxStatus,
     UnsignedTransaction,
     Utxo,
+    Watched,
 )
 from chains.errors import (
     ChainError,
@@ -372,6 +374,14 @@ class TronAdapter:
     def proves_unlandable(self, signed: SignedTransaction) -> bool:
         """True iff `get_status` would say EXPIRED: the expiry proof of `_expiry_proof`."""
         return self.get_status(signed).state is TxState.EXPIRED
+
+    def track(self, watched: Sequence[Watched], cursor: Mapping[str, Any]) -> Observation:
+        """One tracker tick by block scan: one gettransactioninfobyblocknum per block since the
+        cursor (capped), details only for matches, stored blocks re-checked at depth; see
+        `chains.tron_tracking` (imported here: it builds on this module)."""
+        from chains.tron_tracking import track_blocks
+
+        return track_blocks(self, watched, cursor)
 
     def _expiry_proof(self, txid: str, validity: Mapping[str, Any], solid: _Block) -> TxState | None:
         """EXPIRED when no block that could ever hold the transaction does; None when not proven.

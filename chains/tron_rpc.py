@@ -82,13 +82,19 @@ class TronHttpClient(HttpEndpoint):
 
     def post(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         """The node's JSON answer to POST `path` (e.g. "wallet/getnowblock"); `{}` means "none"."""
+        answer = self.post_json(path, body)
+        if not isinstance(answer, dict):
+            raise ChainRpcError(f"{path}: unusable answer from {self.endpoint} (not a JSON object)")
+        return answer
+
+    def post_json(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        """The node's decoded answer whatever its JSON type: a few APIs answer an array
+        (wallet/gettransactioninfobyblocknum); an `{"Error": ...}` object still raises NodeApiError."""
         with mapped_errors(path, self.url):
             response = self._session().post(f"{self._base}/{path}", json=body or {}, timeout=self.timeout)
             response.raise_for_status()
             answer = response.json()
-        if not isinstance(answer, dict):
-            raise ChainRpcError(f"{path}: unusable answer from {self.endpoint} (not a JSON object)")
-        if "Error" in answer:
+        if isinstance(answer, dict) and "Error" in answer:
             raise NodeApiError(path, str(answer["Error"]))
         return answer
 

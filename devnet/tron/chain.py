@@ -415,6 +415,14 @@ class TronChain:
                 return {}
             return dict(found.info)
 
+    def block_transaction_infos(self, number: int, solid: bool = False) -> list[dict[str, Any]]:
+        """The infos of every transaction in block `number`, in block order, as
+        gettransactioninfobyblocknum lists them: [] for a block the node does not have (past its
+        head, or not solidified yet with `solid`) or one without transactions."""
+        with self.lock:
+            found = self.block(number, solid=solid)
+            return [dict(self.included[txid].info) for txid in found.txids] if found is not None else []
+
     def pending_transaction(self, txid: str) -> dict[str, Any]:
         with self.lock:
             return dict(self.pending.get(txid, {}))

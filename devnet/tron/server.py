@@ -27,7 +27,7 @@ from tronpy.keys import keccak256, to_base58check_address
 
 from devnet.tron.chain import BadRequest, Refused, TronChain, hex_address
 
-Handler = Callable[[TronChain, dict[str, Any]], dict[str, Any]]
+Handler = Callable[[TronChain, dict[str, Any]], Any]  # a JSON object, or a list (gettransactioninfobyblocknum)
 BLOCK_LIMIT_NUM = 100  # java-tron's most blocks per getblockbylimitnext
 
 
@@ -119,6 +119,14 @@ def _blocks_by_limit_next(chain: TronChain, body: dict[str, Any], solid: bool = 
     return {"block": [chain.block_json(found) for found in blocks]} if blocks else {}
 
 
+def _infos_by_block_num(chain: TronChain, body: dict[str, Any], solid: bool = False) -> list[dict[str, Any]] | dict[str, Any]:
+    """gettransactioninfobyblocknum: a JSON *array* of the block's transaction infos (java-tron's
+    GetTransactionInfoByBlockNumServlet prints a list), `[]` for a block without transactions or
+    one the node does not have; `{}` for num <= 0, as java-tron answers."""
+    number = int(body.get("num", 0))
+    return chain.block_transaction_infos(number, solid=solid) if number > 0 else {}
+
+
 def _node_info(chain: TronChain, body: dict[str, Any]) -> dict[str, Any]:
     head, solid = chain.head, chain.solid
     return {"block": f"Num:{head.number},ID:{head.block_id}", "solidityBlock": f"Num:{solid.number},ID:{solid.block_id}"}
@@ -160,6 +168,8 @@ ROUTES: dict[str, Handler] = {
     "/walletsolidity/getblockbynum": lambda chain, body: _block_by_num(chain, body, solid=True),
     "/wallet/getblockbylimitnext": _blocks_by_limit_next,
     "/walletsolidity/getblockbylimitnext": lambda chain, body: _blocks_by_limit_next(chain, body, solid=True),
+    "/wallet/gettransactioninfobyblocknum": _infos_by_block_num,
+    "/walletsolidity/gettransactioninfobyblocknum": lambda chain, body: _infos_by_block_num(chain, body, solid=True),
     "/wallet/getnodeinfo": _node_info,
     "/wallet/getchainparameters": lambda chain, body: {"chainParameter": chain.fees.chain_parameters()},
     "/wallet/broadcasttransaction": _broadcast,
