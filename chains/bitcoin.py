@@ -50,21 +50,24 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from chains import bitcoin_address as addr
+from chains import bitcoin_tracking
 from chains import bitcoin_tx as btx
 from chains.base import (
     Curve,
     FeeQuote,
+    Observation,
     SignedTransaction,
     TransferIntent,
     TxState,
     TxStatus,
     UnsignedTransaction,
     Utxo,
+    Watched,
 )
 from chains.bitcoin_rpc import (
     RPC_INVALID_ADDRESS_OR_KEY,
@@ -404,6 +407,16 @@ class BitcoinAdapter:
             return TxStatus(TxState.PENDING if self._in_mempool(txid) else TxState.NOT_FOUND)
         return TxStatus(TxState.INCLUDED, block_number=to_int(header.get("height"), "height"),
                         block_hash=str(block_hash), confirmations=confirmations, fee_paid=self._fee_of(found))
+
+    def track(self, watched: Sequence[Watched], cursor: Mapping[str, Any]) -> Observation:
+        """One tracker tick: scan the blocks since the cursor in JSON-RPC batches and match the
+        watched txids (chains.bitcoin_tracking); fees read by `_fee_of`, as get_status reads them."""
+        checked = 0
+        if not self._chain_checked:
+            self.verify_chain()
+            checked = 1
+        observation = bitcoin_tracking.track(self._rpc, self.spec, self._fee_of, watched, cursor)
+        return replace(observation, rpc_calls=observation.rpc_calls + checked)
 
     def proves_unlandable(self, signed: SignedTransaction) -> bool:
         """True when every input is unspent at a node at least as far as the tip (module docstring)."""

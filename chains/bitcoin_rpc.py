@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -79,15 +80,49 @@ class BitcoinRpcClient(HttpEndpoint):
         """The `result` of a call; NodeRpcError for an error object, ChainRpcError otherwise."""
         body = json.dumps({"jsonrpc": "1.0", "id": next(self._ids), "method": method, "params": params or []},
                           default=_json_default)
+        return self._result(method, self._post(method, body, timeout))
+
+    def batch(self, calls: Sequence[tuple[str, list[Any]]], timeout: float | None = None) -> list[Any]:
+        """Many calls in ONE HTTP request: bitcoind takes a JSON array of requests and answers an
+        array of replies (matched here by id, not by position). Returns, per call in order, its
+        result or the NodeRpcError the node answered for that call, not raised: one unknown
+        transaction must not sink the others. Transport trouble raises ChainRpcError."""
+        if not calls:
+            return []
+        ids = [next(self._ids) for _ in calls]
+        body = json.dumps([{"jsonrpc": "1.0", "id": i, "method": m, "params": p} for i, (m, p) in zip(ids, calls)],
+                          default=_json_default)
+        label = f"batch of {len(calls)} ({calls[0][0]}, ...)"
+        response = self._post(label, body, timeout)
         try:
-            response = self._session().post(self.url, data=body, timeout=timeout or self.timeout,
-                                            headers={"Content-Type": "application/json"})
+            answer = json.loads(response.content, parse_float=Decimal)
+        except ValueError:
+            answer = None
+        if isinstance(answer, dict) and answer.get("error") is not None:  # the batch as a whole was refused
+            raise NodeRpcError.from_error(label, answer["error"])
+        if response.status_code == 401:
+            raise ChainRpcError(f"{label}: {self.endpoint} refused the RPC credentials (HTTP 401)")
+        if response.status_code != 200 or not isinstance(answer, list):
+            raise ChainRpcError(f"{label}: unusable answer from {self.endpoint} (HTTP {response.status_code})")
+        replies = {item.get("id"): item for item in answer if isinstance(item, dict)}
+        results: list[Any] = []
+        for ident, (method, _) in zip(ids, calls):
+            reply = replies.get(ident)
+            if reply is None or (reply.get("error") is None and "result" not in reply):
+                raise ChainRpcError(f"{method}: {self.endpoint} left a call of the batch unanswered")
+            error = reply.get("error")
+            results.append(NodeRpcError.from_error(method, error) if error is not None else reply["result"])
+        return results
+
+    def _post(self, operation: str, body: str, timeout: float | None) -> Any:
+        """The HTTP response to one POST; transport trouble as ChainRpcError naming scheme://host:port only."""
+        try:
+            return self._session().post(self.url, data=body, timeout=timeout or self.timeout,
+                                        headers={"Content-Type": "application/json"})
         except Exception as exc:  # noqa: BLE001 - translated below, or re-raised
-            failure = transport_error(method, self.url, exc)
+            failure = transport_error(operation, self.url, exc)
             if failure is None:
                 raise
-        else:
-            return self._result(method, response)
         raise failure  # outside the handler: the requests exception (its text has the URL) is not kept
 
     def _result(self, method: str, response: Any) -> Any:

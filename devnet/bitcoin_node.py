@@ -119,6 +119,16 @@ class _Server(ThreadingHTTPServer):
     credentials: str | None
 
 
+def make_server(methods: Any, port: int = 0, credentials: str | None = None) -> _Server:
+    """The HTTP JSON-RPC server over `methods` (a `devnet.bitcoin.rpc.Methods`) on the loopback
+    port (0: a free one), not yet serving: `serve` runs it in the node process, and unit tests run
+    it in a thread over a ChainState they drive themselves."""
+    server = _Server((LOOPBACK, port), _Handler)
+    server.methods = methods
+    server.credentials = credentials
+    return server
+
+
 def serve(port: int, block_interval: float | None, fee_rate: int, credentials: str | None,
           automine: bool = False) -> None:
     """Run the node in this process until it is killed."""
@@ -131,9 +141,7 @@ def serve(port: int, block_interval: float | None, fee_rate: int, credentials: s
     faucet_script = p2wpkh_script(hash160(compress_public_key(keys.PrivateKey(key).public_key.to_bytes())))
     state = ChainState(fee_rate_sat_vb=fee_rate)
     state.mine(COINBASE_MATURITY + 1, faucet_script)
-    server = _Server((LOOPBACK, port), _Handler)
-    server.methods = Methods(state, key, faucet_script, automine=automine)
-    server.credentials = credentials
+    server = make_server(Methods(state, key, faucet_script, automine=automine), port, credentials)
     if block_interval:
         stop = threading.Event()
 
