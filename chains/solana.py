@@ -52,16 +52,18 @@ import binascii
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from chains import solana_address, solana_tx
+from chains import solana_address, solana_tracking, solana_tx
 from chains.base import (
     Curve,
     FeeQuote,
+    Observation,
     SignedTransaction,
     TransferIntent,
     TxState,
     TxStatus,
     UnsignedTransaction,
     Utxo,
+    Watched,
 )
 from chains.errors import (
     ChainError,
@@ -492,6 +494,19 @@ class SolanaAdapter:
         except NodeRpcError:
             return None
         return block.get("blockhash") if isinstance(block, dict) and isinstance(block.get("blockhash"), str) else None
+
+    def track(self, watched: Sequence[Watched], cursor: Mapping[str, Any]) -> Observation:
+        """One confirmation-tracker tick (`chains.solana_tracking`): getSignatureStatuses 256 a call
+        over a rotating window of 2,048, the head, then batched blocks and fees for what reached the
+        commitment; inclusion, depth and fee decided as `get_status` decides them."""
+        checks = 0
+        if not self._cluster_checked:
+            self.verify_cluster()
+            checks = 1
+        tracker = solana_tracking.SignatureTracker(self._rpc, self.spec.name, self.commitment, self.spec.confirmations)
+        observation = tracker.tick(watched, cursor)
+        return Observation(head=observation.head, statuses=observation.statuses, cursor=observation.cursor,
+                           rpc_calls=observation.rpc_calls + checks)
 
     # --- balances ----------------------------------------------------------------------------
 

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Sequence
 from typing import Any
 
+from chains.errors import ChainRpcError
 from chains.transport import (
     REQUEST_TIMEOUT_S,
     HttpEndpoint,
@@ -56,6 +58,39 @@ class SolanaRpc(HttpEndpoint):
                 response = self._session().post(self.url, json=body, timeout=self.timeout)
             response.raise_for_status()
             return json_rpc_result(method, json.loads(response.content), self.url)
+
+    def batch(self, calls: Sequence[tuple[str, list[Any]]]) -> list[Any]:
+        """One HTTP request carrying a JSON-RPC batch: per call, in order, its `result` or the
+        NodeRpcError of its error object (the caller decides which errors matter). Transport
+        trouble, or an answer that is not one reply per call, is ChainRpcError for the whole batch.
+        The caller keeps a batch under agave's 50 KiB request body limit."""
+        import requests
+
+        if not calls:
+            return []
+        ids = [next(_ids) for _ in calls]
+        body = [{"jsonrpc": "2.0", "id": i, "method": m, "params": p} for i, (m, p) in zip(ids, calls)]
+        what = f"batch of {len(calls)} {calls[0][0]}"
+        with rpc_errors(what, self.url):
+            try:
+                response = self._session().post(self.url, json=body, timeout=self.timeout)
+            except requests.ConnectionError:
+                self._local.session = None
+                response = self._session().post(self.url, json=body, timeout=self.timeout)
+            response.raise_for_status()
+            answer = json.loads(response.content)
+        if isinstance(answer, dict):  # the node refused the batch as a whole (too large, not supported)
+            json_rpc_result(what, answer, self.url)
+        replies = {r.get("id"): r for r in answer if isinstance(r, dict)} if isinstance(answer, list) else {}
+        if set(replies) != set(ids):
+            raise ChainRpcError(f"{what}: unusable answer from {self.endpoint} (not one reply per call)")
+        out: list[Any] = []
+        for i, (method, _) in zip(ids, calls):
+            try:
+                out.append(json_rpc_result(method, replies[i], self.url))
+            except NodeRpcError as exc:
+                out.append(exc)
+        return out
 
 
 def to_int(value: Any, what: str) -> int:

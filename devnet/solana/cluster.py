@@ -89,6 +89,7 @@ class Landed:
     logs: list[str]
     units: int
     message: dict[str, Any] = field(default_factory=dict)
+    raw: bytes = b""  # the transaction's wire bytes (getTransaction with encoding base64/base58)
 
 
 class Cluster:
@@ -200,7 +201,7 @@ class Cluster:
             signature=str(tx.signatures[0]), slot=self.slot, block_time=int(time.time()),
             err=error_json(result.err()) if failed else None, fee=pre[0] - post[0] if failed else meta.fee(),
             pre_balances=pre, post_balances=post, logs=list(meta.logs()), units=meta.compute_units_consumed(),
-            message=_message_json(tx),
+            message=_message_json(tx), raw=bytes(tx),
         )
         self._ledger[landed.signature] = landed
         self._block_signatures.setdefault(self.slot, []).append(landed.signature)

@@ -187,14 +187,18 @@ def get_transaction(cluster: Cluster, params: list[Any]) -> dict[str, Any] | Non
     commitment = _commitment(config)
     if commitment == "processed":
         raise invalid_params("Method does not support commitment below `confirmed`")
-    if config.get("encoding", "json") != "json":
-        raise invalid_params("this devnet serves getTransaction with encoding \"json\" only")
+    encoding = config.get("encoding", "json")
+    if encoding not in ("json", "base64", "base58"):
+        raise invalid_params(f"this devnet serves getTransaction with encoding json, base64 or base58, not {encoding!r}")
     with cluster.lock:
         cluster.require_history()
         landed = cluster.landed(params[0]) if params and isinstance(params[0], str) else None
         if landed is None or landed.slot > cluster.commitment_slot(commitment) or not cluster.in_history(landed.slot):
             return None
         result = _transaction_json(landed)
+        if encoding != "json":  # the wire bytes, as the real node encodes them: [data, encoding]
+            data = base64.b64encode(landed.raw).decode() if encoding == "base64" else b58encode(landed.raw)
+            result["transaction"] = [data, encoding]
         if "maxSupportedTransactionVersion" in config:
             result["version"] = "legacy"
         return result
