@@ -26,6 +26,7 @@ from chains.transport import (
     NodeRpcError,
     json_rpc_result,
     mapped_errors,
+    notify_request,
     redact_endpoint,
     unusable_value,
 )
@@ -80,6 +81,7 @@ class JsonRpcClient:
     def call(self, method: str, params: list[Any]) -> Any:
         """The `result` of a JSON-RPC call; NodeRpcError for an error object, ChainRpcError otherwise."""
         with rpc_errors(method, self.url):
+            notify_request(self.endpoint, method)  # one HTTP request (web3's own transport retries aside)
             return json_rpc_result(method, self.web3().provider.make_request(method, params), self.url)
 
 
@@ -90,6 +92,7 @@ def batch_results(client: "JsonRpcClient", calls: Sequence[tuple[str, list[Any]]
     if not calls:
         return []
     with rpc_errors("batch", client.url):
+        notify_request(client.endpoint, "batch")
         answers = client.web3().provider.make_batch_request([(method, params) for method, params in calls])
     if not isinstance(answers, list) or len(answers) != len(calls):
         raise ChainRpcError(f"batch of {len(calls)}: unusable answer from {client.endpoint}")

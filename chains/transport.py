@@ -28,13 +28,47 @@ quantities (solana).
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
+from collections.abc import Callable
 from typing import Any, Iterator
 from urllib.parse import urlsplit
 
 from chains.errors import ChainError, ChainRpcError
 
 REQUEST_TIMEOUT_S = 10.0
+
+#: Called once per HTTP request sent to a node, with (the redacted endpoint, what it asks: the
+#: JSON-RPC method, "batch" for a JSON-RPC batch, or the HTTP API path such as
+#: "wallet/getnowblock"). The worker registers its request counter here (workers.metrics), so
+#: chains/ needs no metrics library. Never handed a URL: its path or query may hold an API key.
+REQUEST_OBSERVERS: list[Callable[[str, str], None]] = []
+_METHOD = re.compile(rb'"method"\s*:\s*"([A-Za-z0-9_.-]{1,64})"')
+_LABEL = re.compile(r"[A-Za-z0-9_./-]{1,64}")
+
+
+def notify_request(endpoint: str, method: str) -> None:
+    """Tell every observer about one HTTP request; an observer's error never fails the request."""
+    for observer in REQUEST_OBSERVERS:
+        try:
+            observer(endpoint, method)
+        except Exception:  # noqa: BLE001 - counting must not break a node call
+            pass
+
+
+def request_method(body: bytes | str | None, path: str = "") -> str:
+    """What one HTTP request asks, as a bounded label: the JSON-RPC `method` of the body, "batch"
+    for a JSON array of calls, else the last two segments of the path (TRON's HTTP API: a key
+    placed earlier in the path stays out), "other" for anything unexpected."""
+    head = (body.encode() if isinstance(body, str) else body or b"")[:256].lstrip()
+    if head.startswith(b"["):
+        return "batch"
+    found = _METHOD.search(head)
+    if found:
+        return found.group(1).decode()
+    tail = "/".join(segment for segment in path.split("?", 1)[0].split("/") if segment)
+    tail = "/".join(tail.split("/")[-2:])
+    return tail if _LABEL.fullmatch(tail) else "other"
 
 
 def redact_endpoint(url: str) -> str:
@@ -147,8 +181,21 @@ class HttpEndpoint:
 
             session = requests.Session()
             self._setup_session(session)
+            session.send = _observed(session.send, self.endpoint)  # type: ignore[method-assign]
             self._local.session = session
         return session
 
     def _setup_session(self, session: Any) -> None:
         """Per-family session settings (auth, headers, retries); none by default."""
+
+
+def _observed(send: Callable[..., Any], endpoint: str) -> Callable[..., Any]:
+    """A Session.send that reports each request to REQUEST_OBSERVERS first: every request of the
+    requests-based clients (TRON, Bitcoin, Solana) passes here, retries and batches included."""
+
+    def send_observed(request: Any, **kwargs: Any) -> Any:
+        if REQUEST_OBSERVERS:
+            notify_request(endpoint, request_method(request.body, request.path_url or ""))
+        return send(request, **kwargs)
+
+    return send_observed

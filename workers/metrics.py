@@ -3,8 +3,9 @@ exporter that serves both.
 
 Two kinds of numbers, two mechanisms:
 - Events that happen inside a Celery prefork child (a step ran for N seconds with outcome X, a
-  retry, an RPC error) are counters and histograms. Each child has its own memory, so they use
-  prometheus_client's multiprocess mode: every process writes its values to mmap files in
+  retry, an RPC error, an SQL statement, an HTTP request to a chain node) are counters and
+  histograms. Each child has its own memory, so they use prometheus_client's multiprocess mode:
+  every process writes its values to mmap files in
   PROMETHEUS_MULTIPROC_DIR, and the exporter sums the files at scrape time. The supervising
   `paratro worker` parent creates (and empties) that directory before it starts the Celery child,
   which passes it on to its forked pool processes through the environment.
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from celery.signals import worker_process_init
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -67,6 +69,12 @@ STEP_RETRIES = Counter("paratro_step_retries", "Step runs that ended in a transi
                        ["step"])
 RPC_ERRORS = Counter("paratro_rpc_errors", "Step runs that ended in a chain node error, by chain and error type",
                      ["chain", "error"])
+DB_STATEMENTS = Counter("paratro_db_statements", "SQL statements the worker processes sent to the database, by verb",
+                        ["verb"])
+RPC_REQUESTS = Counter("paratro_rpc_requests", "HTTP requests to chain nodes, by chain and JSON-RPC method or API "
+                       "path (a JSON-RPC batch is one request, method \"batch\")", ["chain", "method"])
+# Statement verbs counted by name; anything else (PRAGMA, WITH, ...) is "other".
+_VERBS = frozenset({"select", "insert", "update", "delete", "begin", "savepoint", "release", "rollback", "commit"})
 
 
 def _class_names(base: type) -> set[str]:
@@ -110,6 +118,91 @@ def observe_step(ctx: "StepContext", step: str, transaction_id: str, report: "St
             RPC_ERRORS.labels(_chain_of(ctx, transaction_id), error_type).inc()
     except Exception as exc:  # noqa: BLE001
         log.warning("metrics.observe_failed", error=type(exc).__name__)
+
+
+def statement_verb(statement: str) -> str:
+    """The bounded label of one SQL statement: its first word, lowercased, if a known verb."""
+    words = statement[:32].split(None, 1)
+    verb = words[0].lower() if words else ""
+    return verb if verb in _VERBS else "other"
+
+
+def _count_statement(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+    try:
+        DB_STATEMENTS.labels(statement_verb(statement)).inc()
+    except Exception:  # noqa: BLE001 - metrics must not fail a statement
+        pass
+
+
+class _EndpointChains:
+    """Redacted endpoint -> chain name, from the current settings' registry (its RPC overrides
+    included), rebuilt when the settings object changes. Chains sharing one endpoint are named
+    together ("bsc+ethereum"); an endpoint no chain uses is "other"."""
+
+    def __init__(self) -> None:
+        self._settings: object = None
+        self._names: dict[str, str] = {}
+
+    def chain(self, endpoint: str) -> str:
+        from pipeline.settings import get_settings
+
+        settings = get_settings()
+        if settings is not self._settings:
+            self._names = self._build(settings)
+            self._settings = settings
+        return self._names.get(endpoint, "other")
+
+    @staticmethod
+    def _build(settings: "Settings") -> dict[str, str]:
+        from collections import defaultdict
+
+        from chains.transport import redact_endpoint
+        from workers.runtime import registry_from
+
+        try:
+            registry = registry_from(settings)
+        except Exception:  # noqa: BLE001 - a bad registry is reported by the worker's own checks
+            return {}
+        by_endpoint: dict[str, set[str]] = defaultdict(set)
+        for name in registry.names():
+            for url in registry.chain(name).rpc_urls:
+                by_endpoint[redact_endpoint(url)].add(name)
+        return {endpoint: "+".join(sorted(names)) for endpoint, names in by_endpoint.items()}
+
+
+_endpoint_chains = _EndpointChains()
+
+
+def _count_request(endpoint: str, method: str) -> None:
+    RPC_REQUESTS.labels(_endpoint_chains.chain(endpoint), method).inc()
+
+
+_counters_installed = False
+
+
+def install_counters() -> None:
+    """Count this process's SQL statements (SQLAlchemy `before_cursor_execute` on every engine)
+    and its HTTP requests to chain nodes (`chains.transport.REQUEST_OBSERVERS`). Idempotent.
+
+    Connected to Celery's `worker_process_init`, so every prefork child (where the steps run)
+    counts and the exporter sums them; the pipeline and the chain clients import no metrics
+    library. What the exporter's own snapshot queries cost is left out (it runs in the parent)."""
+    global _counters_installed
+    if _counters_installed:
+        return
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    from chains.transport import REQUEST_OBSERVERS
+
+    event.listen(Engine, "before_cursor_execute", _count_statement)
+    REQUEST_OBSERVERS.append(_count_request)
+    _counters_installed = True
+
+
+@worker_process_init.connect
+def _install_in_worker_process(**_: object) -> None:
+    install_counters()
 
 
 def queue_depths(broker_url: str, queues: Iterable[str], timeout_s: float = BROKER_TIMEOUT_S) -> dict[str, int]:
