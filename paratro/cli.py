@@ -10,6 +10,7 @@ master key, database unreachable or not migrated, broker unreachable) exits 1 wi
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, Optional
@@ -192,10 +193,11 @@ def worker(
             code = run_supervised(argv)
         raise typer.Exit(code)
 
-    from workers.app import ALL_QUEUES
+    from workers.app import ALL_QUEUES, WORKER_QUEUES_ENV
     from workers.app import app as celery_app
 
-    argv = ["worker", "-Q", queues or ",".join(ALL_QUEUES), "-c", str(concurrency), "--pool", "prefork",
+    os.environ[WORKER_QUEUES_ENV] = queues or ",".join(ALL_QUEUES)  # the pool's children inherit it
+    argv = ["worker", "-Q", os.environ[WORKER_QUEUES_ENV], "-c", str(concurrency), "--pool", "prefork",
             "--loglevel", get_settings().log_level, "--without-gossip", "--without-mingle"]
     if beat:
         argv += ["-B", "--schedule", _beat_schedule_path()]

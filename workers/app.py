@@ -25,6 +25,7 @@ WEBHOOKS_QUEUE = QUEUE_PREFIX + "webhooks"  # deliveries: a slow receiver must n
 TRACKER_QUEUE = QUEUE_PREFIX + "tracker"  # confirmation ticks, one per chain: must not wait behind steps
 MIN_STEP_LEASE_S = 30  # above the 10 s RPC timeout with margin; Bitcoin UTXO scans need the default 300
 ALL_QUEUES = [QUEUE_PREFIX + step for step in STEPS] + [SWEEP_QUEUE, KEYS_QUEUE, WEBHOOKS_QUEUE, TRACKER_QUEUE]
+WORKER_QUEUES_ENV = "PARATRO_WORKER_QUEUES"  # the queues this worker consumes (set by `paratro worker`)
 TASK_MODULES = ["workers.tasks", "workers.key_tasks", "workers.webhook_tasks", "workers.tracker_tasks"]
 
 

@@ -179,3 +179,35 @@ def test_a_lost_acknowledgement_of_a_final_commit_leaves_no_message_behind(world
     assert (report.result, report.dispatch) == ("final", None)
     with world.db.unit_of_work() as s:
         assert s.scalars(select(OutboxMessage)).all() == []
+
+
+def test_a_worker_runs_the_next_steps_it_consumes_inline_and_publishes_the_first_it_does_not(
+        world: World, published: list[Dispatch], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PARATRO_WORKER_QUEUES", "paratro.resolve_source,paratro.validate_destination,paratro.lock_funds")
+    alice = world.onboard(balances={"ETH": ETH})
+    tx_id = world.transfer(alice, "0.1")
+    tasks.run_step("resolve_source", tx_id, 1, 0)
+    tx = world.tx(tx_id)
+    assert tx.stage == "FUNDS_LOCKED"  # three steps in this one task
+    assert published == [Dispatch(tx_id, "request_signature", tx.driver_seq)]  # another queue's: published
+    with world.db.unit_of_work() as s:  # only the published message's row is left: each inline take took its own
+        assert [(r.step, r.seq) for r in s.scalars(select(OutboxMessage))] == [("request_signature", tx.driver_seq)]
+    stages = [to for _, to in world.stage_changes(tx_id)]
+    assert stages == ["RECEIVED", "SOURCE_RESOLVED", "DESTINATION_VALID", "FUNDS_LOCKED"]
+
+
+def test_a_retry_or_a_poll_is_never_run_inline(world: World, published: list[Dispatch],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PARATRO_WORKER_QUEUES", "paratro.resolve_source")
+    alice = world.onboard(balances={"ETH": ETH})
+    tx_id = world.transfer(alice, "0.1")
+    calls: list[int] = []
+
+    def flaky(ctx: Any, run: Any) -> Outcome:
+        calls.append(run.errors)
+        raise ChainRpcError("connection reset")
+
+    swap_step(monkeypatch, "resolve_source", flaky)
+    monkeypatch.setattr(runner, "backoff", lambda *args: 0.0)  # even a zero backoff goes through the broker
+    tasks.run_step("resolve_source", tx_id, 1, 0)
+    assert calls == [0] and [(d.step, d.errors) for d in published] == [("resolve_source", 1)]
