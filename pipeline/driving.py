@@ -143,6 +143,24 @@ def hand_off(session: Session, tx: Transaction, step: str, countdown_s: float = 
     return Dispatch(tx.transaction_id, step, tx.driver_seq, countdown_s, errors)
 
 
+def next_step(tx: Transaction) -> str | None:
+    """The step message `hand_to_stage` would send (None: final, or the tracker's)."""
+    stage = Stage(tx.stage)
+    return None if stage in FINAL or stage in TRACKED_STAGES else STEP_FOR_STAGE[stage]
+
+
+def take_here(tx: Transaction, step: str, lease_s: float) -> Run:
+    """The concluding run hands the transfer straight to the next run in the same process, in the
+    conclusion's commit: a new token and a lease, as if a message had been sent and taken at once.
+    No message and no outbox row: if this process dies, the lease expires and the sweeper takes
+    over, as for a run killed in the middle of a step."""
+    tx.driver_seq += 1
+    tx.lease_until = utcnow() + timedelta(seconds=lease_s)
+    tx.heartbeat_at = utcnow()
+    tx.tracked_at = None
+    return Run(tx.transaction_id, step, tx.driver_seq, 0)
+
+
 def hand_to_tracker(tx: Transaction) -> None:
     """Give a broadcast transfer to its chain's confirmation tracker: new token, no message, no
     lease. The tracker's writes check this token; any other driver taking over moves it on."""

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
 
 from pipeline.recovery import claim_stalled, due_messages
 from pipeline.stages import STEPS
-from pipeline.driving import Dispatch
 from pipeline.steps import StepContext
-from pipeline.steps.runner import StepReport, run_message
+from pipeline.steps.runner import StepReport, run_message, run_taken
 from workers import metrics, runtime
 from workers.app import WORKER_QUEUES_ENV, app, task_name
 from workers.routing import backlogged_steps, publish_after_commit
@@ -29,37 +29,33 @@ _QUIET = frozenset({"dropped"})
 
 
 def run_step(step: str, transaction_id: str, seq: int | None, errors: int) -> str:
-    """Run the delivered step, then each next step this worker consumes at once, in this process
-    (`runs_inline`); publish the first message that is due later or belongs to another queue."""
+    """Run the delivered step, then each next step this worker consumes, in this process
+    (`inline_steps`); publish the message of the first step that is due later or belongs to
+    another queue."""
     ctx = runtime.context()
-    for _ in STEPS:
-        report = _run_and_log(ctx, step, transaction_id, seq, errors)
-        follow = report.dispatch
-        if follow is None or not runs_inline(follow):
-            publish_after_commit(ctx, follow)
-            break
-        step, seq, errors = follow.step, follow.seq, follow.errors
-    else:
-        publish_after_commit(ctx, follow)
+    inline = inline_steps()
+    report = _run_and_log(ctx, step, transaction_id, seq, lambda: run_message(ctx, step, transaction_id, seq,
+                                                                               errors, inline))
+    while report.next_run is not None:
+        run = report.next_run
+        report = _run_and_log(ctx, run.step, transaction_id, run.seq, lambda: run_taken(ctx, run, inline))
+    publish_after_commit(ctx, report.dispatch)
     return transaction_id
 
 
-def runs_inline(dispatch: Dispatch) -> bool:
-    """Whether the next step runs here and now instead of through the broker: it is due at once
-    (not a retry or a poll) and this worker consumes its queue (`WORKER_QUEUES_ENV`, set by
-    `paratro worker`). Its outbox row is already committed, so if this process dies before taking
-    it, the relay publishes it as it would a lost message; the token is taken exactly as a
-    delivered message's would be. It saves a broker round trip, the queue wait and a task per step."""
-    return dispatch.countdown_s == 0 and dispatch.errors == 0 and task_name(dispatch.step) in consumed_queues()
+def inline_steps() -> frozenset[str]:
+    """Steps whose queue this worker consumes (`WORKER_QUEUES_ENV`, set by `paratro worker`): a
+    transfer moving on to one of them is taken in the same commit and run here at once
+    (`runner.run_taken`) instead of through the broker: no round trip, no queue wait, no task and
+    no take per step. A retry or a poll (a countdown) always goes through the broker."""
+    queues = frozenset(filter(None, os.environ.get(WORKER_QUEUES_ENV, "").split(",")))
+    return frozenset(step for step in STEPS if task_name(step) in queues)
 
 
-def consumed_queues() -> frozenset[str]:
-    return frozenset(filter(None, os.environ.get(WORKER_QUEUES_ENV, "").split(",")))
-
-
-def _run_and_log(ctx: StepContext, step: str, transaction_id: str, seq: int | None, errors: int) -> StepReport:
+def _run_and_log(ctx: StepContext, step: str, transaction_id: str, seq: int | None,
+                 body: Callable[[], StepReport]) -> StepReport:
     started = time.monotonic()
-    report = run_message(ctx, step, transaction_id, seq, errors)
+    report = body()
     metrics.observe_step(ctx, step, transaction_id, report, time.monotonic() - started)
     bound = log.bind(step=step, tx=transaction_id, seq=seq)
     if report.result == "dropped":
@@ -67,7 +63,8 @@ def _run_and_log(ctx: StepContext, step: str, transaction_id: str, seq: int | No
     elif report.result in ("held", "unrecorded", "unknown"):
         bound.error(f"step.{report.result}", stage=report.stage, error=report.error)
     elif report.result in ("retry", "exhausted"):
-        bound.warning(f"step.{report.result}", errors=errors + 1, stage=report.stage, error=report.error,
+        bound.warning(f"step.{report.result}", errors=report.dispatch.errors if report.dispatch else None,
+                      stage=report.stage, error=report.error,
                       countdown=round(report.dispatch.countdown_s, 2) if report.dispatch else None)
     else:
         bound.info("step.done", outcome=report.result, stage=report.stage)

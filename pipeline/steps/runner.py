@@ -23,7 +23,19 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 
 from chains.errors import ChainError
-from pipeline.driving import Dispatch, Run, hand_off, hand_to_stage, hand_to_tracker, load_held, park, release, take
+from pipeline.driving import (
+    Dispatch,
+    Run,
+    hand_off,
+    hand_to_stage,
+    hand_to_tracker,
+    load_held,
+    next_step,
+    park,
+    release,
+    take,
+    take_here,
+)
 from pipeline.errors import NotFound, PipelineError, Superseded, UnprovenRejection
 from pipeline.lifecycle import is_final, record_note
 from pipeline.models import Transaction
@@ -66,14 +78,17 @@ class StepReport:
     dispatch: Dispatch | None = None
     stage: str | None = None
     error: str | None = None
+    next_run: Run | None = None  # already taken by this process: run it now (`run_taken`)
 
 
 def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, (PipelineError, ChainError, SignerError)) and exc.transient
 
 
-def run_message(ctx: StepContext, step: str, transaction_id: str, seq: int | None, errors: int = 0) -> StepReport:
-    """Run one delivered step message to its conclusion (see the module docstring)."""
+def run_message(ctx: StepContext, step: str, transaction_id: str, seq: int | None, errors: int = 0,
+                inline: frozenset[str] = frozenset()) -> StepReport:
+    """Run one delivered step message to its conclusion (see the module docstring). A next step
+    named in `inline` is taken in the conclusion's own commit and returned as `next_run`."""
     try:
         with ctx.db.unit_of_work() as session:
             run = take(session, transaction_id, seq, step, ctx.step_lease_s, errors)
@@ -81,21 +96,31 @@ def run_message(ctx: StepContext, step: str, transaction_id: str, seq: int | Non
         return StepReport("unknown")
     if run is None:
         return StepReport("dropped")
+    return run_taken(ctx, run, inline)
+
+
+def run_taken(ctx: StepContext, run: Run, inline: frozenset[str] = frozenset()) -> StepReport:
+    """The step and its conclusion, for a run that holds the transfer's token."""
     try:
-        outcome = STEP_FUNCTIONS[step](ctx, run)
+        outcome = STEP_FUNCTIONS[run.step](ctx, run)
     except Superseded as exc:
         return StepReport("dropped", error=str(exc))
     except Exception as exc:  # noqa: BLE001 - every error ends in a recorded decision
         return _after_error(ctx, run, exc)
-    return _conclude(ctx, run, outcome)
+    return _conclude(ctx, run, outcome, inline)
 
 
-def _conclude(ctx: StepContext, run: Run, outcome: Outcome) -> StepReport:
+def _conclude(ctx: StepContext, run: Run, outcome: Outcome, inline: frozenset[str] = frozenset()) -> StepReport:
     grace = ctx.stall_after_s
     try:
         with ctx.db.unit_of_work() as session:
             tx = load_held(session, run)
             dispatch: Dispatch | None = None
+            following = next_step(tx) if outcome.kind in (OutcomeKind.ADVANCED, OutcomeKind.NOOP) else None
+            if following in inline and following != run.step:
+                # This process runs it next: taken in this commit (no message, no outbox row).
+                nxt = take_here(tx, following, ctx.step_lease_s)
+                return StepReport(outcome.kind.value, None, tx.stage, next_run=nxt)
             if outcome.kind in (OutcomeKind.ADVANCED, OutcomeKind.NOOP):
                 dispatch = hand_to_stage(session, tx, grace)
             elif outcome.kind is OutcomeKind.WAIT and Stage(tx.stage) in TRACKED_STAGES:

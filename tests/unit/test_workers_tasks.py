@@ -211,3 +211,20 @@ def test_a_retry_or_a_poll_is_never_run_inline(world: World, published: list[Dis
     monkeypatch.setattr(runner, "backoff", lambda *args: 0.0)  # even a zero backoff goes through the broker
     tasks.run_step("resolve_source", tx_id, 1, 0)
     assert calls == [0] and [(d.step, d.errors) for d in published] == [("resolve_source", 1)]
+
+
+def test_an_inline_run_that_never_happens_leaves_a_lease_the_sweeper_takes_over(world: World) -> None:
+    from datetime import timedelta
+
+    from pipeline.models import utcnow
+
+    alice = world.onboard(balances={"ETH": ETH})
+    tx_id = world.transfer(alice, "0.1")
+    report = runner.run_message(world.ctx(), "resolve_source", tx_id, 1, 0, frozenset({"validate_destination"}))
+    assert report.next_run is not None and report.dispatch is None  # taken in the conclusion's commit
+    tx = world.tx(tx_id)
+    assert (tx.driver_seq, tx.stage) == (report.next_run.seq, "SOURCE_RESOLVED") and tx.lease_until is not None
+    assert sweep_now(world, 120) == []  # the lease is live: nobody else drives it
+    world.edit(tx_id, lambda t: setattr(t, "lease_until", utcnow() - timedelta(seconds=1)))  # the process died
+    assert sweep_now(world, 120) == [tx_id]
+    assert runner.run_taken(world.ctx(), report.next_run).result == "dropped"  # the dead run's token is stale
