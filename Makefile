@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo sandbox test test-unit chaos clean
+.PHONY: install demo sandbox test test-unit chaos bench bench-scale clean
 
 install: $(STAMP)
 
@@ -45,6 +45,20 @@ DB ?= postgresql
 chaos: install
 	$(BIN)/python -m devnet.ensure redis postgres anvil
 	$(BIN)/python -m tests.chaos --transfers $(N) --db $(DB)
+
+# The benchmark (bench/): bare 6-task Celery chains (the floor), the pipeline per chain family from
+# several accounts and from one, each devnet node alone, creation -> broadcast at half the burst
+# rate, DB/Redis/RPC cost per transfer and worker memory; a table, then one JSON line. ARGS: e.g.
+# `make bench ARGS="--families ethereum --transfers 100"` (python -m bench --help).
+bench: install
+	$(BIN)/python -m devnet.ensure redis anvil
+	$(BIN)/python -m bench $(ARGS)
+
+# Horizontal scale on PostgreSQL (bench/scale.py): the EVM burst with 1, 2 and 4 worker processes
+# and split queue groups, 1,000 concurrent transfers from one asset; `ARGS="--soak 10000"` for memory.
+bench-scale: install
+	$(BIN)/python -m devnet.ensure redis postgres anvil
+	$(BIN)/python -m bench.scale $(ARGS)
 
 test-unit: install
 	$(BIN)/python -m pytest -q -m "not integration"
