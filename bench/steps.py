@@ -9,8 +9,11 @@ database (an SQLite file, or PostgreSQL with `--db postgresql`), and we count, p
     included), DB commits, HTTP requests to the node (and which JSON-RPC methods)
 
 Messages are run in the order a single worker would take them (earliest due first; a step that
-waits, like confirm, is due again after its countdown). Confirm is the old per-transfer poll; the
-batched tracker replaces its common path, and it is reported all the same.
+waits is due again after its countdown), and like a worker consuming every step queue, the next
+step of a transfer runs at once in the same task (taken in the previous step's conclusion;
+`--no-inline`: one message, take and conclusion per step). Confirm is the old per-transfer
+step, reached here as the sweeper reaches it when no tracker ticks; the batched tracker replaces
+its common path (bench.tracker_tick measures that), and it is reported all the same.
 
     python -m bench.steps                       # 100 ETH transfers from 4 sources, SQLite
     python -m bench.steps --db postgresql       # same on a throwaway PostgreSQL cluster
@@ -254,9 +257,11 @@ def _to_confirm_step(ctx: Any, transaction_id: str) -> Any:
 
 
 def _drive(ctx: Any, dispatches: list[Any], stats: dict[str, StepStats], probe: Probe,
-           timeout_s: float) -> Counter[str]:
-    """Run every message as one worker would (earliest due first) until no transfer has one."""
-    from pipeline.steps.runner import run_message
+           timeout_s: float, inline: frozenset[str]) -> Counter[str]:
+    """Run every message as one worker would (earliest due first) until no transfer has one; a
+    next step in `inline` runs at once in the same "task" (`run_taken`), as `workers.tasks.run_step`
+    does for the steps of the queues it consumes."""
+    from pipeline.steps.runner import run_message, run_taken
 
     order = itertools.count()
     queue = [(time.monotonic(), next(order), d) for d in dispatches]
@@ -271,22 +276,31 @@ def _drive(ctx: Any, dispatches: list[Any], stats: dict[str, StepStats], probe: 
             break
         if due > now:
             time.sleep(due - now)
-        step_stats = stats[dispatch.step]
-        started = time.perf_counter()
-        with probe.step(step_stats):
-            report = run_message(ctx, dispatch.step, dispatch.transaction_id, dispatch.seq, dispatch.errors)
-        step_stats.times_ms.append((time.perf_counter() - started) * 1000)
-        step_stats.results[report.result] += 1
+        step, tx_id = dispatch.step, dispatch.transaction_id
+        report = _timed(stats[step], probe, lambda: run_message(ctx, step, tx_id, dispatch.seq, dispatch.errors, inline))
+        while report.next_run is not None:
+            run = report.next_run
+            report = _timed(stats[run.step], probe, lambda: run_taken(ctx, run, inline))
+            step = run.step
         if report.error and report.result not in ("wait", "advanced", "noop"):
-            print(f"  {dispatch.step} {dispatch.transaction_id}: {report.result}: {report.error}", file=sys.stderr)
+            print(f"  {step} {tx_id}: {report.result}: {report.error}", file=sys.stderr)
         follow = report.dispatch
         if follow is None and report.stage in _TRACKED:
-            follow = _to_confirm_step(ctx, dispatch.transaction_id)
+            follow = _to_confirm_step(ctx, tx_id)
         if follow is not None:
             heapq.heappush(queue, (time.monotonic() + follow.countdown_s, next(order), follow))
         else:
             finals[report.stage or report.result] += 1
     return finals
+
+
+def _timed(step_stats: StepStats, probe: Probe, call: Any) -> Any:
+    started = time.perf_counter()
+    with probe.step(step_stats):
+        report = call()
+    step_stats.times_ms.append((time.perf_counter() - started) * 1000)
+    step_stats.results[report.result] += 1
+    return report
 
 
 # -- output -------------------------------------------------------------------------------------------
@@ -325,6 +339,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--webhook", action="store_true", help="the client listens (stage events written)")
     parser.add_argument("--profile", type=Path, help="pyinstrument report of the stepping loop (.html or text)")
     parser.add_argument("--baseline", type=Path, help="a file whose last line is an earlier run's JSON line")
+    parser.add_argument("--no-inline", action="store_true",
+                        help="one message per step (take, step, conclude each time) instead of a worker "
+                             "consuming every step queue, which runs the next step in the same task")
     parser.add_argument("--timeout", type=float, default=600.0, help="give up driving after this many seconds")
     return parser.parse_args(argv)
 
@@ -347,7 +364,8 @@ def main(argv: list[str] | None = None) -> int:
             profiler = Profiler(interval=0.0005)
             profiler.start()
         started = time.monotonic()
-        finals = _drive(ctx, dispatches, stats, probe, args.timeout)
+        inline = frozenset() if args.no_inline else frozenset(STEPS) - {"confirm"}
+        finals = _drive(ctx, dispatches, stats, probe, args.timeout, inline)
         seconds = time.monotonic() - started
         if profiler is not None:
             profiler.stop()
@@ -357,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = {
             "bench": "steps", "chain": args.chain, "db": args.db, "transfers": args.transfers,
             "sources": args.sources, "block_time_s": args.block_time, "webhook": args.webhook,
+            "inline": not args.no_inline,
             "outcomes": dict(finals), "drive_seconds": round(seconds, 2),
             "worker_ms_per_transfer": round(sum(sum(s.times_ms) for k, s in stats.items() if k != "create")
                                             / max(args.transfers, 1), 2),

@@ -26,6 +26,7 @@ decisions that need a node:
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -50,12 +51,13 @@ from chains.errors import (
     MalformedTransaction,
     TransactionRejected,
 )
-from chains.evm_rpc import REQUEST_TIMEOUT_S, JsonRpcClient, NodeRpcError, to_int
+from chains.evm_rpc import REQUEST_TIMEOUT_S, JsonRpcClient, NodeRpcError, batch_results, to_int
 from chains.registry import ChainSpec, TokenSpec
 
 PLAIN_TRANSFER_GAS = 21_000
 GAS_MARGIN_NUM, GAS_MARGIN_DEN = 6, 5  # x1.2 over the estimate
 DEFAULT_PRIORITY_FEE = 10**9  # 1 gwei, when the node has no eth_maxPriorityFeePerGas
+PRICE_TTL_CAP_S = 3.0  # fee fields are reused for at most this long (and at most one poll interval)
 _TX_HASH = re.compile(r"^0x[0-9a-fA-F]{64}$")
 
 # Node messages (lower-cased substrings) meaning it already has a transaction with these bytes.
@@ -76,6 +78,9 @@ class EvmAdapter:
     key_name = "evm"  # every EVM chain signs with the wallet's one EVM key: one address everywhere
     uses_account_nonce = True
     uses_utxos = False
+    # build_context makes no RPC: the signing step may build under the transfer's row lock, in the
+    # unit of work that read it (one DB transaction fewer per signature)
+    build_context_offline = True
 
     def __init__(self, spec: ChainSpec, *, timeout: float = REQUEST_TIMEOUT_S) -> None:
         if spec.family != "evm":
@@ -85,6 +90,8 @@ class EvmAdapter:
         self.spec = spec
         self._rpc = JsonRpcClient(spec.rpc_url, timeout)
         self._chain_checked = False
+        self._prices: tuple[float, dict[str, int]] | None = None  # (monotonic expiry, fee fields)
+        self._price_ttl_s = min(spec.poll_interval_ms / 1000.0, PRICE_TTL_CAP_S)
 
     def __repr__(self) -> str:
         return f"EvmAdapter({self.spec.name!r}, {self.spec.network!r}, {self._rpc.endpoint})"
@@ -160,9 +167,31 @@ class EvmAdapter:
         return -(-estimate * GAS_MARGIN_NUM // GAS_MARGIN_DEN)
 
     def _price_fields(self) -> dict[str, int]:
+        """The fee fields, read from the node at most once per `_price_ttl_s` (the chain's poll
+        interval, capped at PRICE_TTL_CAP_S: about a block), so a burst of quotes costs one read.
+
+        A cached answer is still a correct reserve: the quote stores these very fields and its
+        max_fee is computed from them, and the build refuses fields that could spend more. What
+        the bound limits is staleness: a price older than about a block may be too low to land
+        soon (EIP-1559's 2 x base fee covers several blocks of base-fee rises)."""
+        cached = self._prices
+        now = time.monotonic()
+        if cached is not None and now < cached[0]:
+            return dict(cached[1])
+        fields = self._fresh_price_fields()
+        self._prices = (now + self._price_ttl_s, fields)
+        return dict(fields)
+
+    def _fresh_price_fields(self) -> dict[str, int]:
         if not self.spec.eip1559:
             return {"gasPrice": to_int(self._call("eth_gasPrice", []), "gas price")}
-        block = self._call("eth_getBlockByNumber", ["latest", False])
+        if not self._chain_checked:
+            self.verify_chain()
+        # the head block and the tip in one HTTP request
+        block, tip_answer = batch_results(self._rpc, [("eth_getBlockByNumber", ["latest", False]),
+                                                      ("eth_maxPriorityFeePerGas", [])])
+        if isinstance(block, NodeRpcError):
+            raise block
         if not isinstance(block, dict):
             raise ChainRpcError(f"{self.spec.name}: the node returned no latest block")
         if block.get("baseFeePerGas") is None:
@@ -170,10 +199,8 @@ class EvmAdapter:
                 f"{self.spec.name}: the registry says eip1559 but the node's blocks have no baseFeePerGas"
             )
         base_fee = to_int(block["baseFeePerGas"], "base fee")
-        try:
-            tip = to_int(self._call("eth_maxPriorityFeePerGas", []), "priority fee")
-        except NodeRpcError:
-            tip = DEFAULT_PRIORITY_FEE  # the method is optional; nodes without it get the default
+        # the method is optional; nodes without it get the default
+        tip = DEFAULT_PRIORITY_FEE if isinstance(tip_answer, NodeRpcError) else to_int(tip_answer, "priority fee")
         return {"maxFeePerGas": 2 * base_fee + tip, "maxPriorityFeePerGas": tip}
 
     def next_nonce(self, address: str) -> int:

@@ -44,8 +44,43 @@ def rpc_errors(operation: str, endpoint: str) -> ContextManager[None]:
     return mapped_errors(operation, endpoint, sdk_errors=(Web3Exception,))
 
 
+class ThreadSessions:
+    """The `session` web3's HTTPProvider posts through: one keep-alive requests.Session per thread
+    (a Session is not promised thread-safe), each made once and reused for every call.
+
+    Why not web3's own per-thread sessions: a default Session re-reads the proxy variables and
+    ~/.netrc on every request (`trust_env`), about a quarter of a loopback call's cost. Here the
+    proxies for this URL are read from the environment once, when the client is made, and the
+    sessions do not look again (credentials belong in the URL, never in a netrc the worker reads).
+    """
+
+    def __init__(self, url: str) -> None:
+        import requests
+
+        self._proxies = requests.utils.get_environ_proxies(url)
+        self._local = threading.local()
+
+    def session(self) -> Any:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            import requests
+
+            session = requests.Session()
+            session.trust_env = False
+            session.proxies.update(self._proxies)
+            self._local.session = session
+        return session
+
+    def post(self, *args: Any, **kwargs: Any) -> Any:
+        return self.session().post(*args, **kwargs)
+
+    def get(self, *args: Any, **kwargs: Any) -> Any:
+        return self.session().get(*args, **kwargs)
+
+
 class JsonRpcClient:
-    """One endpoint; the Web3 object is created on first use, once, and shared by threads."""
+    """One endpoint; the Web3 object is created on first use, once, and shared by threads (its
+    HTTP goes through one reused session per thread: `ThreadSessions`)."""
 
     def __init__(self, url: str, timeout: float = REQUEST_TIMEOUT_S) -> None:
         self.url = url
@@ -71,7 +106,9 @@ class JsonRpcClient:
 
         provider = HTTPProvider(
             self.url,
-            request_kwargs={"timeout": self.timeout},
+            # headers given once: web3 would otherwise rebuild them (user agent included) per call
+            request_kwargs={"timeout": self.timeout, "headers": HTTPProvider.get_request_headers()},
+            session=ThreadSessions(self.url),
             exception_retry_configuration=ExceptionRetryConfiguration(
                 errors=(requests.ConnectionError, requests.Timeout), retries=RETRIES, backoff_factor=0.1
             ),

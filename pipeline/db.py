@@ -1,6 +1,8 @@
 """Engines and the unit of work: one DB transaction around each piece of domain work.
 
-SQLite (the embedded default) runs in WAL mode and opens every transaction with BEGIN IMMEDIATE,
+SQLite (the embedded default) runs in WAL mode with synchronous=NORMAL (a commit appends to the
+WAL without an fsync; the WAL is synced at checkpoints, so a power cut may lose the last commits
+but never corrupts the file) and opens every transaction with BEGIN IMMEDIATE,
 so concurrent workers serialise their writes instead of failing on a read-to-write upgrade;
 PostgreSQL uses row locks (`SELECT ... FOR UPDATE`). Database trouble that a retry can cure
 (locked database, lost connection, serialization failure, deadlock) surfaces as DatabaseUnavailable
@@ -41,6 +43,13 @@ def _prepare_sqlite(engine: Engine) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
+        # Per connection, so per worker process: a 64 MiB page cache instead of the default 2 MiB
+        # (the transfer, outbox and event tables' hot pages stay in memory between steps), reads
+        # of the file through a 256 MiB memory map instead of read() calls, and temporary
+        # b-trees (ORDER BY without an index, IN lists) in memory instead of temp files.
+        cursor.execute("PRAGMA cache_size=-65536")
+        cursor.execute("PRAGMA mmap_size=268435456")
+        cursor.execute("PRAGMA temp_store=MEMORY")
         cursor.close()
 
     @event.listens_for(engine, "begin")

@@ -19,7 +19,7 @@ def is_final(tx: Transaction) -> bool:
 
 def advance(session: Session, tx: Transaction, new: Stage, reason: str | None = None, detail: str | None = None) -> None:
     """Move `tx` to `new` (raises InvalidTransition) and record the event in the same transaction,
-    with the client's webhook events."""
+    with the client's webhook events (whether it listens: cached briefly, see `pipeline.events`)."""
     current = stage_of(tx)
     previous_status = tx.status
     check_transition(current, new)
@@ -33,7 +33,7 @@ def advance(session: Session, tx: Transaction, new: Stage, reason: str | None = 
         tx.finalized_at = now
     session.add(TransactionEvent(transaction_id=tx.transaction_id, from_stage=current.value, to_stage=new.value,
                                  reason=reason, detail=detail, at=now))
-    events.transaction_changed(session, tx, status_changed=tx.status != previous_status)
+    events.transaction_changed(session, tx, status_changed=tx.status != previous_status, cached=True)
 
 
 def record_note(session: Session, tx: Transaction, reason: str, detail: str | None = None) -> None:

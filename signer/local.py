@@ -4,7 +4,13 @@ This is not MPC: it holds whole private keys, each sealed with AES-256-GCM under
 that lives only in the environment (`PARATRO_SIGNER_MASTER_KEY`), with the wallet id and curve as
 associated data so a sealed key cannot be moved to another wallet's row. It implements the same
 asynchronous `Signer` protocol an MPC service would (request, then fetch), and answers at once.
-Plaintext keys exist only inside `_sign`; they are never logged, returned or put in an error.
+
+Cost per signature: one DB transaction (is the request known? else sign and store it). A key is
+unsealed once per signer instance (so once per worker process) and kept opened in memory
+(`_OpenKeys`, bounded, least recently used out first); it is never logged, returned, put in an
+error or shown by a repr. The signatures this instance just stored are remembered (bounded), so
+the `fetch_signature` that follows a `request_signature` needs no second transaction: a stored
+request is never changed, so the copy cannot go stale.
 """
 
 from __future__ import annotations
@@ -14,8 +20,12 @@ import hashlib
 import json
 import os
 import secrets
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -38,6 +48,8 @@ from signer.base import (
 )
 
 _SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+OPEN_KEYS_MAX = 10_000  # opened keys kept per signer instance (a worker process)
+RECENT_SIGNATURES_MAX = 1_024  # stored requests remembered for the fetch that follows
 
 
 def _now() -> datetime:
@@ -85,12 +97,59 @@ def _decode_master_key(text: str) -> bytes:
     return key
 
 
+class _OpenKeys:
+    """Unsealed signing keys by (wallet id, key name), bounded, least recently used out first.
+
+    Holds private key material: it has no useful repr and nothing here logs. The sealed row is
+    read and opened on a miss only; rows are never rewritten, so an opened key stays right."""
+
+    __slots__ = ("_keys", "_lock", "_max")
+
+    def __init__(self, max_keys: int = OPEN_KEYS_MAX) -> None:
+        self._keys: OrderedDict[tuple[str, str], tuple[str, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._max = max_keys
+
+    def get(self, wallet_id: str, key_name: str) -> tuple[str, Any] | None:
+        with self._lock:
+            found = self._keys.get((wallet_id, key_name))
+            if found is not None:
+                self._keys.move_to_end((wallet_id, key_name))
+            return found
+
+    def put(self, wallet_id: str, key_name: str, curve: str, key: Any) -> None:
+        with self._lock:
+            self._keys[(wallet_id, key_name)] = (curve, key)
+            self._keys.move_to_end((wallet_id, key_name))
+            while len(self._keys) > self._max:
+                self._keys.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __repr__(self) -> str:
+        return f"<{len(self._keys)} open keys>"
+
+
+@dataclass(frozen=True)
+class _Stored:
+    """A request as stored: what was asked (to refuse a reused id) and its signatures."""
+
+    fingerprint: str
+    wallet_id: str
+    key_name: str
+    signatures: tuple[bytes, ...]
+
+
 class LocalKeySigner:
     """`Signer` backed by sealed keys in a SQL database (the pipeline's, or its own)."""
 
     def __init__(self, engine: Engine, master_key: str) -> None:
         self._engine = engine
         self._aead = AESGCM(_decode_master_key(master_key))
+        self._open = _OpenKeys()
+        self._recent: OrderedDict[str, _Stored] = OrderedDict()
+        self._recent_lock = threading.Lock()
 
     def install(self) -> None:
         """Create the signer's tables if missing (the signer owns its schema)."""
@@ -121,14 +180,18 @@ class LocalKeySigner:
         if ref.curve is Curve.SECP256K1 and any(len(p) != 32 for p in payloads):
             raise SignatureRefused("secp256k1 signing takes 32-byte digests")
         fingerprint = _fingerprint(payloads)
-        if self._known_request(request_id, ref, fingerprint):
+        remembered = self._remembered(request_id)
+        if remembered is not None:
+            _same_request(request_id, remembered, ref, fingerprint)
             return
         try:
+            # One transaction: known already (a redelivery) -> nothing to do; else sign and store.
             with self._session() as session:
-                key = session.get(SignerKey, (ref.wallet_id, ref.key_name))
-                if key is None or key.curve != ref.curve.value:
-                    raise UnknownKey(f"no {ref.curve.value} key {ref.key_name!r} for wallet {ref.wallet_id}")
-                signatures = self._sign(key, payloads)
+                existing = session.get(SignatureRequest, request_id)
+                if existing is not None:
+                    _same_request(request_id, _stored(existing), ref, fingerprint)
+                    return
+                signatures = self._sign(session, ref, payloads)
                 session.add(SignatureRequest(request_id=request_id, wallet_id=ref.wallet_id, key_name=ref.key_name,
                                              payloads_sha256=fingerprint,
                                              signatures=json.dumps([sig.hex() for sig in signatures])))
@@ -136,6 +199,8 @@ class LocalKeySigner:
             # The same request arrived twice at once; the one that was stored decides.
             if not self._known_request(request_id, ref, fingerprint):
                 raise SignerUnavailable(f"request {request_id} could not be stored; ask again") from None
+            return
+        self._remember(request_id, _Stored(fingerprint, ref.wallet_id, ref.key_name, tuple(signatures)))
 
     def _known_request(self, request_id: str, ref: KeyRef, fingerprint: str) -> bool:
         """True if this exact request exists; SignatureRefused if the id was used for other payloads."""
@@ -143,16 +208,29 @@ class LocalKeySigner:
             existing = session.get(SignatureRequest, request_id)
             if existing is None:
                 return False
-            if (existing.payloads_sha256, existing.wallet_id, existing.key_name) != (fingerprint, ref.wallet_id, ref.key_name):
-                raise SignatureRefused(f"request {request_id} was already made for different payloads")
+            _same_request(request_id, _stored(existing), ref, fingerprint)
             return True
 
     def fetch_signature(self, request_id: str) -> list[bytes] | None:
+        remembered = self._remembered(request_id)
+        if remembered is not None:
+            return list(remembered.signatures)
         with self._session() as session:
             row = session.get(SignatureRequest, request_id)
             if row is None or row.signatures is None:
                 return None
             return [bytes.fromhex(sig) for sig in json.loads(row.signatures)]
+
+    def _remembered(self, request_id: str) -> _Stored | None:
+        with self._recent_lock:
+            return self._recent.get(request_id)
+
+    def _remember(self, request_id: str, stored: _Stored) -> None:
+        """Only once committed: what is remembered is what the database holds."""
+        with self._recent_lock:
+            self._recent[request_id] = stored
+            while len(self._recent) > RECENT_SIGNATURES_MAX:
+                self._recent.popitem(last=False)
 
     # -- internals -------------------------------------------------------------------------------
     def _session(self) -> "_SignerSession":
@@ -186,13 +264,38 @@ class LocalKeySigner:
             raise MasterKeyMismatch(f"sealed {key.key_name!r} key of wallet {key.wallet_id} does not open with this "
                                     "master key (wrong PARATRO_SIGNER_MASTER_KEY, or the sealed row was moved)") from None
 
-    def _sign(self, key: SignerKey, payloads: Sequence[bytes]) -> list[bytes]:
-        private = self._unseal(key)
-        if key.curve == Curve.SECP256K1.value:
-            signer = eth_keys.PrivateKey(private)
-            return [signer.sign_msg_hash(digest).to_bytes() for digest in payloads]
-        ed_key = Ed25519PrivateKey.from_private_bytes(private)
-        return [ed_key.sign(message) for message in payloads]
+    def _sign(self, session: Session, ref: KeyRef, payloads: Sequence[bytes]) -> list[bytes]:
+        opened = self._open.get(ref.wallet_id, ref.key_name)
+        if opened is None:
+            row = session.get(SignerKey, (ref.wallet_id, ref.key_name))
+            if row is None or row.curve != ref.curve.value:
+                raise UnknownKey(f"no {ref.curve.value} key {ref.key_name!r} for wallet {ref.wallet_id}")
+            opened = (row.curve, _signing_key(row.curve, self._unseal(row)))
+            self._open.put(ref.wallet_id, ref.key_name, *opened)
+        curve, key = opened
+        if curve != ref.curve.value:
+            raise UnknownKey(f"no {ref.curve.value} key {ref.key_name!r} for wallet {ref.wallet_id}")
+        if curve == Curve.SECP256K1.value:
+            return [key.sign_msg_hash(digest).to_bytes() for digest in payloads]
+        return [key.sign(message) for message in payloads]
+
+
+def _signing_key(curve: str, private: bytes) -> Any:
+    """The opened key as the signing library's object (secp256k1: eth_keys; ed25519: cryptography)."""
+    if curve == Curve.SECP256K1.value:
+        return eth_keys.PrivateKey(private)
+    return Ed25519PrivateKey.from_private_bytes(private)
+
+
+def _stored(row: SignatureRequest) -> _Stored:
+    signatures = tuple(bytes.fromhex(sig) for sig in json.loads(row.signatures or "[]"))
+    return _Stored(row.payloads_sha256, row.wallet_id, row.key_name, signatures)
+
+
+def _same_request(request_id: str, stored: _Stored, ref: KeyRef, fingerprint: str) -> None:
+    """A request id is used once: asking again with other payloads (or another key) is refused."""
+    if (stored.fingerprint, stored.wallet_id, stored.key_name) != (fingerprint, ref.wallet_id, ref.key_name):
+        raise SignatureRefused(f"request {request_id} was already made for different payloads")
 
 
 def _associated_data(wallet_id: str, key_name: str, curve: str) -> bytes:

@@ -43,17 +43,15 @@ def resolve_source(ctx: StepContext, run: Run) -> Outcome:
         except InvalidAddress as exc:
             fail(session, tx, FailureReason.SOURCE_NOT_FOUND, f"from_address is not an address: {exc.reason}")
             return Outcome.of(OutcomeKind.FINAL, tx)
-        account = session.scalar(select(Account).where(Account.chain == tx.chain, Account.address == from_address))
+        account, wallet, assets = _source_of(session, tx.chain, from_address)
         # Another client's account is reported exactly like a missing one: no tenant probing.
         if account is None or account.client_id != tx.client_id:
             fail(session, tx, FailureReason.SOURCE_NOT_FOUND, f"no account {tx.from_address} on {tx.chain}")
             return Outcome.of(OutcomeKind.FINAL, tx)
-        assets = {a.symbol: a for a in session.scalars(select(Asset).where(Asset.account_id == account.account_id))}
         asset = assets.get(tx.token_symbol)
         if asset is None:
             fail(session, tx, FailureReason.SOURCE_NOT_FOUND, f"account has no {tx.token_symbol} asset on {tx.chain}")
             return Outcome.of(OutcomeKind.FINAL, tx)
-        wallet = session.get(Wallet, account.wallet_id)
         if wallet is None or wallet.status != "ACTIVE" or wallet.key_status != "ACTIVE":
             fail(session, tx, FailureReason.WALLET_NOT_ACTIVE, f"wallet {account.wallet_id} cannot sign yet")
             return Outcome.of(OutcomeKind.FINAL, tx)
@@ -63,6 +61,20 @@ def resolve_source(ctx: StepContext, run: Run) -> Outcome:
         tx.from_address = from_address
         advance(session, tx, Stage.SOURCE_RESOLVED)
         return Outcome.of(OutcomeKind.ADVANCED, tx)
+
+
+def _source_of(session: Session, chain: str, address: str) -> tuple[Account | None, Wallet | None, dict[str, Asset]]:
+    """The account at (chain, address), its wallet and its assets by symbol, in one query."""
+    rows = session.execute(
+        select(Account, Wallet, Asset)
+        .outerjoin(Wallet, Wallet.wallet_id == Account.wallet_id)
+        .outerjoin(Asset, Asset.account_id == Account.account_id)
+        .where(Account.chain == chain, Account.address == address)
+    ).all()
+    if not rows:
+        return None, None, {}
+    account, wallet = rows[0][0], rows[0][1]
+    return account, wallet, {asset.symbol: asset for _, _, asset in rows if asset is not None}
 
 
 def validate_destination(ctx: StepContext, run: Run) -> Outcome:

@@ -8,7 +8,9 @@ task re-asks the signer with the same request id (a no-op) and collects the same
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -18,7 +20,7 @@ from chains.base import ChainAdapter, TransferIntent
 from pipeline.driving import Attempt, Run, load_held
 from pipeline.errors import TransientError
 from pipeline.lifecycle import advance, record_note, stage_of
-from pipeline.models import NonceCursor, ReleasedNonce, utcnow
+from pipeline.models import NonceCursor, ReleasedNonce, Transaction, utcnow
 from pipeline.stages import FailureReason, Stage
 from pipeline.steps.context import (
     Outcome,
@@ -37,65 +39,97 @@ def request_signature(ctx: StepContext, run: Run) -> Outcome:
     """FUNDS_LOCKED -> SIGNATURE_REQUESTED -> SIGNED (waits while the signer works).
 
     Every write requires the attempt the run read (token, stage, request id): a slow run can
-    never store a signature over a request that a newer driver has replaced."""
+    never store a signature over a request that a newer driver has replaced.
+
+    When the build needs nothing from the chain (the account's nonce cursor exists and the
+    adapter's build context is offline, as on EVM), the request is built and committed in the
+    transaction that read the transfer: one DB transaction before the signer, one after."""
     with ctx.db.unit_of_work() as session:
         tx = load_held(session, run)
         stage = stage_of(tx)
         if stage not in (Stage.FUNDS_LOCKED, Stage.SIGNATURE_REQUESTED):
             return Outcome.of(OutcomeKind.NOOP, tx)
         adapter = ctx.adapter_for(tx.chain)
-        needs_cursor = (stage is Stage.FUNDS_LOCKED and adapter.uses_account_nonce and tx.nonce is None
-                        and session.get(NonceCursor, tx.account_id) is None)
         intent = intent_of(ctx, tx, tx.from_address)
         attempt = Attempt.of(tx)
+        request, needs_cursor = None, False
+        if stage is Stage.SIGNATURE_REQUESTED:
+            request = _request_of(tx, adapter)
+        else:
+            needs_nonce = adapter.uses_account_nonce and tx.nonce is None
+            if getattr(adapter, "build_context_offline", False):
+                cursor = _locked_cursor(session, tx.account_id) if needs_nonce else None
+                if needs_nonce and cursor is None:
+                    needs_cursor = True  # first use of the account: its pending nonce comes from the chain
+                else:
+                    request = _write_request(session, tx, adapter, intent, adapter.build_context(intent), None, cursor)
+            else:
+                needs_cursor = needs_nonce and session.get(NonceCursor, tx.account_id) is None
 
-    if stage is Stage.FUNDS_LOCKED:
-        attempt = _build(ctx, run, attempt, adapter, intent, needs_cursor)
-
-    with ctx.db.unit_of_work() as session:
-        tx = load_held(session, run, attempt)
-        request_id, payload, to_sign = tx.signature_request_id, tx.unsigned_payload, signing_payloads_of(tx)
-        key = KeyRef(tx.wallet_id, adapter.key_name, adapter.curve)
+    if request is None:
+        request = _build(ctx, run, attempt, adapter, intent, needs_cursor)
 
     try:
-        ctx.signer.request_signature(request_id, key, to_sign)
-        signatures = ctx.signer.fetch_signature(request_id)
+        ctx.signer.request_signature(request.request_id, request.key, request.to_sign)
+        signatures = ctx.signer.fetch_signature(request.request_id)
     except SignerError as exc:
         if exc.transient:
             raise TransientError(f"signer: {exc}") from exc
         if getattr(exc, "holds", False):
             raise  # the deployment's fault (a master key that cannot open the key): hold, keep the locks
-        return fail_at(ctx, run, attempt, FailureReason.SIGNATURE_REFUSED, str(exc))
+        return fail_at(ctx, run, request.attempt, FailureReason.SIGNATURE_REFUSED, str(exc))
     if signatures is None:
-        return _still_waiting(ctx, run, attempt)
+        return _still_waiting(ctx, run, request.attempt)
 
-    signed = adapter.attach_signature(payload, signatures)
+    signed = adapter.attach_signature(request.payload, signatures)
     with ctx.db.unit_of_work() as session:
-        tx = load_held(session, run, attempt)
+        tx = load_held(session, run, request.attempt)
         tx.signed_payload = signed.raw
         tx.tx_hash = signed.tx_hash
         advance(session, tx, Stage.SIGNED, detail=signed.tx_hash)
         return Outcome.of(OutcomeKind.ADVANCED, tx)
 
 
+@dataclass(frozen=True)
+class _Request:
+    """What the signer is asked, as committed, and the attempt it belongs to."""
+
+    attempt: Attempt
+    request_id: str
+    payload: bytes
+    to_sign: list[bytes]
+    key: KeyRef
+
+
+def _request_of(tx: Transaction, adapter: ChainAdapter) -> _Request:
+    return _Request(Attempt.of(tx), tx.signature_request_id or "", tx.unsigned_payload or b"",
+                    signing_payloads_of(tx), KeyRef(tx.wallet_id or "", adapter.key_name, adapter.curve))
+
+
 def _build(ctx: StepContext, run: Run, attempt: Attempt, adapter: ChainAdapter, intent: TransferIntent,
-           needs_cursor: bool) -> Attempt:
-    """FUNDS_LOCKED -> SIGNATURE_REQUESTED: nonce, unsigned payload and digests committed before
-    the signer is asked. Chain data first (no RPC under row locks): the pending nonce on first
-    use, a fresh reference block or blockhash where the family needs one."""
+           needs_cursor: bool) -> _Request:
+    """FUNDS_LOCKED -> SIGNATURE_REQUESTED with chain data read first (no RPC under row locks):
+    the pending nonce on first use, a fresh reference block or blockhash where the family needs one."""
     chain_nonce = adapter.next_nonce(intent.from_address) if needs_cursor else None
     context = adapter.build_context(intent)
     with ctx.db.unit_of_work() as session:
         tx = load_held(session, run, attempt)
-        if adapter.uses_account_nonce and tx.nonce is None:
-            tx.nonce = _allocate_nonce(session, tx.account_id, chain_nonce)
-        unsigned = adapter.build(intent, fee_quote_of(tx), tx.nonce, context)
-        tx.unsigned_payload = unsigned.payload
-        tx.signing_payloads = json.dumps([item.hex() for item in unsigned.digests])
-        tx.build_context = json.dumps(context, sort_keys=True)
-        tx.signature_request_id = f"{tx.transaction_id}.{tx.replacement_count}"
-        advance(session, tx, Stage.SIGNATURE_REQUESTED, detail=f"nonce={tx.nonce}")
-        return Attempt.of(tx)
+        return _write_request(session, tx, adapter, intent, context, chain_nonce)
+
+
+def _write_request(session: Session, tx: Transaction, adapter: ChainAdapter, intent: TransferIntent,
+                   context: dict[str, Any], chain_nonce: int | None, cursor: NonceCursor | None = None) -> _Request:
+    """Nonce, unsigned payload and digests, committed (with the caller's transaction) before the
+    signer is asked; `cursor` is the account's nonce cursor if the caller has locked it already."""
+    if adapter.uses_account_nonce and tx.nonce is None:
+        tx.nonce = _allocate_nonce(session, tx.account_id, chain_nonce, cursor)
+    unsigned = adapter.build(intent, fee_quote_of(tx), tx.nonce, context)
+    tx.unsigned_payload = unsigned.payload
+    tx.signing_payloads = json.dumps([item.hex() for item in unsigned.digests])
+    tx.build_context = json.dumps(context, sort_keys=True)
+    tx.signature_request_id = f"{tx.transaction_id}.{tx.replacement_count}"
+    advance(session, tx, Stage.SIGNATURE_REQUESTED, detail=f"nonce={tx.nonce}")
+    return _request_of(tx, adapter)
 
 
 def _still_waiting(ctx: StepContext, run: Run, attempt: Attempt) -> Outcome:
@@ -110,13 +144,20 @@ def _still_waiting(ctx: StepContext, run: Run, attempt: Attempt) -> Outcome:
     return Outcome(OutcomeKind.WAIT, Stage.SIGNATURE_REQUESTED, ctx.signature_poll_s)
 
 
-def _allocate_nonce(session: Session, account_id: str, chain_nonce: int | None) -> int:
+def _locked_cursor(session: Session, account_id: str) -> NonceCursor | None:
+    return session.scalar(select(NonceCursor).where(NonceCursor.account_id == account_id).with_for_update())
+
+
+def _allocate_nonce(session: Session, account_id: str, chain_nonce: int | None,
+                    cursor: NonceCursor | None = None) -> int:
     """Lowest released nonce first (fills gaps), else the cursor; never hands one out twice.
 
-    The cursor row is locked for the rest of the transaction, so concurrent workers on one account
-    queue here; on first use it starts from the chain's pending count.
+    The cursor row is locked for the rest of the transaction (`cursor`, if given, was locked in
+    this transaction already), so concurrent workers on one account queue here; on first use it
+    starts from the chain's pending count.
     """
-    cursor = session.scalar(select(NonceCursor).where(NonceCursor.account_id == account_id).with_for_update())
+    if cursor is None:
+        cursor = _locked_cursor(session, account_id)
     if cursor is None:
         if chain_nonce is None:
             raise TransientError("nonce cursor appeared concurrently; retry")
@@ -125,7 +166,7 @@ def _allocate_nonce(session: Session, account_id: str, chain_nonce: int | None) 
                 session.add(NonceCursor(account_id=account_id, next_nonce=chain_nonce))
         except IntegrityError:
             pass  # another worker created it first (PostgreSQL); theirs stands
-        cursor = session.scalar(select(NonceCursor).where(NonceCursor.account_id == account_id).with_for_update())
+        cursor = _locked_cursor(session, account_id)
         assert cursor is not None
     released = session.scalar(
         select(ReleasedNonce).where(ReleasedNonce.account_id == account_id)

@@ -45,6 +45,7 @@ class FakeNode:
         self.calls: list[tuple[str, list[Any]]] = []
         self.http_status = 200
         self.raw_body: bytes | None = None
+        self.batches: list[list[str]] = []  # the methods of each batch request, in order
 
     def answer(self, method: str, params: list[Any]) -> dict[str, Any]:
         self.calls.append((method, params))
@@ -68,6 +69,10 @@ def node() -> Iterator[tuple[FakeNode, str]]:
             request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             if fake.raw_body is not None or fake.http_status != 200:
                 body = fake.raw_body or b"upstream exploded"
+            elif isinstance(request, list):  # a JSON-RPC batch: one answer per call
+                fake.batches.append([item["method"] for item in request])
+                body = json.dumps([{"jsonrpc": "2.0", "id": item["id"], **fake.answer(item["method"], item["params"])}
+                                   for item in request]).encode()
             else:
                 body = json.dumps({"jsonrpc": "2.0", "id": request["id"], **fake.answer(request["method"], request["params"])}).encode()
             self.send_response(fake.http_status)
