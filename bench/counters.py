@@ -86,24 +86,58 @@ def sample(metrics_port: int, broker_url: str) -> Sample:
                   redis_commands(broker_url))
 
 
-def group_rss_mb(process_groups: Iterable[int], proc: Path = Path("/proc")) -> float:
-    """Resident memory (VmRSS) of every process in these process groups, in MiB: a `paratro worker`
-    is its own group (the embedded stack starts it in a new session), so this is the supervisor,
-    its Celery child, the prefork pool processes and an embedded beat together."""
-    groups = set(process_groups)
-    total_kb = 0
+@dataclass(frozen=True)
+class ProcessInfo:
+    pid: int
+    ppid: int
+    cpu_ticks: int  # utime + stime
+    rss_kb: int
+
+
+def processes(proc: Path = Path("/proc")) -> dict[int, ProcessInfo]:
+    """Every live process: parent, CPU ticks used and resident memory (VmRSS; 0 for kernel threads)."""
+    found: dict[int, ProcessInfo] = {}
     for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
         try:
             stat = (entry / "stat").read_text()
-            pgrp = int(stat[stat.rindex(")") + 2:].split()[2])
-            if pgrp not in groups:
-                continue
+            fields = stat[stat.rindex(")") + 2:].split()  # the name may hold spaces and parentheses
+            rss_kb = 0
             for line in (entry / "status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
-                    total_kb += int(line.split()[1])
+                    rss_kb = int(line.split()[1])
                     break
+            found[int(entry.name)] = ProcessInfo(int(entry.name), int(fields[1]), int(fields[11]) + int(fields[12]), rss_kb)
         except (OSError, ValueError, IndexError):
             continue  # the process exited meanwhile
-    return round(total_kb / 1024, 1)
+    return found
+
+
+def tree(roots: Iterable[int], table: dict[int, ProcessInfo]) -> list[ProcessInfo]:
+    """The roots and all their descendants (a `paratro worker`: its Celery child, the prefork pool
+    processes and an embedded beat; PostgreSQL: the postmaster and its backends, which make
+    themselves session leaders, so process groups would miss them)."""
+    children: dict[int, list[int]] = {}
+    for info in table.values():
+        children.setdefault(info.ppid, []).append(info.pid)
+    seen: set[int] = set()
+    stack = [pid for pid in roots if pid in table]
+    while stack:
+        pid = stack.pop()
+        if pid not in seen:
+            seen.add(pid)
+            stack.extend(children.get(pid, ()))
+    return [table[pid] for pid in seen]
+
+
+def tree_rss_mb(roots: Iterable[int], proc: Path = Path("/proc")) -> float:
+    """Resident memory of these processes and their descendants, in MiB."""
+    return round(sum(info.rss_kb for info in tree(roots, processes(proc))) / 1024, 1)
+
+
+def machine_cpu(proc: Path = Path("/proc")) -> tuple[float, float]:
+    """(busy, total) CPU jiffies of the whole machine so far (/proc/stat's first line)."""
+    values = [float(v) for v in (proc / "stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0.0)  # idle + iowait
+    return sum(values) - idle, sum(values)

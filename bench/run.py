@@ -106,7 +106,7 @@ def run(args: argparse.Namespace, workdir: Path, cleanup: ExitStack) -> dict[str
         return counters.sample(metrics_port, broker_url)
 
     def rss() -> float:
-        return counters.group_rss_mb(p.pid for p in stack.workers.values() if p.pid is not None)
+        return counters.tree_rss_mb(p.pid for p in stack.workers.values() if p.pid is not None)
 
     from bench.floor import run_floor
 

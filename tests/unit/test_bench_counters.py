@@ -1,6 +1,6 @@
 """The counters `make bench` reads from the worker processes: SQL statements and node HTTP requests
 (counted in a real child process, summed through prometheus_client's multiprocess files as the
-worker exporter sums them), the exposition parser, and resident memory per process group."""
+worker exporter sums them), the exposition parser, and memory and CPU per process tree."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.counters import Sample, group_rss_mb, parse_exposition
+from bench.counters import Sample, parse_exposition, processes, tree, tree_rss_mb
 from chains.transport import request_method
 from workers.metrics import statement_verb
 
@@ -150,18 +150,24 @@ def test_exposition_parser_and_sample_difference() -> None:
     assert spent.step_seconds == {"lock_funds": 1.0} and spent.step_runs == {"lock_funds": 20.0}
 
 
-def test_group_rss_sums_the_process_groups_members_only(tmp_path: Path) -> None:
-    def proc(pid: int, pgrp: int, rss_kb: int | None, comm: str = "python") -> None:
+def test_process_tree_memory_and_cpu_cover_descendants_only(tmp_path: Path) -> None:
+    def proc(pid: int, ppid: int, rss_kb: int | None, comm: str = "python", utime: int = 0, stime: int = 0) -> None:
         entry = tmp_path / str(pid)
         entry.mkdir()
-        (entry / "stat").write_text(f"{pid} ({comm}) S 1 {pgrp} {pgrp} 0 -1 4194560 0 0\n")
+        # pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime ...
+        (entry / "stat").write_text(f"{pid} ({comm}) S {ppid} {pid} {pid} 0 -1 4194560 0 0 0 0 {utime} {stime} 0 0\n")
         (entry / "status").write_text(f"Name:\t{comm}\n" + (f"VmRSS:\t{rss_kb} kB\n" if rss_kb is not None else ""))
 
-    proc(100, 100, 51200)  # the `paratro worker` (its own group)
-    proc(101, 100, 102400, comm="celery) worker")  # a name with a parenthesis and a space
-    proc(102, 100, None)  # a kernel thread-like entry without VmRSS
-    proc(200, 200, 999999)  # another group: not ours
+    proc(100, 1, 51200, utime=10, stime=5)  # the `paratro worker` supervisor
+    proc(101, 100, 102400, comm="celery) worker", utime=100)  # a name with a parenthesis and a space
+    proc(102, 101, 20480)  # a prefork child (grandchild of the root), its own session or not
+    proc(103, 101, None)  # no VmRSS line (a kernel-thread-like entry)
+    proc(200, 1, 999999, utime=7)  # another tree: not ours
     (tmp_path / "self").mkdir()
-    assert group_rss_mb([100], proc=tmp_path) == 150.0
-    assert group_rss_mb([100, 200], proc=tmp_path) == round((51200 + 102400 + 999999) / 1024, 1)
-    assert group_rss_mb([], proc=tmp_path) == 0.0
+    assert tree_rss_mb([100], proc=tmp_path) == 170.0
+    assert tree_rss_mb([101], proc=tmp_path) == 120.0
+    assert tree_rss_mb([100, 200], proc=tmp_path) == round((51200 + 102400 + 20480 + 999999) / 1024, 1)
+    assert tree_rss_mb([], proc=tmp_path) == 0.0 and tree_rss_mb([999], proc=tmp_path) == 0.0
+    table = processes(tmp_path)
+    assert sum(info.cpu_ticks for info in tree([100], table)) == 115
+    assert {info.pid for info in tree([101], table)} == {101, 102, 103}
