@@ -6,7 +6,8 @@ port) with the production timing settings (sweeper every 30 s, stall grace 120 s
 demo's short test deadlines. In order:
 
 1. the floor (`bench.floor`): bare 6-task Celery chains on the same redis-server, its own worker
-   of 2 prefork processes, started and stopped around the measurement;
+   of 2 prefork processes, started and stopped around the measurement while the pipeline's worker
+   is stopped (neither competes with the other for the two cores);
 2. each devnet node alone (`bench.nodes`): pre-signed transfers accepted per second;
 3. per family, a burst from several source accounts and one from a single account
    (`bench.pipeline_burst`), with the worker's DB statements, RPC requests and step times
@@ -110,7 +111,10 @@ def run(args: argparse.Namespace, workdir: Path, cleanup: ExitStack) -> dict[str
 
     from bench.floor import run_floor
 
+    # The floor runs alone: the pipeline's worker (and its beat) is stopped meanwhile, then started again.
+    stack.stop_worker("w1")
     floor = run_floor(broker_url, workdir, args.floor_chains, say, concurrency=args.concurrency)
+    stack.start_worker("w1", args.concurrency, beat=True)
     say(f"floor: {floor.chains_per_s:.1f} chains/s ({floor.chains} in {floor.seconds:.2f} s)")
 
     nodes = measure_nodes(args, ctx, stack)
