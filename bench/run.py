@@ -37,7 +37,7 @@ from bench.report import say, summarize, table
 
 FAMILIES = ("ethereum", "tron", "bitcoin", "solana")
 #: Per-family burst sizes that keep `make bench` within its budget on 2 cores (EVM: --transfers).
-DEFAULT_OTHER_TRANSFERS = {"tron": 100, "bitcoin": 60, "solana": 100}
+DEFAULT_OTHER_TRANSFERS = {"tron": 200, "bitcoin": 100, "solana": 200}
 WARMUP_TRANSFERS = 4  # per family, before anything is measured: the worker's first use of a chain is not its pace
 BENCH_ENV = {
     "PARATRO_SWEEP_INTERVAL_S": "30",  # production defaults, not the embedded stack's test deadlines
@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description="The pipeline against a bare Celery chain.")
     parser.add_argument("--transfers", type=int, default=200, help="EVM burst size (each burst: several sources, then one)")
     parser.add_argument("--other-transfers", type=int, default=None,
-                        help="burst size for tron, bitcoin and solana (default: 100, 60, 100)")
+                        help="burst size for tron, bitcoin and solana (default: 200, 100, 200)")
     parser.add_argument("--families", default=",".join(FAMILIES), help="comma-separated chains, the first is primary")
     parser.add_argument("--sources", type=int, default=8, help="source accounts of the several-sources burst")
     parser.add_argument("--floor-chains", type=int, default=300)
