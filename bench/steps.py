@@ -257,10 +257,11 @@ def _to_confirm_step(ctx: Any, transaction_id: str) -> Any:
 
 
 def _drive(ctx: Any, dispatches: list[Any], stats: dict[str, StepStats], probe: Probe,
-           timeout_s: float, inline: frozenset[str]) -> Counter[str]:
+           timeout_s: float, inline: frozenset[str], tracked: list[str] | None = None) -> Counter[str]:
     """Run every message as one worker would (earliest due first) until no transfer has one; a
     next step in `inline` runs at once in the same "task" (`run_taken`), as `workers.tasks.run_step`
-    does for the steps of the queues it consumes."""
+    does for the steps of the queues it consumes. A transfer handed to the chain's tracker goes to
+    `tracked` if given, else to the per-transfer confirm step."""
     from pipeline.steps.runner import run_message, run_taken
 
     order = itertools.count()
@@ -285,7 +286,10 @@ def _drive(ctx: Any, dispatches: list[Any], stats: dict[str, StepStats], probe: 
         if report.error and report.result not in ("wait", "advanced", "noop"):
             print(f"  {step} {tx_id}: {report.result}: {report.error}", file=sys.stderr)
         follow = report.dispatch
-        if follow is None and report.stage in _TRACKED:
+        if follow is None and report.stage in _TRACKED and report.result != "dropped":
+            if tracked is not None:
+                tracked.append(tx_id)
+                continue
             follow = _to_confirm_step(ctx, tx_id)
         if follow is not None:
             heapq.heappush(queue, (time.monotonic() + follow.countdown_s, next(order), follow))
@@ -299,14 +303,48 @@ def _timed(step_stats: StepStats, probe: Probe, call: Any) -> Any:
     with probe.step(step_stats):
         report = call()
     step_stats.times_ms.append((time.perf_counter() - started) * 1000)
-    step_stats.results[report.result] += 1
+    step_stats.results[getattr(report, "result", "tick")] += 1
     return report
+
+
+def _track(ctx: Any, chain: str, tracked: list[str], stats: dict[str, StepStats], probe: Probe,
+           timeout_s: float, inline: frozenset[str]) -> Counter[str]:
+    """Tick the chain's confirmation tracker (pipeline.tracking.tick, what beat runs) once per poll
+    interval until every tracked transfer is final; what a tick hands to the confirm step is run."""
+    from pipeline.models import Transaction
+    from pipeline.tracking import TrackerLimits, tick
+
+    limits = TrackerLimits(recheck_s=ctx.stall_after_s, confirm_timeout_s=ctx.confirm_timeout_s)
+    poll_s = ctx.registry.chain(chain).poll_interval_ms / 1000.0
+    finals: Counter[str] = Counter()
+    pending = set(tracked)
+    deadline = time.monotonic() + timeout_s
+    while pending and time.monotonic() < deadline:
+        report = _timed(stats["tracker_tick"], probe, lambda: tick(ctx, chain, limits))
+        stats["tracker_tick"].results["news"] += report.news
+        if report.dispatches:
+            finals.update(_drive(ctx, report.dispatches, stats, probe, timeout_s, inline))
+        with ctx.db.unit_of_work() as session:
+            rows = session.execute(select_stages(Transaction, pending)).all()
+        for transaction_id, stage in rows:
+            if stage in ("CONFIRMED", "FAILED"):
+                pending.discard(transaction_id)
+                finals[stage] += 1
+        time.sleep(poll_s)
+    finals["unfinished"] += len(pending)
+    return +finals
+
+
+def select_stages(model: Any, ids: set[str]) -> Any:
+    from sqlalchemy import select
+
+    return select(model.transaction_id, model.stage).where(model.transaction_id.in_(sorted(ids)))
 
 
 # -- output -------------------------------------------------------------------------------------------
 
 def _table(summary: dict[str, Any], baseline: dict[str, Any] | None) -> str:
-    rows = ["create", *STEPS]
+    rows = ["create", *STEPS, "tracker_tick"]
     if baseline is None:
         head = f"{'step':22} {'calls':>6} {'mean ms':>8} {'p50 ms':>8} {'p95 ms':>8} {'stmts':>6} {'commits':>7} {'rpc':>5}"
         lines = [head, "-" * len(head)]
@@ -342,6 +380,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-inline", action="store_true",
                         help="one message per step (take, step, conclude each time) instead of a worker "
                              "consuming every step queue, which runs the next step in the same task")
+    parser.add_argument("--confirm", choices=("step", "tracker"), default="step",
+                        help="after broadcast: the per-transfer confirm step (as the sweeper hands it over), "
+                             "or the chain's batched tracker ticked once per poll interval")
     parser.add_argument("--timeout", type=float, default=600.0, help="give up driving after this many seconds")
     return parser.parse_args(argv)
 
@@ -365,7 +406,10 @@ def main(argv: list[str] | None = None) -> int:
             profiler.start()
         started = time.monotonic()
         inline = frozenset() if args.no_inline else frozenset(STEPS) - {"confirm"}
-        finals = _drive(ctx, dispatches, stats, probe, args.timeout, inline)
+        tracked: list[str] | None = [] if args.confirm == "tracker" else None
+        finals = _drive(ctx, dispatches, stats, probe, args.timeout, inline, tracked)
+        if tracked:
+            finals.update(_track(ctx, args.chain, tracked, stats, probe, args.timeout, inline))
         seconds = time.monotonic() - started
         if profiler is not None:
             profiler.stop()
@@ -379,7 +423,8 @@ def main(argv: list[str] | None = None) -> int:
             "outcomes": dict(finals), "drive_seconds": round(seconds, 2),
             "worker_ms_per_transfer": round(sum(sum(s.times_ms) for k, s in stats.items() if k != "create")
                                             / max(args.transfers, 1), 2),
-            "steps": {step: stats[step].summary() for step in ("create", *STEPS)},
+            "confirm_path": args.confirm,
+            "steps": {step: stats[step].summary() for step in ("create", *STEPS, "tracker_tick")},
         }
         ctx.db.dispose()
     print(_table(summary, baseline))
