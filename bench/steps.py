@@ -107,7 +107,7 @@ class Probe:
         def send(adapter: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
             if probe.current is not None:
                 probe.current.rpc += 1
-                probe.current.rpc_methods[_rpc_method(request.body)] += 1
+                probe.current.rpc_methods[_rpc_method(request.body, request.path_url)] += 1
             return original(adapter, request, *args, **kwargs)
 
         requests.adapters.HTTPAdapter.send = send  # this benchmark process only
@@ -121,14 +121,18 @@ class Probe:
             self.current = None
 
 
-def _rpc_method(body: Any) -> str:
+def _rpc_method(body: Any, path: str) -> str:
+    """The JSON-RPC method (or `batch[n]`); for an HTTP API (TRON's wallet API) the path's last
+    segment, never the whole URL."""
     try:
-        decoded = json.loads(body)
+        decoded = json.loads(body) if body else None
     except (TypeError, ValueError):
-        return "?"
+        decoded = None
     if isinstance(decoded, list):
         return f"batch[{len(decoded)}]"
-    return str(decoded.get("method", "?")) if isinstance(decoded, dict) else "?"
+    if isinstance(decoded, dict) and "method" in decoded:
+        return str(decoded["method"])
+    return path.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or "?"
 
 
 # -- the stack ----------------------------------------------------------------------------------------
