@@ -64,8 +64,10 @@ def track(rpc: JsonRpcClient, depth: int, watched: Sequence[Watched]) -> Observa
     senders = sorted({item.sender for item in unseen if item.nonce is not None})
     first = batches.run([("eth_blockNumber", [])] + [("eth_getTransactionCount", [s, "latest"]) for s in senders])
     head = to_int(_value(first[0]), "block number")
-    mined_nonces = {sender: to_int(_value(result), "nonce") for sender, result in zip(senders, first[1:])}
-    moved = [item for item in unseen if item.nonce is None or mined_nonces[item.sender] > item.nonce]
+    # A sender the node cannot answer for is no news for its transactions alone (not moved, this tick).
+    mined_nonces = {sender: to_int(result, "nonce") for sender, result in zip(senders, first[1:])
+                    if not isinstance(result, NodeRpcError)}
+    moved = [item for item in unseen if item.nonce is None or mined_nonces.get(item.sender, -1) > item.nonce]
     deep = [item for item in watched if item.block_number is not None and head - item.block_number + 1 >= depth]
     asked = moved + deep
     receipts = batches.run([("eth_getTransactionReceipt", [item.signed.tx_hash]) for item in asked])

@@ -87,7 +87,13 @@ class SignatureTracker:
         at_depth = [s for s in seen if s.at_commitment and _confirmations(head, s.slot) >= self.depth]
         hashes, transactions = self._details(seen, at_depth)
         for entry in seen:
-            statuses[entry.item.key] = self._status(entry, head, hashes, transactions)
+            try:
+                statuses[entry.item.key] = self._status(entry, head, hashes, transactions)
+            except ChainRpcError as exc:  # this transaction only: no news (get_status, one by one, later)
+                import structlog  # on this path only: `import chains` stays cheap
+
+                structlog.get_logger("paratro.chains.solana").warning(
+                    "solana.track.unusable_answer", chain=self.chain, key=entry.item.key, error=str(exc)[:200])
         return Observation(head=head, statuses=statuses, cursor=next_cursor, rpc_calls=self.calls)
 
     # --- node access -----------------------------------------------------------------------
@@ -135,8 +141,7 @@ class SignatureTracker:
         hashes = {slot: _block_hash(answer) for slot, answer in zip(slots, answers)}
         transactions: dict[str, Any] = {}
         for entry, answer in zip(at_depth, answers[len(slots):]):
-            if isinstance(answer, NodeRpcError):
-                raise answer  # as get_status: a node that cannot serve the transaction is an RPC error
+            # A node that cannot serve this transaction is an RPC error for it alone (as get_status)
             transactions[entry.item.key] = answer
         return hashes, transactions
 
@@ -161,6 +166,8 @@ class SignatureTracker:
         if item.key not in transactions:  # at the commitment, not yet at depth: no fee needed yet
             return TxStatus(state, block_number=slot, block_hash=block_hash, confirmations=confirmations)
         found = transactions[item.key]
+        if isinstance(found, NodeRpcError):
+            raise found
         if not isinstance(found, dict):
             return TxStatus(state, block_number=slot, confirmations=0)  # not served at the commitment yet
         return TxStatus(state, block_number=slot, block_hash=block_hash, confirmations=confirmations,

@@ -29,18 +29,22 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+import structlog
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from chains.base import Observation, SignedTransaction, TxState, TxStatus, Watched
+from pipeline import ledger
 from pipeline.driving import Attempt, Dispatch, hand_off, hand_to_stage, release
 from pipeline.models import ChainTracker, Transaction, utcnow
 from pipeline.stages import TRACKED_STAGES, Stage, Status
 from pipeline.steps.context import StepContext, touch
 from pipeline.steps.settlement import record_inclusion
 
-TICK_LEASE_S = 120.0  # one tick's lease on its chain: longer than any tick (RPC timeouts included)
+log = structlog.get_logger("paratro.tracker")
+
+TICK_LEASE_S = 600.0  # one tick's lease on its chain: longer than any tick (a TRON tick at most ~150 RPCs x 10 s)
 CHUNK = 100  # transfers written per DB transaction: short row locks, few commits
 
 
@@ -89,7 +93,9 @@ class TickReport:
     failed: int = 0
     handed: int = 0  # to the per-transfer confirm step
     superseded: int = 0  # another driver took the transfer between read and write
+    errors: int = 0  # transfers that could not be written (handed to the confirm step)
     rpc_calls: int = 0
+    error: str | None = None  # the tick failed (chain or database trouble); retried next tick
     dispatches: list[Dispatch] = field(default_factory=list)
 
 
@@ -101,9 +107,9 @@ def acquire(session: Session, chain: str, lease_s: float = TICK_LEASE_S) -> tupl
     now = utcnow()
     if row is None:
         row = ChainTracker(chain=chain, cursor="{}", lease_token=0, tracked=0)
-        session.add(row)
         try:
-            session.flush()
+            with session.begin_nested():  # a savepoint: PostgreSQL aborts the whole transaction otherwise
+                session.add(row)
         except IntegrityError:  # another tick created it first: it holds the chain now
             return None
     elif row.lease_until is not None and row.lease_until > now:
@@ -190,9 +196,15 @@ def _changes_something(item: Followed, status: TxStatus, depth: int) -> bool:
 
 
 def _too_quiet(item: Followed, limits: TrackerLimits, now: datetime) -> bool:
-    if now - item.quiet_since > timedelta(seconds=limits.recheck_s):
+    """Quiet for `recheck_s`, or a quarter of its age, whichever is longer: a transfer that waits
+    long (deep confirmation depths, a congested mempool) is asked about one by one ever more
+    rarely, so the hand-offs do not grow into a poll per transfer. The confirmation timeout counts
+    only for a transfer never seen included (as in the confirm step)."""
+    age = now - (item.broadcast_at or item.quiet_since)
+    if now - item.quiet_since > max(timedelta(seconds=limits.recheck_s), age / 4):
         return True
-    return item.broadcast_at is not None and now - item.broadcast_at > timedelta(seconds=limits.confirm_timeout_s)
+    return (Stage(item.attempt.stage) is Stage.BROADCAST and item.broadcast_at is not None
+            and age > timedelta(seconds=limits.confirm_timeout_s))
 
 
 # --- writing ------------------------------------------------------------------------------------
@@ -200,15 +212,43 @@ def _too_quiet(item: Followed, limits: TrackerLimits, now: datetime) -> bool:
 def apply(ctx: StepContext, decisions: Sequence[Decision], depth: int, limits: TrackerLimits,
           report: TickReport) -> None:
     """Write the decisions a chunk per DB transaction, each only if the transfer is still in the
-    attempt the tick read and still the tracker's."""
+    attempt the tick read and still the tracker's.
+
+    Row locks in one order: the chunk's transfers by id, then every asset it may settle by id (as
+    `ledger.lock` takes them), so a chunk and a step locking funds cannot deadlock. Each transfer
+    is written in its own savepoint: one that cannot be settled (a broken adapter answer, a ledger
+    invariant) is rolled back alone and handed to the confirm step, which holds it with the reason,
+    instead of stopping its chain. Database trouble aborts the tick (retried next tick)."""
     for start in range(0, len(decisions), CHUNK):
         chunk = {decision.followed.transaction_id: decision for decision in decisions[start:start + CHUNK]}
         with ctx.db.unit_of_work() as session:
-            rows = session.scalars(
+            rows = list(session.scalars(
                 select(Transaction).where(Transaction.transaction_id.in_(sorted(chunk)))
-                .order_by(Transaction.transaction_id).with_for_update().execution_options(populate_existing=True))
+                .order_by(Transaction.transaction_id).with_for_update().execution_options(populate_existing=True)))
+            ledger.load_for_update(session, _settled_assets(rows, chunk))
             for tx in rows:
-                _apply_one(session, tx, chunk[tx.transaction_id], depth, limits, report)
+                _apply_isolated(session, tx, chunk[tx.transaction_id], depth, limits, report)
+
+
+def _settled_assets(rows: Sequence[Transaction], chunk: dict[str, Decision]) -> set[str]:
+    return {asset_id for tx in rows if chunk[tx.transaction_id].status is not None
+            for asset_id in (tx.asset_id, tx.fee_asset_id) if asset_id}
+
+
+def _apply_isolated(session: Session, tx: Transaction, decision: Decision, depth: int, limits: TrackerLimits,
+                    report: TickReport) -> None:
+    try:
+        with session.begin_nested():
+            _apply_one(session, tx, decision, depth, limits, report)
+    except DBAPIError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one transfer's trouble must not stop its chain
+        report.errors += 1
+        log.error("tracker.transfer_unwritable", tx=tx.transaction_id, error=f"{type(exc).__name__}: {str(exc)[:200]}")
+        session.refresh(tx)
+        if Attempt.of(tx) == decision.followed.attempt and tx.tracked_at is not None:
+            report.dispatches.append(hand_off(session, tx, "confirm", publish_grace_s=limits.publish_grace_s))
+            report.handed += 1
 
 
 def _apply_one(session: Session, tx: Transaction, decision: Decision, depth: int, limits: TrackerLimits,
@@ -238,8 +278,9 @@ def _apply_one(session: Session, tx: Transaction, decision: Decision, depth: int
 # --- one tick -----------------------------------------------------------------------------------
 
 def tick(ctx: StepContext, chain: str, limits: TrackerLimits) -> TickReport:
-    """One tick for one chain (see the module docstring). Chain trouble raises after giving the
-    lease back; `ticked_at` stays old, so a tracker that keeps failing lets the sweeper take over."""
+    """One tick for one chain (see the module docstring). Trouble with the chain or the database
+    is reported in `error` after giving the lease back, and `ticked_at` stays old unless the tick
+    completed: a tracker that keeps failing lets the sweeper take its transfers over."""
     report = TickReport(chain)
     with ctx.db.unit_of_work() as session:
         if not has_tracked(session, chain):
@@ -250,19 +291,45 @@ def tick(ctx: StepContext, chain: str, limits: TrackerLimits) -> TickReport:
         report.ran = False
         return report
     token, cursor = lease
-    observation: Observation | None = None
+    completed: Observation | None = None
     try:
-        with ctx.db.unit_of_work() as session:
-            followed = read_followed(session, chain)
-        report.tracked = len(followed)
-        if followed:
-            observation = ctx.adapter_for(chain).track([item.watched() for item in followed], cursor)
-        else:
-            observation = Observation(head=0, statuses={}, cursor=cursor)
-        report.head, report.news, report.rpc_calls = observation.head, len(observation.statuses), observation.rpc_calls
-        depth = ctx.registry.chain(chain).confirmations
-        apply(ctx, decide(followed, observation, depth, limits, utcnow()), depth, limits, report)
+        completed = _follow(ctx, chain, cursor, limits, report)
+    except Exception as exc:  # noqa: BLE001 - logged by the task; the next tick tries again
+        report.error = f"{type(exc).__name__}: {str(exc)[:300]}"
     finally:
         with ctx.db.unit_of_work() as session:
-            finish(session, chain, token, observation, report.tracked)
+            finish(session, chain, token, completed, report.tracked)
     return report
+
+
+def _follow(ctx: StepContext, chain: str, cursor: dict[str, Any], limits: TrackerLimits,
+            report: TickReport) -> Observation:
+    with ctx.db.unit_of_work() as session:
+        followed = read_followed(session, chain)
+    report.tracked = len(followed)
+    readable, watched, unreadable = _watched(followed)
+    if watched:
+        observation = ctx.adapter_for(chain).track(watched, cursor)
+    else:
+        observation = Observation(head=0, statuses={}, cursor=cursor)
+    report.head, report.news, report.rpc_calls = observation.head, len(observation.statuses), observation.rpc_calls
+    depth = ctx.registry.chain(chain).confirmations
+    decisions = decide(readable, observation, depth, limits, utcnow())
+    decisions.extend(Decision(item, None) for item in unreadable)  # the confirm step holds them with the reason
+    apply(ctx, decisions, depth, limits, report)
+    return observation
+
+
+def _watched(followed: Sequence[Followed]) -> tuple[list[Followed], list[Watched], list[Followed]]:
+    """(readable, what the adapter is asked about, unreadable): a row whose stored data cannot be
+    read is not asked about (one bad row must not blind the tick to every other transfer)."""
+    readable: list[Followed] = []
+    watched: list[Watched] = []
+    unreadable: list[Followed] = []
+    for item in followed:
+        try:
+            watched.append(item.watched())
+            readable.append(item)
+        except ValueError:
+            unreadable.append(item)
+    return readable, watched, unreadable

@@ -52,9 +52,13 @@ def track_chain(chain: str) -> int:
     TICK_SECONDS.labels(chain=chain).observe(time.monotonic() - started)
     for dispatch in report.dispatches:
         publish_after_commit(ctx, dispatch)
-    if report.ran:
+    if report.error:
+        log.warning("tracker.tick_failed", chain=chain, error=report.error, tracked=report.tracked,
+                    rpc_calls=report.rpc_calls)
+    elif report.ran:
         log.info("tracker.tick", chain=chain, tracked=report.tracked, head=report.head, news=report.news,
                  confirming=report.confirming, confirmed=report.confirmed, failed=report.failed,
-                 handed=report.handed, superseded=report.superseded, rpc_calls=report.rpc_calls,
+                 handed=report.handed, superseded=report.superseded, errors=report.errors,
+                 rpc_calls=report.rpc_calls,
                  ms=round((time.monotonic() - started) * 1000, 1))
     return report.confirmed + report.failed

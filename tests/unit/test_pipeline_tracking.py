@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import select
 
 from chains.base import TxState, TxStatus
-from pipeline.models import ChainTracker, OutboxMessage, Transaction, utcnow
+from pipeline.models import Asset, ChainTracker, OutboxMessage, Transaction, utcnow
 from pipeline.recovery import claim_stalled
 from pipeline.stages import Stage
 from pipeline.tracking import TrackerLimits, acquire, decide, read_followed, tick
@@ -157,3 +158,112 @@ def test_a_tick_reads_every_tracked_transfer_in_one_adapter_call(world: World) -
     with world.db.unit_of_work() as s:
         assert s.scalar(select(ChainTracker.tracked).where(ChainTracker.chain == "ethereum")) == 5
         assert s.scalar(select(Transaction.tracked_at).limit(1)) is not None
+
+
+# --- one transfer's trouble stays with that transfer (hostile review F1, F3) ----------------------
+
+class Scripted:
+    """The fake adapter with track() answering a per-transfer script."""
+
+    def __init__(self, inner: object, answers: dict[str, TxStatus]) -> None:
+        self.inner, self.answers, self.calls = inner, answers, 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def track(self, watched, cursor):  # type: ignore[no-untyped-def]
+        from chains.base import Observation
+
+        self.calls += 1
+        statuses = {w.key: self.answers[w.key] for w in watched if w.key in self.answers}
+        return Observation(head=200, statuses=statuses, cursor={"scanned": 200 + self.calls}, rpc_calls=1)
+
+
+def scripted_ctx(world: World, adapter: Scripted):  # type: ignore[no-untyped-def]
+    adapters = dict(world.adapters)
+    adapters["ethereum"] = adapter  # type: ignore[assignment]
+    return world.ctx(adapter_for=adapters.__getitem__)
+
+
+@pytest.mark.parametrize("poison", ["fee_paid_missing", "ledger_invariant"])
+def test_a_transfer_that_cannot_be_settled_goes_to_the_confirm_step_and_the_others_settle(world: World,
+                                                                                         poison: str) -> None:
+    bad_party, bad = broadcast_by_runner(world)
+    _, good = broadcast_by_runner(world)
+    answers = {good: included(confirmations=3)}
+    if poison == "fee_paid_missing":  # an adapter breaking the contract for one transaction
+        answers[bad] = included(confirmations=3, fee_paid=None)
+    else:  # an ops ledger fix left less locked than this transfer holds
+        answers[bad] = included(confirmations=3)
+        with world.db.unit_of_work() as s:
+            s.get(Asset, bad_party.assets["ETH"]).locked_balance -= 1
+    report = tick(scripted_ctx(world, Scripted(world.adapter(), answers)), "ethereum", LIMITS)
+    assert (report.confirmed, report.errors, report.handed, report.error) == (1, 1, 1, None)
+    assert world.tx(good).status == "CONFIRMED"
+    bad_tx = world.tx(bad)
+    assert (bad_tx.status, bad_tx.stage, bad_tx.tracked_at) == ("PENDING", "BROADCAST", None)
+    assert [r.step for r in outbox_rows(world, bad)] == ["confirm"]  # the confirm step holds it with the reason
+    assert world.ledger_entries(bad) == []  # nothing of the failed settlement was written
+
+
+def test_a_failed_tick_does_not_count_as_a_tick(world: World) -> None:
+    """The sweeper takes a chain's transfers over only when its tracker stops ticking: a tick that
+    fails (node down) must not look like one that followed them, nor move the cursor."""
+    _, tx_id = broadcast_by_runner(world)
+    adapter = world.adapter()
+
+    def down(watched, cursor):  # type: ignore[no-untyped-def]
+        from chains.errors import ChainRpcError
+
+        raise ChainRpcError("connection refused")
+
+    adapter.track = down  # type: ignore[method-assign]
+    report = tick(world.ctx(), "ethereum", LIMITS)
+    assert report.error is not None and "connection refused" in report.error
+    with world.db.unit_of_work() as s:
+        row = s.get(ChainTracker, "ethereum")
+        assert (row.ticked_at, row.lease_until, row.cursor) == (None, None, "{}")  # lease given back
+
+
+def test_an_unreadable_row_is_handed_to_the_confirm_step_and_the_rest_is_followed(world: World) -> None:
+    _, bad = broadcast_by_runner(world)
+    _, good = broadcast_by_runner(world)
+    world.edit(bad, lambda tx: setattr(tx, "build_context", "{not json"))
+    adapter = Scripted(world.adapter(), {good: included(confirmations=3)})
+    report = tick(scripted_ctx(world, adapter), "ethereum", LIMITS)
+    assert adapter.calls == 1 and world.tx(good).status == "CONFIRMED"
+    assert report.handed == 1 and [r.step for r in outbox_rows(world, bad)] == ["confirm"]
+
+
+# --- quiet transfers are asked about ever more rarely (hostile review F2) ---------------------------
+
+def test_a_shallow_confirming_transfer_is_rechecked_ever_more_rarely(world: World) -> None:
+    _, tx_id = broadcast_by_runner(world)
+    adapter = Scripted(world.adapter(), {tx_id: included(confirmations=1)})
+    ctx = scripted_ctx(world, adapter)
+    tick(ctx, "ethereum", LIMITS)
+    adapter.answers.clear()  # seen and shallow: the EVM tracker does not ask again before depth
+    hour_old = utcnow() - timedelta(hours=1)
+    world.edit(tx_id, lambda tx: setattr(tx, "broadcast_at", hour_old))
+    world.edit(tx_id, lambda tx: setattr(tx, "tracked_at", utcnow() - timedelta(minutes=10)))
+    world.edit(tx_id, lambda tx: setattr(tx, "last_broadcast_at", utcnow() - timedelta(minutes=10)))
+    assert tick(ctx, "ethereum", LIMITS).handed == 0  # an hour old: asked again after a quarter of that
+    world.edit(tx_id, lambda tx: setattr(tx, "tracked_at", utcnow() - timedelta(minutes=16)))
+    world.edit(tx_id, lambda tx: setattr(tx, "last_broadcast_at", utcnow() - timedelta(minutes=16)))
+    assert tick(ctx, "ethereum", LIMITS).handed == 1
+
+
+def test_the_confirmation_timeout_never_loops_on_an_included_transfer(world: World) -> None:
+    _, tx_id = broadcast_by_runner(world)
+    adapter = Scripted(world.adapter(), {tx_id: included(confirmations=1)})
+    ctx = scripted_ctx(world, adapter)
+    tick(ctx, "ethereum", LIMITS)
+    adapter.answers.clear()
+    world.adapter().statuses = [included(confirmations=1)]
+    world.edit(tx_id, lambda tx: setattr(tx, "broadcast_at", utcnow() - timedelta(seconds=1801)))
+    handed = 0
+    for _ in range(5):
+        handed += tick(ctx, "ethereum", LIMITS).handed
+        if world.tx(tx_id).tracked_at is None:
+            world.deliver("confirm", tx_id)  # included below depth: WAIT, back to the tracker
+    assert handed <= 1  # not once per tick
