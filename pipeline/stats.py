@@ -11,14 +11,14 @@ one worker process would miss what other processes did and forget everything on 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from pipeline.models import OutboxMessage, Transaction, WebhookAttempt, WebhookEvent
+from pipeline.models import ChainTracker, OutboxMessage, Transaction, WebhookAttempt, WebhookEvent
 from pipeline.stages import Status
 
 FAILURE_WINDOW = timedelta(hours=24)
@@ -33,6 +33,15 @@ class OldestPending:
     chain: str
     stage: str
     age_s: float
+
+
+@dataclass(frozen=True)
+class TrackerState:
+    """A chain's confirmation tracker as of its last completed tick."""
+
+    tracked: int  # transfers it followed then
+    head: int | None
+    last_tick_age_s: float | None  # None: it never completed a tick
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,9 @@ class Snapshot:
     webhooks_oldest_due_s: float | None  # how long the most overdue of those has waited
     webhooks_failed: int  # events given up on (resend them with `paratro webhooks resend`)
     webhook_attempts: dict[str, int]  # attempt outcome (delivered, retry, failed) -> attempts, ever
+    # chain -> its tracker; a chain with tracked transfers and an old last tick has no live tracker
+    # (no worker consumes paratro.tracker, or beat is down): its transfers fall back to the sweeper
+    trackers: dict[str, TrackerState] = field(default_factory=dict)
 
     @property
     def pending(self) -> int:
@@ -132,4 +144,6 @@ def snapshot(session: Session, now: datetime) -> Snapshot:
         webhooks_oldest_due_s=_age(now, webhooks_oldest_due),
         webhooks_failed=int(webhooks_failed or 0),
         webhook_attempts=_counts(session, WebhookAttempt.outcome),
+        trackers={row.chain: TrackerState(int(row.tracked or 0), row.head, _age(now, row.ticked_at))
+                  for row in session.scalars(select(ChainTracker).order_by(ChainTracker.chain))},
     )

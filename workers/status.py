@@ -119,7 +119,12 @@ def render(status: StatusReport) -> Any:
     attempts = ", ".join(f"{k} {v}" for k, v in sorted(snap.webhook_attempts.items())) or "none"
     backlog.add_row("webhook attempts", attempts, "")
     backlog.add_row("step messages overdue", str(snap.outbox_due), _age(snap.outbox_lag_s))
-    return Group(queues, pending, chains, failures, backlog)
+
+    trackers = Table("chain", "tracked", "head", "last tick", title="confirmation trackers")
+    for chain, state in sorted(snap.trackers.items()):
+        trackers.add_row(chain, str(state.tracked), "" if state.head is None else str(state.head),
+                         "never" if state.last_tick_age_s is None else f"{_age(state.last_tick_age_s)} ago")
+    return Group(queues, pending, chains, failures, backlog, trackers)
 
 
 def run_status(settings: Settings, as_json: bool) -> None:

@@ -267,3 +267,14 @@ def test_the_confirmation_timeout_never_loops_on_an_included_transfer(world: Wor
         if world.tx(tx_id).tracked_at is None:
             world.deliver("confirm", tx_id)  # included below depth: WAIT, back to the tracker
     assert handed <= 1  # not once per tick
+
+
+def test_ops_see_each_trackers_last_tick(world: World) -> None:
+    from pipeline.stats import snapshot
+
+    broadcast_by_runner(world)
+    world.adapter().statuses = [PENDING]
+    tick(world.ctx(), "ethereum", LIMITS)
+    with world.db.unit_of_work() as s:
+        state = snapshot(s, utcnow()).trackers["ethereum"]
+    assert state.tracked == 1 and state.last_tick_age_s is not None and state.last_tick_age_s < 5
