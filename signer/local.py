@@ -265,26 +265,41 @@ class LocalKeySigner:
                                     "master key (wrong PARATRO_SIGNER_MASTER_KEY, or the sealed row was moved)") from None
 
     def _sign(self, session: Session, ref: KeyRef, payloads: Sequence[bytes]) -> list[bytes]:
-        opened = self._open.get(ref.wallet_id, ref.key_name)
-        if opened is None:
+        found = self._open.get(ref.wallet_id, ref.key_name)
+        if found is None:
             row = session.get(SignerKey, (ref.wallet_id, ref.key_name))
             if row is None or row.curve != ref.curve.value:
                 raise UnknownKey(f"no {ref.curve.value} key {ref.key_name!r} for wallet {ref.wallet_id}")
-            opened = (row.curve, _signing_key(row.curve, self._unseal(row)))
-            self._open.put(ref.wallet_id, ref.key_name, *opened)
-        curve, key = opened
+            found = (row.curve, _OpenedKey(row.curve, self._unseal(row)))
+            self._open.put(ref.wallet_id, ref.key_name, *found)
+        curve, opened = found
         if curve != ref.curve.value:
             raise UnknownKey(f"no {ref.curve.value} key {ref.key_name!r} for wallet {ref.wallet_id}")
-        if curve == Curve.SECP256K1.value:
-            return [key.sign_msg_hash(digest).to_bytes() for digest in payloads]
-        return [key.sign(message) for message in payloads]
+        return opened.sign(payloads)
 
 
-def _signing_key(curve: str, private: bytes) -> Any:
-    """The opened key as the signing library's object (secp256k1: eth_keys; ed25519: cryptography)."""
-    if curve == Curve.SECP256K1.value:
-        return eth_keys.PrivateKey(private)
-    return Ed25519PrivateKey.from_private_bytes(private)
+class _OpenedKey:
+    """An unsealed key as the signing library's object (secp256k1: eth_keys; ed25519: cryptography),
+    behind a repr that shows nothing: eth_keys' own repr is the private key in hex, and this object
+    lives in memory for the process (a log line or an error reporter that renders locals must not
+    print it)."""
+
+    __slots__ = ("_curve", "_key")
+
+    def __init__(self, curve: str, private: bytes) -> None:
+        self._curve = curve
+        self._key = (eth_keys.PrivateKey(private) if curve == Curve.SECP256K1.value
+                     else Ed25519PrivateKey.from_private_bytes(private))
+
+    def sign(self, payloads: Sequence[bytes]) -> list[bytes]:
+        if self._curve == Curve.SECP256K1.value:
+            return [self._key.sign_msg_hash(digest).to_bytes() for digest in payloads]
+        return [self._key.sign(message) for message in payloads]
+
+    def __repr__(self) -> str:
+        return f"<opened {self._curve} key>"
+
+    __str__ = __repr__
 
 
 def _stored(row: SignatureRequest) -> _Stored:

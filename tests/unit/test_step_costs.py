@@ -203,8 +203,9 @@ def test_opened_keys_never_show_in_a_repr(local_signer: LocalKeySigner, db: Data
     local_signer.request_signature("r1", EVM1, [DIGEST])
     sealed, _ = key_row(db.engine, W1)
     private = unseal(master_key, sealed, W1, "evm", "secp256k1")
-    shown = f"{local_signer!r} {local_signer._open!r} {vars(local_signer)!r}"
-    assert len(local_signer._open) == 1
+    opened = local_signer._open.get(W1, "evm")
+    shown = f"{local_signer!r} {local_signer._open!r} {vars(local_signer)!r} {opened!r} {opened}"
+    assert len(local_signer._open) == 1 and opened is not None
     for secret in (private.hex(), private.hex().upper(), repr(private), master_key):
         assert secret not in shown
 
