@@ -109,7 +109,9 @@ def fund_sources(ctx: Any, node: Any, client_id: str, plan: FamilyPlan, transfer
     return sources
 
 
-def _requests(ctx: Any, client_id: str, plan: FamilyPlan, sources: Sequence[Source], count: int, label: str) -> list[Any]:
+def transfer_requests(ctx: Any, client_id: str, plan: FamilyPlan, sources: Sequence[Source], count: int,
+                      label: str) -> list[Any]:
+    """`count` transfer requests to fresh addresses, rotating over `sources` (keys `label`-i)."""
     from pipeline.transfers import TransferRequest
     from workers.services import fresh_destination
 
@@ -124,7 +126,7 @@ def run_burst(ctx: Any, client_id: str, plan: FamilyPlan, sources: Sequence[Sour
     the counters before and after."""
     from workers.services import submit_transfer
 
-    requests = _requests(ctx, client_id, plan, sources, count, label)
+    requests = transfer_requests(ctx, client_id, plan, sources, count, label)
     result = BurstResult(label, plan.chain, len(sources), count)
     before = measure()
     started = time.monotonic()
@@ -141,7 +143,7 @@ def run_paced(ctx: Any, client_id: str, plan: FamilyPlan, sources: Sequence[Sour
     """Submit `count` transfers at `rate_per_s`, evenly spaced; wait for all to be final."""
     from workers.services import submit_transfer
 
-    requests = _requests(ctx, client_id, plan, sources, count, label)
+    requests = transfer_requests(ctx, client_id, plan, sources, count, label)
     result = BurstResult(label, plan.chain, len(sources), count)
     interval = 1.0 / rate_per_s
     started = time.monotonic()

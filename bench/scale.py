@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import counters
-from bench.pipeline_burst import PLANS, BurstResult, fund_sources, new_client, run_burst, wait_final
+from bench.pipeline_burst import PLANS, fund_sources, new_client, run_burst, transfer_requests, wait_final
 from bench.report import say
 
 CHAIN = "ethereum"
@@ -244,8 +244,6 @@ def soak(args: argparse.Namespace, ctx: Any, stack: Any) -> dict[str, Any]:
     """`args.soak` transfers in waves through one worker of 2 processes; RSS after warm-up and each wave."""
     from workers.services import submit_transfer
 
-    from bench.pipeline_burst import _requests
-
     plan = PLANS[CHAIN]
     use_layout(stack, "soak", [WorkerGroup("all", 2, None, beat=True)])
     client_id = new_client(ctx, "scale soak")
@@ -260,7 +258,7 @@ def soak(args: argparse.Namespace, ctx: Any, stack: Any) -> dict[str, Any]:
     done, wave, started, statuses = 0, 0, time.monotonic(), Counter[str]()
     while done < args.soak:
         size = min(args.soak_wave, args.soak - done)
-        requests = _requests(ctx, client_id, plan, sources, size, f"soak-{wave}")
+        requests = transfer_requests(ctx, client_id, plan, sources, size, f"soak-{wave}")
         ids = [submit_transfer(ctx, request).transaction_id for request in requests]
         stages = wait_final(ctx, ids, max(args.phase_timeout, size * 1.0), say, f"soak wave {wave}")
         statuses.update(stages)
