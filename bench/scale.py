@@ -194,7 +194,7 @@ def one_asset(args: argparse.Namespace, ctx: Any, stack: Any, workdir: Path, pg_
     source = Source(address, asset_id)
 
     def asset_now() -> tuple[int, int]:
-        with ctx.db.unit_of_work() as session:
+        with ctx.db.reading() as session:
             row = session.execute(select(Asset.balance, Asset.locked_balance).where(Asset.asset_id == asset_id)).one()
             return int(row[0]), int(row[1])
 

@@ -30,6 +30,7 @@ NOT_MIGRATED = "database schema is not migrated: run `paratro migrate`"
 _MISSING_SCHEMA_TEXT = ("no such table", "no such column")
 _MISSING_SCHEMA_SQLSTATE = ("42P01", "42703")
 
+READ_ONLY_OPTION = "paratro_read_only"
 _lock = threading.Lock()
 _databases: dict[tuple[int, str], "Database"] = {}
 
@@ -54,7 +55,10 @@ def _prepare_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # A read-only unit (`Database.reading`) takes no write lock: in WAL mode readers never block
+        # the writer, and a long read (a tracker tick over 100,000 rows) must not stall every step.
+        reading = connection.get_execution_options().get(READ_ONLY_OPTION)
+        connection.exec_driver_sql("BEGIN" if reading else "BEGIN IMMEDIATE")
 
 
 def make_engine(url: str) -> Engine:
@@ -95,6 +99,8 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._readers = sessionmaker(self.engine.execution_options(**{READ_ONLY_OPTION: True}),
+                                     expire_on_commit=False)
 
     @property
     def dialect(self) -> str:
@@ -103,7 +109,20 @@ class Database:
     @contextmanager
     def unit_of_work(self) -> Iterator[Session]:
         """Commit everything done inside, or nothing; DB trouble worth a retry -> DatabaseUnavailable."""
-        session = self._sessions()
+        with self._unit(self._sessions) as session:
+            yield session
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A unit that only reads: on SQLite it takes no write lock (a deferred BEGIN), so it never
+        makes a writer wait; a write inside it may fail with "database is locked". PostgreSQL: the
+        same as `unit_of_work`."""
+        with self._unit(self._readers) as session:
+            yield session
+
+    @contextmanager
+    def _unit(self, sessions: sessionmaker[Session]) -> Iterator[Session]:
+        session = sessions()
         try:
             with session.begin():
                 yield session

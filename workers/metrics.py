@@ -99,7 +99,7 @@ def _chain_of(ctx: "StepContext", transaction_id: str) -> str:
     from sqlalchemy import select
 
     try:
-        with ctx.db.unit_of_work() as session:
+        with ctx.db.reading() as session:
             chain = session.scalar(select(Transaction.chain).where(Transaction.transaction_id == transaction_id))
     except Exception:  # noqa: BLE001 - the database is down too: still count the error
         return "unknown"
@@ -253,7 +253,7 @@ class SnapshotCollector(Collector):
     def _database_metrics(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("paratro_database_up", "1 if the snapshot query answered")
         try:
-            with self._database().unit_of_work() as session:
+            with self._database().reading() as session:
                 snap = snapshot(session, utcnow())
         except Exception as exc:  # noqa: BLE001 - one line, no URL (the exception type is enough)
             log.warning("metrics.snapshot_failed", error=type(exc).__name__)

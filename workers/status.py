@@ -60,7 +60,7 @@ def gather(settings: Settings) -> StatusReport:
     from pipeline.db import get_database
     from workers.app import ALL_QUEUES
 
-    with get_database(settings.database_url).unit_of_work() as session:
+    with get_database(settings.database_url).reading() as session:
         snap = snapshot(session, utcnow())
     try:
         return StatusReport(snap, queue_depths(settings.broker_url, ALL_QUEUES), None)

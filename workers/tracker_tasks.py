@@ -36,7 +36,7 @@ def track() -> int:
     """Send a tick for every chain whose tracker has transfers to follow."""
     ctx = runtime.context()
     expires = get_settings().tracker_interval_s * 5
-    with ctx.db.unit_of_work() as session:
+    with ctx.db.reading() as session:
         chains = [chain for chain in ctx.registry.names() if has_tracked(session, chain)]
     for chain in chains:
         app.send_task(task_name("track_chain"), args=(chain,), expires=expires)

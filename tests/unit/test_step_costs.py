@@ -313,3 +313,26 @@ def test_a_stage_change_still_commits_with_its_event_in_one_transaction(offline_
         outcome = STEP_FUNCTIONS["resolve_source"](world.ctx(), run)
     assert (outcome.stage, len(seen)) == (Stage.SOURCE_RESOLVED, 1)
     assert world.stage_changes(tx_id)[-1] == ("RECEIVED", "SOURCE_RESOLVED")
+
+
+def test_a_reading_unit_takes_no_write_lock_on_sqlite(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import sqlite3
+
+    from sqlalchemy import text
+
+    from pipeline.db import Database
+
+    database = Database(f"sqlite:///{tmp_path / 'r.db'}")
+    with database.unit_of_work() as session:
+        session.execute(text("CREATE TABLE t (x INTEGER)"))
+    writer = sqlite3.connect(tmp_path / "r.db", timeout=0.1, isolation_level=None)
+    with database.reading() as session:
+        session.execute(text("SELECT * FROM t")).all()
+        writer.execute("BEGIN IMMEDIATE")  # a step's write goes ahead while the long read runs
+        writer.execute("INSERT INTO t VALUES (1)")
+        writer.execute("COMMIT")
+    with database.unit_of_work() as session:
+        session.execute(text("SELECT * FROM t")).all()
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            writer.execute("BEGIN IMMEDIATE")  # a unit of work holds the write lock from its start
+    database.dispose()
