@@ -285,7 +285,7 @@ def _drive(ctx: Any, dispatches: list[Any], stats: dict[str, StepStats], probe: 
         report = _timed(stats[step], probe, lambda: run_message(ctx, step, tx_id, dispatch.seq, dispatch.errors, inline))
         while report.next_run is not None:
             run = report.next_run
-            report = _timed(stats[run.step], probe, lambda: run_taken(ctx, run, inline))
+            report = _timed(stats[run.step], probe, lambda: run_taken(ctx, run))
             step = run.step
         if report.error and report.result not in ("wait", "advanced", "noop"):
             print(f"  {step} {tx_id}: {report.result}: {report.error}", file=sys.stderr)

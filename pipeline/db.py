@@ -12,7 +12,10 @@ PostgreSQL uses row locks (`SELECT ... FOR UPDATE`). Database trouble that a ret
 from __future__ import annotations
 
 import os
+import random
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +34,8 @@ _MISSING_SCHEMA_TEXT = ("no such table", "no such column")
 _MISSING_SCHEMA_SQLSTATE = ("42P01", "42703")
 
 READ_ONLY_OPTION = "paratro_read_only"
+LOCK_TIMEOUT_S = 30.0  # how long a unit of work waits for SQLite's write lock
+FIRST_PAUSE_S, MAX_PAUSE_S = 0.0002, 0.004  # polling for the write lock (see _begin_immediate)
 _lock = threading.Lock()
 _databases: dict[tuple[int, str], "Database"] = {}
 
@@ -57,8 +62,33 @@ def _prepare_sqlite(engine: Engine) -> None:
     def _on_begin(connection: Any) -> None:
         # A read-only unit (`Database.reading`) takes no write lock: in WAL mode readers never block
         # the writer, and a long read (a tracker tick over 100,000 rows) must not stall every step.
-        reading = connection.get_execution_options().get(READ_ONLY_OPTION)
-        connection.exec_driver_sql("BEGIN" if reading else "BEGIN IMMEDIATE")
+        if connection.get_execution_options().get(READ_ONLY_OPTION):
+            connection.exec_driver_sql("BEGIN")
+        elif not _begin_immediate(connection.connection.driver_connection):
+            connection.exec_driver_sql("BEGIN IMMEDIATE")  # the last try, with SQLite's busy wait and its error
+
+
+def _begin_immediate(dbapi_connection: Any, timeout_s: float = LOCK_TIMEOUT_S) -> bool:
+    """Take SQLite's write lock, polling every fraction of a millisecond while another process
+    holds it. SQLite's own busy handler sleeps 1, 2, 5, 10 ... 100 ms between tries: with several
+    worker processes committing a few milliseconds apart, a waiter would sleep on well after the
+    lock was free, and the workers would stand idle half the time. False: not taken in time (or
+    another error): the caller's last plain try then raises SQLite's error, mapped as usual."""
+    deadline = time.monotonic() + timeout_s
+    pause = FIRST_PAUSE_S
+    dbapi_connection.execute("PRAGMA busy_timeout=0")
+    try:
+        while True:
+            try:
+                dbapi_connection.execute("BEGIN IMMEDIATE")
+                return True
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    return False
+            time.sleep(pause * random.uniform(0.5, 1.5))
+            pause = min(pause * 1.5, MAX_PAUSE_S)
+    finally:
+        dbapi_connection.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
 
 
 def make_engine(url: str) -> Engine:

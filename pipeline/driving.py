@@ -73,6 +73,7 @@ class Run:
     step: str
     seq: int
     errors: int = 0
+    inline: frozenset[str] = frozenset()  # next steps this process runs itself (see runner.run_taken)
 
 
 def load_tx(session: Session, tx_id: str, for_update: bool = True) -> Transaction:
@@ -91,7 +92,7 @@ def load_tx(session: Session, tx_id: str, for_update: bool = True) -> Transactio
 
 
 def take(session: Session, transaction_id: str, seq: int | None, step: str, lease_s: float,
-         errors: int = 0) -> Run | None:
+         errors: int = 0, inline: frozenset[str] = frozenset()) -> Run | None:
     """Pick up a message: the run gets the next token and a lease, or None if it was superseded
     (or the transfer is final or held by ops)."""
     tx = load_tx(session, transaction_id)
@@ -104,7 +105,7 @@ def take(session: Session, transaction_id: str, seq: int | None, step: str, leas
     tx.lease_until = utcnow() + timedelta(seconds=lease_s)
     tx.heartbeat_at = utcnow()
     drop_step_messages(session, transaction_id)
-    return Run(transaction_id, step, tx.driver_seq, errors)
+    return Run(transaction_id, step, tx.driver_seq, errors, inline)
 
 
 def step_messages_of(transaction_id: str | ColumnElement[str]) -> ColumnElement[bool]:
@@ -149,7 +150,7 @@ def next_step(tx: Transaction) -> str | None:
     return None if stage in FINAL or stage in TRACKED_STAGES else STEP_FOR_STAGE[stage]
 
 
-def take_here(tx: Transaction, step: str, lease_s: float) -> Run:
+def take_here(tx: Transaction, step: str, lease_s: float, inline: frozenset[str] = frozenset()) -> Run:
     """The concluding run hands the transfer straight to the next run in the same process, in the
     conclusion's commit: a new token and a lease, as if a message had been sent and taken at once.
     No message and no outbox row: if this process dies, the lease expires and the sweeper takes
@@ -158,7 +159,7 @@ def take_here(tx: Transaction, step: str, lease_s: float) -> Run:
     tx.lease_until = utcnow() + timedelta(seconds=lease_s)
     tx.heartbeat_at = utcnow()
     tx.tracked_at = None
-    return Run(tx.transaction_id, step, tx.driver_seq, 0)
+    return Run(tx.transaction_id, step, tx.driver_seq, 0, inline)
 
 
 def hand_to_tracker(tx: Transaction) -> None:

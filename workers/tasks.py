@@ -38,7 +38,7 @@ def run_step(step: str, transaction_id: str, seq: int | None, errors: int) -> st
                                                                                errors, inline))
     while report.next_run is not None:
         run = report.next_run
-        report = _run_and_log(ctx, run.step, transaction_id, run.seq, lambda: run_taken(ctx, run, inline))
+        report = _run_and_log(ctx, run.step, transaction_id, run.seq, lambda: run_taken(ctx, run))
     publish_after_commit(ctx, report.dispatch)
     return transaction_id
 

@@ -10,6 +10,7 @@ import enum
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy import delete
 from sqlalchemy.orm import Session
@@ -23,6 +24,9 @@ from pipeline.models import ReleasedNonce, Transaction, UtxoReservation, utcnow
 from pipeline.stages import FailureReason, Stage
 from pipeline import ledger
 from signer.base import Signer
+
+if TYPE_CHECKING:
+    from pipeline.steps.handover import StepReport
 
 
 class OutcomeKind(str, enum.Enum):
@@ -40,6 +44,7 @@ class Outcome:
     stage: Stage
     countdown: float = 0.0
     step: str | None = None  # for RESTART
+    report: "StepReport | None" = None  # set when the step concluded in its own unit of work (handover)
 
     @classmethod
     def of(cls, kind: OutcomeKind, tx: Transaction, countdown: float = 0.0) -> "Outcome":

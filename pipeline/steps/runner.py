@@ -23,26 +23,14 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 
 from chains.errors import ChainError
-from pipeline.driving import (
-    Dispatch,
-    Run,
-    hand_off,
-    hand_to_stage,
-    hand_to_tracker,
-    load_held,
-    next_step,
-    park,
-    release,
-    take,
-    take_here,
-)
+from pipeline.driving import Run, hand_off, load_held, park, release, take
 from pipeline.errors import NotFound, PipelineError, Superseded, UnprovenRejection
 from pipeline.lifecycle import is_final, record_note
 from pipeline.models import Transaction
 from pipeline.recovery import hold
-from pipeline.stages import TRACKED_STAGES, Stage
 from pipeline.steps import STEP_FUNCTIONS
-from pipeline.steps.context import Outcome, OutcomeKind, StepContext
+from pipeline.steps.context import Outcome, StepContext
+from pipeline.steps.handover import StepReport, conclude
 from signer.base import SignerError
 
 
@@ -70,17 +58,6 @@ def backoff(budget: RetryBudget, attempt: int, cap: float) -> float:
     return random.uniform(0, min(budget.cap_s, cap, budget.base_s * 2**attempt))
 
 
-@dataclass(frozen=True)
-class StepReport:
-    """What happened, for the log line, and the message to publish after the commit (if any)."""
-
-    result: str  # an OutcomeKind value, or "dropped", "retry", "exhausted", "held", "unknown"
-    dispatch: Dispatch | None = None
-    stage: str | None = None
-    error: str | None = None
-    next_run: Run | None = None  # already taken by this process: run it now (`run_taken`)
-
-
 def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, (PipelineError, ChainError, SignerError)) and exc.transient
 
@@ -91,50 +68,32 @@ def run_message(ctx: StepContext, step: str, transaction_id: str, seq: int | Non
     named in `inline` is taken in the conclusion's own commit and returned as `next_run`."""
     try:
         with ctx.db.unit_of_work() as session:
-            run = take(session, transaction_id, seq, step, ctx.step_lease_s, errors)
+            run = take(session, transaction_id, seq, step, ctx.step_lease_s, errors, inline)
     except NotFound:
         return StepReport("unknown")
     if run is None:
         return StepReport("dropped")
-    return run_taken(ctx, run, inline)
+    return run_taken(ctx, run)
 
 
-def run_taken(ctx: StepContext, run: Run, inline: frozenset[str] = frozenset()) -> StepReport:
-    """The step and its conclusion, for a run that holds the transfer's token."""
+def run_taken(ctx: StepContext, run: Run) -> StepReport:
+    """The step and its conclusion, for a run that holds the transfer's token (a next step in
+    `run.inline` comes back as `next_run`, already taken)."""
     try:
         outcome = STEP_FUNCTIONS[run.step](ctx, run)
     except Superseded as exc:
         return StepReport("dropped", error=str(exc))
     except Exception as exc:  # noqa: BLE001 - every error ends in a recorded decision
         return _after_error(ctx, run, exc)
-    return _conclude(ctx, run, outcome, inline)
+    return _conclude(ctx, run, outcome)
 
 
-def _conclude(ctx: StepContext, run: Run, outcome: Outcome, inline: frozenset[str] = frozenset()) -> StepReport:
-    grace = ctx.stall_after_s
+def _conclude(ctx: StepContext, run: Run, outcome: Outcome) -> StepReport:
+    if outcome.report is not None:  # the step concluded in its own last unit of work
+        return outcome.report
     try:
         with ctx.db.unit_of_work() as session:
-            tx = load_held(session, run)
-            dispatch: Dispatch | None = None
-            following = next_step(tx) if outcome.kind in (OutcomeKind.ADVANCED, OutcomeKind.NOOP) else None
-            if following in inline and following != run.step:
-                # This process runs it next: taken in this commit (no message, no outbox row).
-                nxt = take_here(tx, following, ctx.step_lease_s)
-                return StepReport(outcome.kind.value, None, tx.stage, next_run=nxt)
-            if outcome.kind in (OutcomeKind.ADVANCED, OutcomeKind.NOOP):
-                dispatch = hand_to_stage(session, tx, grace)
-            elif outcome.kind is OutcomeKind.WAIT and Stage(tx.stage) in TRACKED_STAGES:
-                hand_to_tracker(tx)  # broadcast and waiting: the chain's tracker follows it from here
-            elif outcome.kind is OutcomeKind.WAIT:
-                countdown = min(outcome.countdown, ctx.max_countdown_s)  # a poll that worked: errors start over
-                dispatch = hand_off(session, tx, run.step, countdown, 0, grace)
-            elif outcome.kind is OutcomeKind.RESTART and outcome.step:
-                dispatch = hand_off(session, tx, outcome.step, publish_grace_s=grace)
-            elif outcome.kind is OutcomeKind.STALLED:
-                park(tx)
-            else:
-                release(tx)
-            return StepReport(outcome.kind.value, dispatch, tx.stage)
+            return conclude(ctx, session, run, load_held(session, run), outcome)
     except Superseded as exc:
         return StepReport("dropped", error=str(exc))
 

@@ -22,6 +22,7 @@ from pipeline.errors import ReplacementLimit, UnprovenRejection
 from pipeline.lifecycle import advance, record_note, stage_of
 from pipeline.models import Transaction, utcnow
 from pipeline.stages import FailureReason, Stage
+from pipeline.steps.handover import conclude_within
 from pipeline.steps.context import (
     Outcome,
     OutcomeKind,
@@ -64,7 +65,7 @@ def _mark_broadcast(ctx: StepContext, run: Run, attempt: Attempt, detail: str, r
         tx.broadcast_at = tx.last_broadcast_at = utcnow()
         tx.broadcast_count += 1
         advance(session, tx, Stage.BROADCAST, reason=reason, detail=detail)
-        return Outcome.of(OutcomeKind.ADVANCED, tx)
+        return conclude_within(ctx, session, run, tx, Outcome.of(OutcomeKind.ADVANCED, tx))
 
 
 def _refused(ctx: StepContext, run: Run, attempt: Attempt, adapter: ChainAdapter, signed: SignedTransaction,

@@ -228,3 +228,22 @@ def test_an_inline_run_that_never_happens_leaves_a_lease_the_sweeper_takes_over(
     world.edit(tx_id, lambda t: setattr(t, "lease_until", utcnow() - timedelta(seconds=1)))  # the process died
     assert sweep_now(world, 120) == [tx_id]
     assert runner.run_taken(world.ctx(), report.next_run).result == "dropped"  # the dead run's token is stale
+
+
+def test_a_step_concludes_in_its_own_last_transaction(world: World) -> None:
+    """The stage it reached, its event and the hand-over commit together: a delivered message costs
+    the take and the step's own transactions, and no separate conclusion."""
+    from sqlalchemy import event
+
+    alice = world.onboard(balances={"ETH": ETH})
+    tx_id = world.transfer(alice, "0.1")
+    commits: list[int] = []
+    listener = lambda _conn: commits.append(1)  # noqa: E731
+    event.listen(world.db.engine, "commit", listener)
+    try:
+        report = runner.run_message(world.ctx(), "resolve_source", tx_id, 1, 0)
+    finally:
+        event.remove(world.db.engine, "commit", listener)
+    tx = world.tx(tx_id)
+    assert report.dispatch == Dispatch(tx_id, "validate_destination", tx.driver_seq)
+    assert len(commits) == 2  # take; resolve + hand-over
