@@ -47,12 +47,12 @@ BENCH_ENV = {
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description="The pipeline against a bare Celery chain.")
-    parser.add_argument("--transfers", type=int, default=200, help="EVM burst size (each burst: several sources, then one)")
+    parser.add_argument("--transfers", type=int, default=400, help="EVM burst size (each burst: several sources, then one)")
     parser.add_argument("--other-transfers", type=int, default=None,
                         help="burst size for tron, bitcoin and solana (default: 200, 100, 200)")
     parser.add_argument("--families", default=",".join(FAMILIES), help="comma-separated chains, the first is primary")
     parser.add_argument("--sources", type=int, default=8, help="source accounts of the several-sources burst")
-    parser.add_argument("--floor-chains", type=int, default=300)
+    parser.add_argument("--floor-chains", type=int, default=1000)
     parser.add_argument("--node-transfers", type=int, default=None, help="per node alone (default: the burst size)")
     parser.add_argument("--paced-transfers", type=int, default=100, help="paced run of the primary family (0: skip)")
     parser.add_argument("--warmup", type=int, default=WARMUP_TRANSFERS, help="unmeasured transfers per family first")
