@@ -6,14 +6,33 @@ is tested without starting anything.
 
 from __future__ import annotations
 
+import json
 import math
+import signal
 import sys
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 #: Keys every `make bench` JSON line carries (tests and the README rely on them).
 REQUIRED_KEYS = ("floor_chains_per_s", "pipeline_transfers_per_s", "pipeline_over_floor", "p50_ms", "p99_ms",
                  "db_queries_per_transfer", "redis_commands_per_transfer", "rpc_calls_per_transfer", "worker_rss_mb")
+
+
+def run_main(args: Any, run: Callable[[Any, Path, ExitStack], dict[str, Any]], render: Callable[[Any], str],
+             prefix: str) -> int:
+    """A benchmark's main: stop everything it started on any exit (SIGTERM unwinds too), print the
+    table unless --json, then the JSON line; exit 0 only if the run says ok."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: every `with` below stops what it started
+    with ExitStack() as cleanup:
+        workdir = args.workdir or Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix=prefix)))
+        summary = run(args, workdir, cleanup)
+    if not args.json:
+        print(render(summary))
+    print(json.dumps(summary, separators=(",", ":")), flush=True)
+    return 0 if summary["ok"] else 1
 
 
 def say(message: str) -> None:

@@ -21,11 +21,7 @@ Everything started is stopped on the way out, also on Ctrl-C, SIGTERM and errors
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import signal
-import sys
-import tempfile
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -33,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import counters
-from bench.report import say, summarize, table
+from bench.report import run_main, say, summarize, table
 
 FAMILIES = ("ethereum", "tron", "bitcoin", "solana")
 #: Per-family burst sizes that keep `make bench` within its budget on 2 cores (EVM: --transfers).
@@ -76,15 +72,7 @@ def transfers_for(args: argparse.Namespace, chain: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: every `with` below stops what it started
-    with ExitStack() as cleanup:
-        workdir = args.workdir or Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="paratro-bench-")))
-        summary = run(args, workdir, cleanup)
-    if not args.json:
-        print(table(summary))
-    print(json.dumps(summary, separators=(",", ":")), flush=True)
-    return 0 if summary["ok"] else 1
+    return run_main(parse_args(argv), run, table, "paratro-bench-")
 
 
 def run(args: argparse.Namespace, workdir: Path, cleanup: ExitStack) -> dict[str, Any]:

@@ -24,12 +24,9 @@ A table, then one JSON line. Everything started is stopped on the way out (Ctrl-
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import signal
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -40,7 +37,7 @@ from typing import Any
 
 from bench import counters
 from bench.pipeline_burst import PLANS, fund_sources, new_client, run_burst, transfer_requests, wait_final
-from bench.report import say
+from bench.report import run_main, say
 
 CHAIN = "ethereum"
 WARMUP = 4
@@ -294,15 +291,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    with ExitStack() as cleanup:
-        workdir = args.workdir or Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="paratro-scale-")))
-        summary = run(args, workdir, cleanup)
-    if not args.json:
-        print(table(summary))
-    print(json.dumps(summary, separators=(",", ":")), flush=True)
-    return 0 if summary["ok"] else 1
+    return run_main(parse_args(argv), run, table, "paratro-scale-")
 
 
 def run(args: argparse.Namespace, workdir: Path, cleanup: ExitStack) -> dict[str, Any]:

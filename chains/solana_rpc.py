@@ -42,35 +42,15 @@ class SolanaRpc(HttpEndpoint):
     """One endpoint; one keep-alive HTTP session per thread (a requests Session is not thread-safe)."""
 
     def call(self, method: str, params: list[Any]) -> Any:
-        """The `result` of a JSON-RPC call; NodeRpcError for an error object, ChainRpcError otherwise.
-
-        A dropped keep-alive connection is retried once (every call here is idempotent: a
-        transaction sent twice is the same signature).
-        """
-        import requests
-
+        """The `result` of a JSON-RPC call; NodeRpcError for an error object, ChainRpcError otherwise."""
         body = {"jsonrpc": "2.0", "id": next(_ids), "method": method, "params": params}
-        with rpc_errors(method, self.url):
-            try:
-                response = self._session().post(self.url, json=body, timeout=self.timeout)
-            except requests.ConnectionError:
-                self._local.session = None
-                response = self._session().post(self.url, json=body, timeout=self.timeout)
-            response.raise_for_status()
-            return json_rpc_result(method, json.loads(response.content), self.url)
+        return json_rpc_result(method, self._post(method, body), self.url)
 
-    def batch(self, calls: Sequence[tuple[str, list[Any]]]) -> list[Any]:
-        """One HTTP request carrying a JSON-RPC batch: per call, in order, its `result` or the
-        NodeRpcError of its error object (the caller decides which errors matter). Transport
-        trouble, or an answer that is not one reply per call, is ChainRpcError for the whole batch.
-        The caller keeps a batch under agave's 50 KiB request body limit."""
+    def _post(self, what: str, body: Any) -> Any:
+        """POST a JSON-RPC body, the decoded answer; a dropped keep-alive connection is retried once
+        (every call here is idempotent: a transaction sent twice is the same signature)."""
         import requests
 
-        if not calls:
-            return []
-        ids = [next(_ids) for _ in calls]
-        body = [{"jsonrpc": "2.0", "id": i, "method": m, "params": p} for i, (m, p) in zip(ids, calls)]
-        what = f"batch of {len(calls)} {calls[0][0]}"
         with rpc_errors(what, self.url):
             try:
                 response = self._session().post(self.url, json=body, timeout=self.timeout)
@@ -78,7 +58,19 @@ class SolanaRpc(HttpEndpoint):
                 self._local.session = None
                 response = self._session().post(self.url, json=body, timeout=self.timeout)
             response.raise_for_status()
-            answer = json.loads(response.content)
+            return json.loads(response.content)
+
+    def batch(self, calls: Sequence[tuple[str, list[Any]]]) -> list[Any]:
+        """One HTTP request carrying a JSON-RPC batch: per call, in order, its `result` or the
+        NodeRpcError of its error object (the caller decides which errors matter). Transport
+        trouble, or an answer that is not one reply per call, is ChainRpcError for the whole batch.
+        The caller keeps a batch under agave's 50 KiB request body limit."""
+        if not calls:
+            return []
+        ids = [next(_ids) for _ in calls]
+        body = [{"jsonrpc": "2.0", "id": i, "method": m, "params": p} for i, (m, p) in zip(ids, calls)]
+        what = f"batch of {len(calls)} {calls[0][0]}"
+        answer = self._post(what, body)
         if isinstance(answer, dict):  # the node refused the batch as a whole (too large, not supported)
             json_rpc_result(what, answer, self.url)
         replies = {r.get("id"): r for r in answer if isinstance(r, dict)} if isinstance(answer, list) else {}

@@ -455,21 +455,7 @@ class TronAdapter:
         listed = block.get("transactions", [])
         if not isinstance(listed, list) or not any(isinstance(t, dict) and t.get("txID") == txid for t in listed):
             return TxStatus(TxState.PENDING)  # the receipt's block is being replaced (a fork switch)
-        depth = self.spec.confirmations
-        confirmations = max(head.number - number + 1, 1)
-        # Irreversible only once solidified: the count alone never reaches the depth before that.
-        confirmations = max(confirmations, depth) if number <= solid.number else min(confirmations, depth - 1)
-        receipt = info.get("receipt") if isinstance(info.get("receipt"), dict) else {}
-        failed = info.get("result") == "FAILED" or receipt.get("result", "SUCCESS") != "SUCCESS"
-        why = receipt.get("result") if receipt.get("result", "SUCCESS") != "SUCCESS" else _decode_message(info.get("resMessage"))
-        return TxStatus(
-            state=TxState.REVERTED if failed else TxState.INCLUDED,
-            block_number=number,
-            block_hash=str(block.get("blockID")),
-            confirmations=confirmations,
-            fee_paid=to_int(info.get("fee", 0), "receipt fee"),  # absent = 0: free bandwidth paid
-            detail=str(why)[:200] if failed and why else None,
-        )
+        return receipt_status(info, number, str(block.get("blockID")), head.number, solid.number, self.spec.confirmations)
 
     # --- balances ----------------------------------------------------------------------------
 
@@ -548,6 +534,24 @@ def _fee_params(params: Mapping[str, Any], token: TokenSpec) -> dict[str, int]:
 def _max_fee(params: Mapping[str, Any]) -> int:
     """Most sun the transaction can burn: bandwidth + activation (TRX) or + fee_limit (TRC20)."""
     return sum(int(value) for key, value in params.items() if key != "kind")
+
+
+def receipt_status(info: Mapping[str, Any], number: int, block_id: str, head: int, solid: int, depth: int) -> TxStatus:
+    """The status a transaction info in canonical block `number` gives (get_status and track)."""
+    confirmations = max(head - number + 1, 1)
+    # Irreversible only once solidified: the count alone never reaches the depth before that.
+    confirmations = max(confirmations, depth) if number <= solid else min(confirmations, depth - 1)
+    receipt = info.get("receipt") if isinstance(info.get("receipt"), dict) else {}
+    failed = info.get("result") == "FAILED" or receipt.get("result", "SUCCESS") != "SUCCESS"
+    why = receipt.get("result") if receipt.get("result", "SUCCESS") != "SUCCESS" else _decode_message(info.get("resMessage"))
+    return TxStatus(
+        state=TxState.REVERTED if failed else TxState.INCLUDED,
+        block_number=number,
+        block_hash=block_id,
+        confirmations=confirmations,
+        fee_paid=to_int(info.get("fee", 0), "receipt fee"),  # absent = 0: free bandwidth paid
+        detail=str(why)[:200] if failed and why else None,
+    )
 
 
 def _decode_message(value: object) -> str | None:

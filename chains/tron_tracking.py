@@ -40,7 +40,7 @@ import structlog
 
 from chains.base import Observation, TxState, TxStatus, Watched
 from chains.errors import ChainRpcError
-from chains.tron import TronAdapter, _Block, _decode_message
+from chains.tron import TronAdapter, _Block, receipt_status
 from chains.tron_rpc import to_int
 
 log = structlog.get_logger(__name__)
@@ -169,18 +169,4 @@ def _still_there(item: Watched, block: _Block) -> bool:
 
 def _status(info: Mapping[str, Any], block: _Block, head: _Block, solid: _Block, depth: int) -> TxStatus:
     """`TronAdapter._included`'s status for a transaction info in a canonical block."""
-    number = block.number
-    confirmations = max(head.number - number + 1, 1)
-    # Irreversible only once solidified: the count alone never reaches the depth before that.
-    confirmations = max(confirmations, depth) if number <= solid.number else min(confirmations, depth - 1)
-    receipt = info.get("receipt") if isinstance(info.get("receipt"), dict) else {}
-    failed = info.get("result") == "FAILED" or receipt.get("result", "SUCCESS") != "SUCCESS"
-    why = receipt.get("result") if receipt.get("result", "SUCCESS") != "SUCCESS" else _decode_message(info.get("resMessage"))
-    return TxStatus(
-        state=TxState.REVERTED if failed else TxState.INCLUDED,
-        block_number=number,
-        block_hash=block.block_id,
-        confirmations=confirmations,
-        fee_paid=to_int(info.get("fee", 0), "receipt fee"),  # absent = 0: free bandwidth paid
-        detail=str(why)[:200] if failed and why else None,
-    )
+    return receipt_status(info, block.number, block.block_id, head.number, solid.number, depth)

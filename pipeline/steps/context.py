@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from chains.base import ChainAdapter, FeeQuote, SignedTransaction, TransferIntent, Utxo
 from chains.registry import Registry
 from pipeline.db import Database
-from pipeline.driving import Attempt, Run, load_held, load_tx
+from pipeline.driving import Attempt, Run, load_held
 from pipeline.lifecycle import advance, stage_of
 from pipeline.models import ReleasedNonce, Transaction, UtxoReservation, utcnow
 from pipeline.stages import FailureReason, Stage
