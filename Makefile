@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo sandbox test test-unit chaos bench bench-scale clean
+.PHONY: install demo sandbox test test-unit chaos bench bench-scale bench-tick clean
 
 install: $(STAMP)
 
@@ -59,6 +59,12 @@ bench: install
 bench-scale: install
 	$(BIN)/python -m devnet.ensure redis postgres anvil
 	$(BIN)/python -m bench.scale $(ARGS)
+
+# One confirmation-tracker tick per chain at 1,000 / 10,000 / 100,000 pending transfers (bench/tracker_tick.py):
+# wall time, DB statements, RPC requests, Celery tasks. ARGS: `--db postgresql`, `--sizes 1000,5000`.
+bench-tick: install
+	$(BIN)/python -m devnet.ensure anvil $(if $(findstring postgresql,$(ARGS)),postgres)
+	$(BIN)/python -m bench.tracker_tick $(ARGS)
 
 test-unit: install
 	$(BIN)/python -m pytest -q -m "not integration"
