@@ -176,7 +176,3 @@ def configure_logging(level: str = "INFO", json_lines: bool = False) -> None:
     # httpx logs every request's full URL at INFO: a webhook URL's path may hold the receiver's
     # token, which no pattern can tell from a path. Only DEBUG (a developer's choice) shows them.
     logging.getLogger("httpx").setLevel(logging.NOTSET if level.upper() == "DEBUG" else logging.WARNING)
-    # Celery logs "Task ... received" and "... succeeded in ..." for every task at INFO: two lines per
-    # step that say less than our own `step.done` line, and cost a formatted write each. DEBUG shows them.
-    for chatty in ("celery.worker.strategy", "celery.app.trace"):
-        logging.getLogger(chatty).setLevel(logging.NOTSET if level.upper() == "DEBUG" else logging.WARNING)
