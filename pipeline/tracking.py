@@ -119,6 +119,16 @@ def acquire(session: Session, chain: str, lease_s: float = TICK_LEASE_S) -> tupl
     return row.lease_token, json.loads(row.cursor or "{}")
 
 
+def forget_cursor(session: Session, chain: str) -> None:
+    """Nothing to follow: drop the adapter's cursor (unless a tick holds the chain), so that when
+    transfers come again the scan starts near the head instead of catching up on every block mined
+    while the chain was idle (a block scan reads a bounded number of blocks per tick). Nothing can
+    be missed: a transfer handed over later was sent after this, so it lands after the new start."""
+    row = session.get(ChainTracker, chain, with_for_update=True, populate_existing=True)
+    if row is not None and (row.lease_until is None or row.lease_until <= utcnow()):
+        row.cursor = "{}"
+
+
 def finish(session: Session, chain: str, token: int, observation: Observation | None, tracked: int) -> bool:
     """Store the cursor and mark the tick done, if the lease is still this tick's. A failed tick
     (observation None) only gives the lease back: `ticked_at` says the chain is really followed."""
@@ -283,9 +293,14 @@ def tick(ctx: StepContext, chain: str, limits: TrackerLimits) -> TickReport:
     completed: a tracker that keeps failing lets the sweeper take its transfers over."""
     report = TickReport(chain)
     with ctx.db.reading() as session:
-        if not has_tracked(session, chain):
-            report.ran = False
-            return report
+        idle = not has_tracked(session, chain)
+        stale = idle and session.scalar(select(ChainTracker.cursor).where(ChainTracker.chain == chain)) not in (None, "{}")
+    if idle:
+        if stale:
+            with ctx.db.unit_of_work() as session:
+                forget_cursor(session, chain)
+        report.ran = False
+        return report
     with ctx.db.unit_of_work() as session:
         lease = acquire(session, chain)
     if lease is None:

@@ -278,3 +278,15 @@ def test_ops_see_each_trackers_last_tick(world: World) -> None:
     with world.db.unit_of_work() as s:
         state = snapshot(s, utcnow()).trackers["ethereum"]
     assert state.tracked == 1 and state.last_tick_age_s is not None and state.last_tick_age_s < 5
+
+
+def test_an_idle_chain_forgets_its_scan_cursor(world: World) -> None:
+    """Blocks mined while nothing was tracked need no catching up: the next scan starts near the head."""
+    _, tx_id = broadcast_by_runner(world)
+    adapter = Scripted(world.adapter(), {tx_id: included(confirmations=3)})
+    tick(scripted_ctx(world, adapter), "ethereum", LIMITS)  # settles it; the cursor is stored
+    with world.db.unit_of_work() as s:
+        assert s.get(ChainTracker, "ethereum").cursor != "{}"
+    assert tick(scripted_ctx(world, adapter), "ethereum", LIMITS).ran is False
+    with world.db.unit_of_work() as s:
+        assert s.get(ChainTracker, "ethereum").cursor == "{}"
