@@ -46,6 +46,12 @@ log = structlog.get_logger("paratro.tracker")
 
 TICK_LEASE_S = 600.0  # one tick's lease on its chain: longer than any tick (a TRON tick at most ~150 RPCs x 10 s)
 CHUNK = 100  # transfers written per DB transaction: short row locks, few commits
+# A cursor whose last tick is older than this is dropped and the adapter starts near the head: a
+# chain idle for a while would otherwise be caught up a bounded number of blocks per tick while
+# new transfers wait. Nothing is lost: a transfer sent while the chain was idle is in the new
+# window; one whose inclusion fell behind it (a tracker that was down) goes quiet and the confirm
+# step finds it one by one, then the tracker follows it again.
+STALE_CURSOR_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -116,17 +122,9 @@ def acquire(session: Session, chain: str, lease_s: float = TICK_LEASE_S) -> tupl
         return None
     row.lease_token += 1
     row.lease_until = now + timedelta(seconds=lease_s)
+    if row.ticked_at is None or now - row.ticked_at > timedelta(seconds=STALE_CURSOR_S):
+        return row.lease_token, {}  # idle (or stopped) a while: start near the head (see STALE_CURSOR_S)
     return row.lease_token, json.loads(row.cursor or "{}")
-
-
-def forget_cursor(session: Session, chain: str) -> None:
-    """Nothing to follow: drop the adapter's cursor (unless a tick holds the chain), so that when
-    transfers come again the scan starts near the head instead of catching up on every block mined
-    while the chain was idle (a block scan reads a bounded number of blocks per tick). Nothing can
-    be missed: a transfer handed over later was sent after this, so it lands after the new start."""
-    row = session.get(ChainTracker, chain, with_for_update=True, populate_existing=True)
-    if row is not None and (row.lease_until is None or row.lease_until <= utcnow()):
-        row.cursor = "{}"
 
 
 def finish(session: Session, chain: str, token: int, observation: Observation | None, tracked: int) -> bool:
@@ -293,14 +291,9 @@ def tick(ctx: StepContext, chain: str, limits: TrackerLimits) -> TickReport:
     completed: a tracker that keeps failing lets the sweeper take its transfers over."""
     report = TickReport(chain)
     with ctx.db.reading() as session:
-        idle = not has_tracked(session, chain)
-        stale = idle and session.scalar(select(ChainTracker.cursor).where(ChainTracker.chain == chain)) not in (None, "{}")
-    if idle:
-        if stale:
-            with ctx.db.unit_of_work() as session:
-                forget_cursor(session, chain)
-        report.ran = False
-        return report
+        if not has_tracked(session, chain):
+            report.ran = False
+            return report
     with ctx.db.unit_of_work() as session:
         lease = acquire(session, chain)
     if lease is None:

@@ -13,7 +13,7 @@ from chains.base import TxState, TxStatus
 from pipeline.models import Asset, ChainTracker, OutboxMessage, Transaction, utcnow
 from pipeline.recovery import claim_stalled
 from pipeline.stages import Stage
-from pipeline.tracking import TrackerLimits, acquire, decide, read_followed, tick
+from pipeline.tracking import STALE_CURSOR_S, TrackerLimits, acquire, decide, read_followed, tick
 from tests.unit.fakes import DEFAULT_FEE, DEFAULT_FEE_PAID, PENDING, World, included, reverted
 
 ETH = 10**18
@@ -280,13 +280,22 @@ def test_ops_see_each_trackers_last_tick(world: World) -> None:
     assert state.tracked == 1 and state.last_tick_age_s is not None and state.last_tick_age_s < 5
 
 
-def test_an_idle_chain_forgets_its_scan_cursor(world: World) -> None:
-    """Blocks mined while nothing was tracked need no catching up: the next scan starts near the head."""
+def test_a_cursor_left_idle_is_dropped_and_the_scan_starts_near_the_head(world: World) -> None:
+    """Blocks mined while nothing was tracked need no catching up."""
     _, tx_id = broadcast_by_runner(world)
-    adapter = Scripted(world.adapter(), {tx_id: included(confirmations=3)})
-    tick(scripted_ctx(world, adapter), "ethereum", LIMITS)  # settles it; the cursor is stored
+    adapter = Scripted(world.adapter(), {})
+    seen: list[dict] = []
+
+    def track(watched, cursor):  # type: ignore[no-untyped-def]
+        seen.append(dict(cursor))
+        return Scripted.track(adapter, watched, cursor)
+
+    adapter.track = track  # type: ignore[method-assign]
+    tick(scripted_ctx(world, adapter), "ethereum", LIMITS)
+    tick(scripted_ctx(world, adapter), "ethereum", LIMITS)
+    assert seen[0] == {} and seen[1] == {"scanned": 201}  # a live tracker continues where it stopped
     with world.db.unit_of_work() as s:
-        assert s.get(ChainTracker, "ethereum").cursor != "{}"
-    assert tick(scripted_ctx(world, adapter), "ethereum", LIMITS).ran is False
-    with world.db.unit_of_work() as s:
-        assert s.get(ChainTracker, "ethereum").cursor == "{}"
+        s.get(ChainTracker, "ethereum").ticked_at = utcnow() - timedelta(seconds=STALE_CURSOR_S + 1)
+    tick(scripted_ctx(world, adapter), "ethereum", LIMITS)
+    assert seen[2] == {}
+    assert world.tx(tx_id).status == "PENDING"
