@@ -73,7 +73,8 @@ def _begin_immediate(dbapi_connection: Any, timeout_s: float = LOCK_TIMEOUT_S) -
     holds it. SQLite's own busy handler sleeps 1, 2, 5, 10 ... 100 ms between tries: with several
     worker processes committing a few milliseconds apart, a waiter would sleep on well after the
     lock was free, and the workers would stand idle half the time. False: not taken in time (or
-    another error): the caller's last plain try then raises SQLite's error, mapped as usual."""
+    another error): the caller's last plain try (SQLite's own wait, `timeout_s` more at most)
+    then raises SQLite's error, mapped as usual."""
     deadline = time.monotonic() + timeout_s
     pause = FIRST_PAUSE_S
     dbapi_connection.execute("PRAGMA busy_timeout=0")
@@ -82,7 +83,7 @@ def _begin_immediate(dbapi_connection: Any, timeout_s: float = LOCK_TIMEOUT_S) -
             try:
                 dbapi_connection.execute("BEGIN IMMEDIATE")
                 return True
-            except sqlite3.OperationalError as exc:
+            except sqlite3.Error as exc:  # any other error: the caller's last try raises it, mapped
                 if "locked" not in str(exc) or time.monotonic() > deadline:
                     return False
             time.sleep(pause * random.uniform(0.5, 1.5))

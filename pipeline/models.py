@@ -229,7 +229,7 @@ class ChainTracker(Base):
     lease_until: Mapped[datetime | None] = mapped_column(DateTime)
     ticked_at: Mapped[datetime | None] = mapped_column(DateTime)
     head: Mapped[int | None] = mapped_column(BigInteger)
-    tracked: Mapped[int] = mapped_column(Integer, default=0)  # transfers followed in the last tick
+    tracked: Mapped[int] = mapped_column(Integer, default=0)  # transfers it still followed after its last tick
 
 
 class OutboxMessage(Base):

@@ -36,7 +36,9 @@ from sqlalchemy.orm import Session
 
 from chains.base import Observation, SignedTransaction, TxState, TxStatus, Watched
 from pipeline import ledger
+from pipeline.db import translate_db_error
 from pipeline.driving import Attempt, Dispatch, hand_off, hand_to_stage, release
+from pipeline.errors import PipelineError
 from pipeline.models import ChainTracker, Transaction, utcnow
 from pipeline.stages import TRACKED_STAGES, Stage, Status
 from pipeline.steps.context import StepContext, touch
@@ -46,12 +48,7 @@ log = structlog.get_logger("paratro.tracker")
 
 TICK_LEASE_S = 600.0  # one tick's lease on its chain: longer than any tick (a TRON tick at most ~150 RPCs x 10 s)
 CHUNK = 100  # transfers written per DB transaction: short row locks, few commits
-# A cursor whose last tick is older than this is dropped and the adapter starts near the head: a
-# chain idle for a while would otherwise be caught up a bounded number of blocks per tick while
-# new transfers wait. Nothing is lost: a transfer sent while the chain was idle is in the new
-# window; one whose inclusion fell behind it (a tracker that was down) goes quiet and the confirm
-# step finds it one by one, then the tracker follows it again.
-STALE_CURSOR_S = 30.0
+
 
 
 @dataclass(frozen=True)
@@ -122,9 +119,30 @@ def acquire(session: Session, chain: str, lease_s: float = TICK_LEASE_S) -> tupl
         return None
     row.lease_token += 1
     row.lease_until = now + timedelta(seconds=lease_s)
-    if row.ticked_at is None or now - row.ticked_at > timedelta(seconds=STALE_CURSOR_S):
-        return row.lease_token, {}  # idle (or stopped) a while: start near the head (see STALE_CURSOR_S)
     return row.lease_token, json.loads(row.cursor or "{}")
+
+
+def has_cursor(session: Session, chains: Sequence[str]) -> bool:
+    """Whether any of these chains' trackers keeps a cursor (cheap: one row per chain)."""
+    return session.scalar(select(ChainTracker.chain).where(ChainTracker.chain.in_(list(chains)),
+                                                           ChainTracker.cursor != "{}").limit(1)) is not None
+
+
+def forget_idle_cursors(session: Session, chains: Sequence[str]) -> list[str]:
+    """Drop the cursor of these chains (none has a tracked transfer), unless a tick holds one: when
+    transfers come again, the scan starts near the head instead of catching up, a bounded number
+    of blocks per tick, on every block mined while the chain was idle. Nothing can be missed: a
+    transfer handed over later was sent after this, so it lands after the new start. (A tracker
+    that was down keeps its cursor and catches up: its transfers are in those blocks.)"""
+    rows = session.scalars(select(ChainTracker).where(ChainTracker.chain.in_(list(chains)),
+                                                      ChainTracker.cursor != "{}").with_for_update())
+    now = utcnow()
+    forgotten = []
+    for row in rows:
+        if row.lease_until is None or row.lease_until <= now:
+            row.cursor = "{}"
+            forgotten.append(row.chain)
+    return forgotten
 
 
 def finish(session: Session, chain: str, token: int, observation: Observation | None, tracked: int) -> bool:
@@ -248,15 +266,23 @@ def _apply_isolated(session: Session, tx: Transaction, decision: Decision, depth
     try:
         with session.begin_nested():
             _apply_one(session, tx, decision, depth, limits, report)
-    except DBAPIError:
-        raise
+    except DBAPIError as exc:
+        if isinstance(translate_db_error(exc), PipelineError):
+            raise  # the database itself is in trouble (locked, gone, not migrated): the next tick retries
+        _unwritable(session, tx, decision, limits, report, exc)  # this row's data (e.g. a value out of range)
     except Exception as exc:  # noqa: BLE001 - one transfer's trouble must not stop its chain
-        report.errors += 1
-        log.error("tracker.transfer_unwritable", tx=tx.transaction_id, error=f"{type(exc).__name__}: {str(exc)[:200]}")
-        session.refresh(tx)
-        if Attempt.of(tx) == decision.followed.attempt and tx.tracked_at is not None:
-            report.dispatches.append(hand_off(session, tx, "confirm", publish_grace_s=limits.publish_grace_s))
-            report.handed += 1
+        _unwritable(session, tx, decision, limits, report, exc)
+
+
+def _unwritable(session: Session, tx: Transaction, decision: Decision, limits: TrackerLimits, report: TickReport,
+                exc: Exception) -> None:
+    """Its savepoint is rolled back: hand it to the confirm step, which holds it with the reason."""
+    report.errors += 1
+    log.error("tracker.transfer_unwritable", tx=tx.transaction_id, error=f"{type(exc).__name__}: {str(exc)[:200]}")
+    session.refresh(tx)
+    if Attempt.of(tx) == decision.followed.attempt and tx.tracked_at is not None:
+        report.dispatches.append(hand_off(session, tx, "confirm", publish_grace_s=limits.publish_grace_s))
+        report.handed += 1
 
 
 def _apply_one(session: Session, tx: Transaction, decision: Decision, depth: int, limits: TrackerLimits,
@@ -306,8 +332,9 @@ def tick(ctx: StepContext, chain: str, limits: TrackerLimits) -> TickReport:
     except Exception as exc:  # noqa: BLE001 - logged by the task; the next tick tries again
         report.error = f"{type(exc).__name__}: {str(exc)[:300]}"
     finally:
+        still = report.tracked - report.confirmed - report.failed - report.handed  # followed after this tick
         with ctx.db.unit_of_work() as session:
-            finish(session, chain, token, completed, report.tracked)
+            finish(session, chain, token, completed, max(still, 0))
     return report
 
 

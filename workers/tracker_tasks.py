@@ -13,7 +13,7 @@ import time
 import structlog
 from prometheus_client import Histogram
 
-from pipeline.tracking import TrackerLimits, has_tracked, tick
+from pipeline.tracking import TrackerLimits, forget_idle_cursors, has_cursor, has_tracked, tick
 from pipeline.settings import get_settings
 from workers import runtime
 from workers.app import app, task_name
@@ -37,7 +37,13 @@ def track() -> int:
     ctx = runtime.context()
     expires = get_settings().tracker_interval_s * 5
     with ctx.db.reading() as session:
-        chains = [chain for chain in ctx.registry.names() if has_tracked(session, chain)]
+        busy = {chain: has_tracked(session, chain) for chain in ctx.registry.names()}
+        idle = [chain for chain, tracked in busy.items() if not tracked]
+        stale = idle and has_cursor(session, idle)
+    if stale:
+        with ctx.db.unit_of_work() as session:
+            forget_idle_cursors(session, idle)
+    chains = [chain for chain, tracked in busy.items() if tracked]
     for chain in chains:
         app.send_task(task_name("track_chain"), args=(chain,), expires=expires)
     return len(chains)

@@ -13,7 +13,7 @@ from chains.base import TxState, TxStatus
 from pipeline.models import Asset, ChainTracker, OutboxMessage, Transaction, utcnow
 from pipeline.recovery import claim_stalled
 from pipeline.stages import Stage
-from pipeline.tracking import STALE_CURSOR_S, TrackerLimits, acquire, decide, read_followed, tick
+from pipeline.tracking import TrackerLimits, acquire, decide, read_followed, tick
 from tests.unit.fakes import DEFAULT_FEE, DEFAULT_FEE_PAID, PENDING, World, included, reverted
 
 ETH = 10**18
@@ -280,8 +280,11 @@ def test_ops_see_each_trackers_last_tick(world: World) -> None:
     assert state.tracked == 1 and state.last_tick_age_s is not None and state.last_tick_age_s < 5
 
 
-def test_a_cursor_left_idle_is_dropped_and_the_scan_starts_near_the_head(world: World) -> None:
-    """Blocks mined while nothing was tracked need no catching up."""
+def test_an_idle_chain_forgets_its_cursor_and_a_live_one_keeps_it(world: World) -> None:
+    """Blocks mined while nothing was tracked need no catching up; a tracker that was merely down
+    keeps its cursor (its transfers are in those blocks)."""
+    from pipeline.tracking import forget_idle_cursors, has_cursor
+
     _, tx_id = broadcast_by_runner(world)
     adapter = Scripted(world.adapter(), {})
     seen: list[dict] = []
@@ -292,10 +295,44 @@ def test_a_cursor_left_idle_is_dropped_and_the_scan_starts_near_the_head(world: 
 
     adapter.track = track  # type: ignore[method-assign]
     tick(scripted_ctx(world, adapter), "ethereum", LIMITS)
-    tick(scripted_ctx(world, adapter), "ethereum", LIMITS)
-    assert seen[0] == {} and seen[1] == {"scanned": 201}  # a live tracker continues where it stopped
     with world.db.unit_of_work() as s:
-        s.get(ChainTracker, "ethereum").ticked_at = utcnow() - timedelta(seconds=STALE_CURSOR_S + 1)
+        s.get(ChainTracker, "ethereum").ticked_at = utcnow() - timedelta(minutes=10)  # down a while
     tick(scripted_ctx(world, adapter), "ethereum", LIMITS)
-    assert seen[2] == {}
-    assert world.tx(tx_id).status == "PENDING"
+    assert seen == [{}, {"scanned": 201}]  # it continues where it stopped
+    with world.db.unit_of_work() as s:
+        assert has_cursor(s, ["ethereum"])
+        assert forget_idle_cursors(s, ["ethereum"]) == ["ethereum"]  # (beat calls it for idle chains only)
+    tick(scripted_ctx(world, adapter), "ethereum", LIMITS)
+    assert seen[2] == {} and world.tx(tx_id).status == "PENDING"
+
+
+def test_the_tracked_count_is_what_the_tracker_still_follows(world: World) -> None:
+    _, tx_id = broadcast_by_runner(world)
+    world.adapter().statuses = [included(confirmations=3)]
+    tick(world.ctx(), "ethereum", LIMITS)
+    with world.db.unit_of_work() as s:
+        assert s.get(ChainTracker, "ethereum").tracked == 0  # settled: an idle chain, not a dead tracker
+
+
+def test_a_database_error_of_one_transfers_own_data_stays_with_that_transfer(world: World, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A DataError (PostgreSQL: a value out of range) caused by one transfer is that transfer's
+    trouble; only the database's own trouble (locked, gone) aborts the tick."""
+    from sqlalchemy.exc import DataError
+
+    from pipeline import tracking
+
+    _, bad = broadcast_by_runner(world)
+    _, good = broadcast_by_runner(world)
+    real = tracking.record_inclusion
+
+    def record(session, tx, status, depth):  # type: ignore[no-untyped-def]
+        if tx.transaction_id == bad:
+            raise DataError("UPDATE", {}, Exception("integer out of range"))
+        return real(session, tx, status, depth)
+
+    monkeypatch.setattr(tracking, "record_inclusion", record)
+    adapter = Scripted(world.adapter(), {bad: included(confirmations=3), good: included(confirmations=3)})
+    report = tick(scripted_ctx(world, adapter), "ethereum", LIMITS)
+    assert report.error is None and (report.confirmed, report.errors) == (1, 1)
+    assert world.tx(good).status == "CONFIRMED"
+    assert [r.step for r in outbox_rows(world, bad)] == ["confirm"]
