@@ -16,6 +16,8 @@ from typing import Any
 
 from celery import Celery
 
+from workers.delivery import delivery_settings
+
 BROKER_ENV = "BENCH_FLOOR_BROKER_URL"
 DONE_KEY = "bench:floor:done"
 STEPS = 6
@@ -23,18 +25,7 @@ QUEUES = [f"bench.floor.{i}" for i in range(STEPS)]
 VISIBILITY_TIMEOUT_S = 3600  # workers.app's default
 
 app = Celery("bench-floor", broker=os.environ.get(BROKER_ENV, "redis://127.0.0.1:6379/0"))
-app.conf.update(
-    task_acks_late=True,
-    task_reject_on_worker_lost=True,
-    worker_prefetch_multiplier=1,
-    task_serializer="json",
-    accept_content=["json"],
-    task_ignore_result=True,
-    broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
-    broker_connection_retry_on_startup=True,
-    task_default_queue=QUEUES[0],
-    worker_send_task_events=False,
-)
+app.conf.update(**delivery_settings(VISIBILITY_TIMEOUT_S), task_default_queue=QUEUES[0])
 
 _redis: Any = None
 

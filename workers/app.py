@@ -16,6 +16,7 @@ from celery.signals import setup_logging
 
 from pipeline.settings import get_settings
 from pipeline.stages import STEPS
+from workers.delivery import delivery_settings
 from workers.logconfig import configure_logging
 
 QUEUE_PREFIX = "paratro."
@@ -41,14 +42,7 @@ def create_app() -> Celery:
         raise ValueError(f"step_lease_s must be at least {MIN_STEP_LEASE_S} s: longer than any single RPC a step makes")
     app = Celery("paratro", broker=settings.broker_url, include=TASK_MODULES)
     app.conf.update(
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        task_serializer="json",
-        accept_content=["json"],
-        task_ignore_result=True,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
-        broker_connection_retry_on_startup=True,
+        **delivery_settings(settings.visibility_timeout_s),
         task_default_queue=SWEEP_QUEUE,
         task_routes={task_name(step): {"queue": QUEUE_PREFIX + step} for step in STEPS}
         | {task_name("sweep"): {"queue": SWEEP_QUEUE}, task_name("relay"): {"queue": SWEEP_QUEUE},
@@ -69,7 +63,6 @@ def create_app() -> Celery:
                                "schedule": timedelta(seconds=settings.webhook_relay_interval_s),
                                "options": {"expires": settings.webhook_relay_interval_s * 5}},
         },
-        worker_send_task_events=False,
     )
     return app
 
