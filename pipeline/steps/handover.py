@@ -54,6 +54,8 @@ def conclude(ctx: StepContext, session: Session, run: Run, tx: Transaction, outc
     return StepReport(outcome.kind.value, dispatch, tx.stage)
 
 
-def conclude_within(ctx: StepContext, session: Session, run: Run, tx: Transaction, outcome: Outcome) -> Outcome:
-    """Conclude in the step's own unit of work (the caller returns the result from inside it)."""
+def conclude_within(ctx: StepContext, session: Session, run: Run, tx: Transaction, kind: OutcomeKind) -> Outcome:
+    """The step's outcome at `tx`'s stage, concluded in the step's own unit of work (the caller
+    returns it from inside that unit)."""
+    outcome = Outcome.of(kind, tx)
     return replace(outcome, report=conclude(ctx, session, run, tx, outcome))

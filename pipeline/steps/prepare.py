@@ -35,7 +35,7 @@ def resolve_source(ctx: StepContext, run: Run) -> Outcome:
     with ctx.db.unit_of_work() as session:
         tx = load_held(session, run)
         if stage_of(tx) is not Stage.RECEIVED:
-            return conclude_within(ctx, session, run, tx, Outcome.of(OutcomeKind.NOOP, tx))
+            return conclude_within(ctx, session, run, tx, OutcomeKind.NOOP)
         if tx.decimals is None:  # accepted before migration 0003: its amount renders from here on
             tx.decimals = ctx.registry.chain(tx.chain).token(tx.token_symbol).decimals
         adapter = ctx.adapter_for(tx.chain)
@@ -43,25 +43,25 @@ def resolve_source(ctx: StepContext, run: Run) -> Outcome:
             from_address = adapter.validate_address(tx.from_address)
         except InvalidAddress as exc:
             fail(session, tx, FailureReason.SOURCE_NOT_FOUND, f"from_address is not an address: {exc.reason}")
-            return conclude_within(ctx, session, run, tx, Outcome.of(OutcomeKind.FINAL, tx))
+            return conclude_within(ctx, session, run, tx, OutcomeKind.FINAL)
         account, wallet, assets = _source_of(session, tx.chain, from_address)
         # Another client's account is reported exactly like a missing one: no tenant probing.
         if account is None or account.client_id != tx.client_id:
             fail(session, tx, FailureReason.SOURCE_NOT_FOUND, f"no account {tx.from_address} on {tx.chain}")
-            return conclude_within(ctx, session, run, tx, Outcome.of(OutcomeKind.FINAL, tx))
+            return conclude_within(ctx, session, run, tx, OutcomeKind.FINAL)
         asset = assets.get(tx.token_symbol)
         if asset is None:
             fail(session, tx, FailureReason.SOURCE_NOT_FOUND, f"account has no {tx.token_symbol} asset on {tx.chain}")
-            return conclude_within(ctx, session, run, tx, Outcome.of(OutcomeKind.FINAL, tx))
+            return conclude_within(ctx, session, run, tx, OutcomeKind.FINAL)
         if wallet is None or wallet.status != "ACTIVE" or wallet.key_status != "ACTIVE":
             fail(session, tx, FailureReason.WALLET_NOT_ACTIVE, f"wallet {account.wallet_id} cannot sign yet")
-            return conclude_within(ctx, session, run, tx, Outcome.of(OutcomeKind.FINAL, tx))
+            return conclude_within(ctx, session, run, tx, OutcomeKind.FINAL)
         native = assets.get(ctx.registry.chain(tx.chain).native.symbol)
         tx.wallet_id, tx.account_id, tx.asset_id = wallet.wallet_id, account.account_id, asset.asset_id
         tx.fee_asset_id = native.asset_id if native else None
         tx.from_address = from_address
         advance(session, tx, Stage.SOURCE_RESOLVED)
-        return conclude_within(ctx, session, run, tx, Outcome.of(OutcomeKind.ADVANCED, tx))
+        return conclude_within(ctx, session, run, tx, OutcomeKind.ADVANCED)
 
 
 def _source_of(session: Session, chain: str, address: str) -> tuple[Account | None, Wallet | None, dict[str, Asset]]:
@@ -83,20 +83,20 @@ def validate_destination(ctx: StepContext, run: Run) -> Outcome:
     with ctx.db.unit_of_work() as session:
         tx = load_held(session, run)
         if stage_of(tx) is not Stage.SOURCE_RESOLVED:
-            return conclude_within(ctx, session, run, tx, Outcome.of(OutcomeKind.NOOP, tx))
+            return conclude_within(ctx, session, run, tx, OutcomeKind.NOOP)
         adapter = ctx.adapter_for(tx.chain)
         token = ctx.registry.chain(tx.chain).token(tx.token_symbol)
         try:
             tx.normalized_to_address = adapter.check_destination(tx.to_address, token)
         except InvalidAddress as exc:
             fail(session, tx, FailureReason.INVALID_DESTINATION, exc.reason)
-            return conclude_within(ctx, session, run, tx, Outcome.of(OutcomeKind.FINAL, tx))
+            return conclude_within(ctx, session, run, tx, OutcomeKind.FINAL)
         if tx.normalized_to_address == tx.from_address:
             # The chain would charge only the fee while the ledger debits the amount: refuse it.
             fail(session, tx, FailureReason.INVALID_DESTINATION, "the destination is the source address")
-            return conclude_within(ctx, session, run, tx, Outcome.of(OutcomeKind.FINAL, tx))
+            return conclude_within(ctx, session, run, tx, OutcomeKind.FINAL)
         advance(session, tx, Stage.DESTINATION_VALID)
-        return conclude_within(ctx, session, run, tx, Outcome.of(OutcomeKind.ADVANCED, tx))
+        return conclude_within(ctx, session, run, tx, OutcomeKind.ADVANCED)
 
 
 def lock_funds(ctx: StepContext, run: Run) -> Outcome:
@@ -110,13 +110,13 @@ def lock_funds(ctx: StepContext, run: Run) -> Outcome:
     with ctx.db.unit_of_work() as session:
         tx = load_held(session, run)
         if stage_of(tx) is not Stage.DESTINATION_VALID:
-            return conclude_within(ctx, session, run, tx, Outcome.of(OutcomeKind.NOOP, tx))
+            return conclude_within(ctx, session, run, tx, OutcomeKind.NOOP)
         asset = session.get(Asset, tx.asset_id, with_for_update=True, populate_existing=True) if tx.asset_id else None
         if asset is None or asset.available < tx.amount:
             # Decided under the transfer's and the asset's row locks (transfer first, as ledger.lock).
             fail(session, tx, FailureReason.INSUFFICIENT_FUNDS,
                  f"available {asset.available if asset else 0} < amount {tx.amount} base units")
-            return conclude_within(ctx, session, run, tx, Outcome.of(OutcomeKind.FINAL, tx))
+            return conclude_within(ctx, session, run, tx, OutcomeKind.FINAL)
         intent = intent_of(ctx, tx, tx.from_address)
         chain, attempt = tx.chain, Attempt.of(tx)
 
@@ -135,7 +135,7 @@ def lock_funds(ctx: StepContext, run: Run) -> Outcome:
         if tx.fee_asset_id is None:
             fail(session, tx, FailureReason.INSUFFICIENT_FUNDS_FOR_FEE,
                  f"account has no native asset to pay a fee of up to {quote.max_fee} base units")
-            return conclude_within(ctx, session, run, tx, Outcome.of(OutcomeKind.FINAL, tx))
+            return conclude_within(ctx, session, run, tx, OutcomeKind.FINAL)
         holds = {tx.asset_id: tx.amount}
         holds[tx.fee_asset_id] = holds.get(tx.fee_asset_id, 0) + quote.max_fee
         try:
@@ -145,12 +145,12 @@ def lock_funds(ctx: StepContext, run: Run) -> Outcome:
             if short.asset_id == tx.fee_asset_id and (tx.fee_asset_id != tx.asset_id or short.available >= tx.amount):
                 reason = FailureReason.INSUFFICIENT_FUNDS_FOR_FEE
             fail(session, tx, reason, str(short))
-            return conclude_within(ctx, session, run, tx, Outcome.of(OutcomeKind.FINAL, tx))
+            return conclude_within(ctx, session, run, tx, OutcomeKind.FINAL)
         _reserve_inputs(session, tx, quote)
         tx.fee_params = fee_params_json(quote)
         tx.fee_reserved = quote.max_fee
         advance(session, tx, Stage.FUNDS_LOCKED)
-        return conclude_within(ctx, session, run, tx, Outcome.of(OutcomeKind.ADVANCED, tx))
+        return conclude_within(ctx, session, run, tx, OutcomeKind.ADVANCED)
 
 
 def _spendable_utxos(ctx: StepContext, adapter: ChainAdapter, chain: str, address: str) -> list[Utxo]:

@@ -65,7 +65,7 @@ def _mark_broadcast(ctx: StepContext, run: Run, attempt: Attempt, detail: str, r
         tx.broadcast_at = tx.last_broadcast_at = utcnow()
         tx.broadcast_count += 1
         advance(session, tx, Stage.BROADCAST, reason=reason, detail=detail)
-        return conclude_within(ctx, session, run, tx, Outcome.of(OutcomeKind.ADVANCED, tx))
+        return conclude_within(ctx, session, run, tx, OutcomeKind.ADVANCED)
 
 
 def _refused(ctx: StepContext, run: Run, attempt: Attempt, adapter: ChainAdapter, signed: SignedTransaction,

@@ -49,7 +49,7 @@ def request_signature(ctx: StepContext, run: Run) -> Outcome:
         tx = load_held(session, run)
         stage = stage_of(tx)
         if stage not in (Stage.FUNDS_LOCKED, Stage.SIGNATURE_REQUESTED):
-            return conclude_within(ctx, session, run, tx, Outcome.of(OutcomeKind.NOOP, tx))
+            return conclude_within(ctx, session, run, tx, OutcomeKind.NOOP)
         adapter = ctx.adapter_for(tx.chain)
         intent = intent_of(ctx, tx, tx.from_address)
         attempt = Attempt.of(tx)
@@ -88,7 +88,7 @@ def request_signature(ctx: StepContext, run: Run) -> Outcome:
         tx.signed_payload = signed.raw
         tx.tx_hash = signed.tx_hash
         advance(session, tx, Stage.SIGNED, detail=signed.tx_hash)
-        return conclude_within(ctx, session, run, tx, Outcome.of(OutcomeKind.ADVANCED, tx))
+        return conclude_within(ctx, session, run, tx, OutcomeKind.ADVANCED)
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,7 @@ def _still_waiting(ctx: StepContext, run: Run, attempt: Attempt) -> Outcome:
         if utcnow() - tx.stage_changed_at > timedelta(seconds=ctx.signature_timeout_s):
             tx.last_error = f"the signer has not answered within {int(ctx.signature_timeout_s)} s"
             record_note(session, tx, "signature_timeout", tx.last_error)
-            return conclude_within(ctx, session, run, tx, Outcome.of(OutcomeKind.STALLED, tx))
+            return conclude_within(ctx, session, run, tx, OutcomeKind.STALLED)
     return Outcome(OutcomeKind.WAIT, Stage.SIGNATURE_REQUESTED, ctx.signature_poll_s)
 
 
