@@ -30,7 +30,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, and_, select
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
@@ -115,17 +115,24 @@ def acquire(session: Session, chain: str, lease_s: float = TICK_LEASE_S) -> tupl
                 session.add(row)
         except IntegrityError:  # another tick created it first: it holds the chain now
             return None
-    elif row.lease_until is not None and row.lease_until > now:
+    elif _leased(row, now):
         return None
     row.lease_token += 1
     row.lease_until = now + timedelta(seconds=lease_s)
     return row.lease_token, json.loads(row.cursor or "{}")
 
 
+def _leased(row: ChainTracker, now: datetime) -> bool:
+    return row.lease_until is not None and row.lease_until > now
+
+
+def _keeping_cursor(chains: Sequence[str]) -> ColumnElement[bool]:
+    return and_(ChainTracker.chain.in_(list(chains)), ChainTracker.cursor != "{}")
+
+
 def has_cursor(session: Session, chains: Sequence[str]) -> bool:
     """Whether any of these chains' trackers keeps a cursor (cheap: one row per chain)."""
-    return session.scalar(select(ChainTracker.chain).where(ChainTracker.chain.in_(list(chains)),
-                                                           ChainTracker.cursor != "{}").limit(1)) is not None
+    return session.scalar(select(ChainTracker.chain).where(_keeping_cursor(chains)).limit(1)) is not None
 
 
 def forget_idle_cursors(session: Session, chains: Sequence[str]) -> list[str]:
@@ -134,12 +141,11 @@ def forget_idle_cursors(session: Session, chains: Sequence[str]) -> list[str]:
     of blocks per tick, on every block mined while the chain was idle. Nothing can be missed: a
     transfer handed over later was sent after this, so it lands after the new start. (A tracker
     that was down keeps its cursor and catches up: its transfers are in those blocks.)"""
-    rows = session.scalars(select(ChainTracker).where(ChainTracker.chain.in_(list(chains)),
-                                                      ChainTracker.cursor != "{}").with_for_update())
+    rows = session.scalars(select(ChainTracker).where(_keeping_cursor(chains)).with_for_update())
     now = utcnow()
     forgotten = []
     for row in rows:
-        if row.lease_until is None or row.lease_until <= now:
+        if not _leased(row, now):
             row.cursor = "{}"
             forgotten.append(row.chain)
     return forgotten
