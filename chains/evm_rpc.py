@@ -26,7 +26,7 @@ from chains.transport import (
     NodeRpcError,
     json_rpc_result,
     mapped_errors,
-    notify_request,
+    observed,
     redact_endpoint,
     unusable_value,
 )
@@ -58,6 +58,7 @@ class ThreadSessions:
         import requests
 
         self._proxies = requests.utils.get_environ_proxies(url)
+        self._endpoint = redact_endpoint(url)
         self._local = threading.local()
 
     def session(self) -> Any:
@@ -68,6 +69,7 @@ class ThreadSessions:
             session = requests.Session()
             session.trust_env = False
             session.proxies.update(self._proxies)
+            session.send = observed(session.send, self._endpoint)  # counted like every node request
             self._local.session = session
         return session
 
@@ -118,7 +120,6 @@ class JsonRpcClient:
     def call(self, method: str, params: list[Any]) -> Any:
         """The `result` of a JSON-RPC call; NodeRpcError for an error object, ChainRpcError otherwise."""
         with rpc_errors(method, self.url):
-            notify_request(self.endpoint, method)  # one HTTP request (web3's own transport retries aside)
             return json_rpc_result(method, self.web3().provider.make_request(method, params), self.url)
 
 
@@ -129,7 +130,6 @@ def batch_results(client: "JsonRpcClient", calls: Sequence[tuple[str, list[Any]]
     if not calls:
         return []
     with rpc_errors("batch", client.url):
-        notify_request(client.endpoint, "batch")
         answers = client.web3().provider.make_batch_request([(method, params) for method, params in calls])
     if not isinstance(answers, list) or len(answers) != len(calls):
         raise ChainRpcError(f"batch of {len(calls)}: unusable answer from {client.endpoint}")

@@ -47,7 +47,7 @@ _METHOD = re.compile(rb'"method"\s*:\s*"([A-Za-z0-9_.-]{1,64})"')
 _LABEL = re.compile(r"[A-Za-z0-9_./-]{1,64}")
 
 
-def notify_request(endpoint: str, method: str) -> None:
+def _notify(endpoint: str, method: str) -> None:
     """Tell every observer about one HTTP request; an observer's error never fails the request."""
     for observer in REQUEST_OBSERVERS:
         try:
@@ -181,7 +181,7 @@ class HttpEndpoint:
 
             session = requests.Session()
             self._setup_session(session)
-            session.send = _observed(session.send, self.endpoint)  # type: ignore[method-assign]
+            session.send = observed(session.send, self.endpoint)  # type: ignore[method-assign]
             self._local.session = session
         return session
 
@@ -189,13 +189,14 @@ class HttpEndpoint:
         """Per-family session settings (auth, headers, retries); none by default."""
 
 
-def _observed(send: Callable[..., Any], endpoint: str) -> Callable[..., Any]:
-    """A Session.send that reports each request to REQUEST_OBSERVERS first: every request of the
-    requests-based clients (TRON, Bitcoin, Solana) passes here, retries and batches included."""
+def observed(send: Callable[..., Any], endpoint: str) -> Callable[..., Any]:
+    """A Session.send that reports each request to REQUEST_OBSERVERS first: every request to a
+    node passes here (HttpEndpoint's sessions, and the EVM client's sessions under web3), retries
+    and batches included."""
 
     def send_observed(request: Any, **kwargs: Any) -> Any:
         if REQUEST_OBSERVERS:
-            notify_request(endpoint, request_method(request.body, request.path_url or ""))
+            _notify(endpoint, request_method(request.body, request.path_url or ""))
         return send(request, **kwargs)
 
     return send_observed
