@@ -127,11 +127,17 @@ def statement_verb(statement: str) -> str:
     return verb if verb in _VERBS else "other"
 
 
+_statement_count_broken = False  # this process's statement counter failed once (then stays quiet)
+
+
 def _count_statement(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+    global _statement_count_broken
     try:
         DB_STATEMENTS.labels(statement_verb(statement)).inc()
-    except Exception:  # noqa: BLE001 - metrics must not fail a statement
-        pass
+    except Exception as exc:  # noqa: BLE001 - metrics must not fail a statement; said once, not per statement
+        if not _statement_count_broken:
+            _statement_count_broken = True
+            log.warning("metrics.statement_count_failed", error=type(exc).__name__)
 
 
 class _EndpointChains:
