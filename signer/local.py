@@ -106,20 +106,20 @@ class _OpenKeys:
     __slots__ = ("_keys", "_lock", "_max")
 
     def __init__(self, max_keys: int = OPEN_KEYS_MAX) -> None:
-        self._keys: OrderedDict[tuple[str, str], tuple[str, Any]] = OrderedDict()
+        self._keys: OrderedDict[tuple[str, str], _OpenedKey] = OrderedDict()
         self._lock = threading.Lock()
         self._max = max_keys
 
-    def get(self, wallet_id: str, key_name: str) -> tuple[str, Any] | None:
+    def get(self, wallet_id: str, key_name: str) -> "_OpenedKey | None":
         with self._lock:
             found = self._keys.get((wallet_id, key_name))
             if found is not None:
                 self._keys.move_to_end((wallet_id, key_name))
             return found
 
-    def put(self, wallet_id: str, key_name: str, curve: str, key: Any) -> None:
+    def put(self, wallet_id: str, key_name: str, key: "_OpenedKey") -> None:
         with self._lock:
-            self._keys[(wallet_id, key_name)] = (curve, key)
+            self._keys[(wallet_id, key_name)] = key
             self._keys.move_to_end((wallet_id, key_name))
             while len(self._keys) > self._max:
                 self._keys.popitem(last=False)
@@ -265,15 +265,14 @@ class LocalKeySigner:
                                     "master key (wrong PARATRO_SIGNER_MASTER_KEY, or the sealed row was moved)") from None
 
     def _sign(self, session: Session, ref: KeyRef, payloads: Sequence[bytes]) -> list[bytes]:
-        found = self._open.get(ref.wallet_id, ref.key_name)
-        if found is None:
+        opened = self._open.get(ref.wallet_id, ref.key_name)
+        if opened is None:
             row = session.get(SignerKey, (ref.wallet_id, ref.key_name))
             if row is None or row.curve != ref.curve.value:
                 raise UnknownKey(f"no {ref.curve.value} key {ref.key_name!r} for wallet {ref.wallet_id}")
-            found = (row.curve, _OpenedKey(row.curve, self._unseal(row)))
-            self._open.put(ref.wallet_id, ref.key_name, *found)
-        curve, opened = found
-        if curve != ref.curve.value:
+            opened = _OpenedKey(row.curve, self._unseal(row))
+            self._open.put(ref.wallet_id, ref.key_name, opened)
+        if opened.curve != ref.curve.value:
             raise UnknownKey(f"no {ref.curve.value} key {ref.key_name!r} for wallet {ref.wallet_id}")
         return opened.sign(payloads)
 
@@ -284,20 +283,20 @@ class _OpenedKey:
     lives in memory for the process (a log line or an error reporter that renders locals must not
     print it)."""
 
-    __slots__ = ("_curve", "_key")
+    __slots__ = ("curve", "_key")
 
     def __init__(self, curve: str, private: bytes) -> None:
-        self._curve = curve
+        self.curve = curve
         self._key = (eth_keys.PrivateKey(private) if curve == Curve.SECP256K1.value
                      else Ed25519PrivateKey.from_private_bytes(private))
 
     def sign(self, payloads: Sequence[bytes]) -> list[bytes]:
-        if self._curve == Curve.SECP256K1.value:
+        if self.curve == Curve.SECP256K1.value:
             return [self._key.sign_msg_hash(digest).to_bytes() for digest in payloads]
         return [self._key.sign(message) for message in payloads]
 
     def __repr__(self) -> str:
-        return f"<opened {self._curve} key>"
+        return f"<opened {self.curve} key>"
 
     __str__ = __repr__
 
