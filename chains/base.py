@@ -147,6 +147,20 @@ class Observation:
     rpc_calls: int = 0
 
 
+@dataclass(frozen=True)
+class ReplacementPolicy:
+    """When a sent transaction that is not yet included is replaced by one paying more (a fee
+    bump: same nonce on EVM, same inputs on Bitcoin), as the registry configures it per chain.
+
+    The tracker hands a transfer to the bump step once its latest transaction has waited
+    `after_blocks` blocks (EVM) or `after_s` seconds (Bitcoin) since it was sent; the adapter's
+    `replacement_quote` then says whether and how much to bump."""
+
+    after_blocks: int | None = None
+    after_s: float | None = None
+    percent: int = 20  # every fee field (fee rate) raised by at least this much over the one it replaces
+
+
 class ChainAdapter(Protocol):
     """One chain (one registry entry) reached through its family's SDK.
 
@@ -161,6 +175,9 @@ class ChainAdapter(Protocol):
     key_name: str
     uses_account_nonce: bool
     uses_utxos: bool
+    # None: the family never replaces a sent transaction by fee (TRON, Solana: a transaction that
+    # cannot land any more expires, and is re-signed after the expiry proof)
+    replacement: ReplacementPolicy | None
 
     def validate_address(self, address: str) -> str:
         """Return the normalized address, or raise InvalidAddress with the reason."""
@@ -179,6 +196,14 @@ class ChainAdapter(Protocol):
         """Price the transfer now (UTXO families also select inputs from `utxos`, which excludes
         outputs reserved by other transfers). A transfer the chain would refuse raises
         TransactionRejected (reason "insufficient_funds", ...)."""
+
+    def replacement_quote(self, intent: TransferIntent, current: FeeQuote) -> FeeQuote | None:
+        """The quote for a replacement of the transaction built from `current`, paying more: the
+        same nonce (EVM) or the same inputs (UTXO: `inputs` unchanged, the change absorbs the
+        fee), every fee field raised by at least `replacement.percent` and to at least today's
+        market price, within the chain's cap. None when no bump is warranted now (Bitcoin: the
+        transaction already pays the node's current estimate). Raises BumpRefused when a higher
+        fee cannot be built (already at the cap; the change would fall below dust)."""
 
     def next_nonce(self, address: str) -> int:
         """The chain's next nonce for `address` counting pending transactions (EVM-like only)."""

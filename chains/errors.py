@@ -10,9 +10,12 @@
     ├── InvalidPublicKey            the wallet public key is malformed for the family's curve
     ├── InvalidSignature            the signature is malformed or not by the sender's key
     ├── MalformedTransaction        a stored payload or fee quote cannot be used (a bug or bad data)
-    └── TransactionRejected         the node refused the transaction for good (permanent)
-                                    `reason` is a pipeline failure code such as "insufficient_funds",
-                                    "insufficient_funds_for_fee" or "rejected_by_node"
+    ├── TransactionRejected         the node refused the transaction for good (permanent)
+    │                               `reason` is a pipeline failure code such as "insufficient_funds",
+    │                               "insufficient_funds_for_fee" or "rejected_by_node"; a replacement
+    │                               refused for paying too little is "replacement_underpriced"
+    └── BumpRefused                 a fee bump cannot be built (at the chain's fee cap; the change
+                                    would fall below dust): the bump fails, never the transfer
 """
 
 from __future__ import annotations
@@ -75,3 +78,13 @@ class TransactionRejected(ChainError):
         # True when the refused transaction still used up its account nonce, so the pipeline must
         # not hand that nonce out again (default: a refused transaction leaves the nonce unused).
         self.nonce_consumed = nonce_consumed
+
+
+class BumpRefused(ChainError):
+    """A replacement paying more cannot be built now; `reason` is a short code ("at_fee_cap",
+    "change_below_dust"), `detail` says it in words. The transfer keeps its current transaction."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail

@@ -97,6 +97,7 @@ class SolanaAdapter:
     key_name = "solana"
     uses_account_nonce = False  # recent blockhashes, not nonces, order and expire transactions
     uses_utxos = False
+    replacement = None  # a stuck transaction expires and is re-signed after the expiry proof, never bumped
 
     def __init__(self, spec: ChainSpec, *, timeout: float = REQUEST_TIMEOUT_S) -> None:
         if spec.family != "solana":
@@ -180,6 +181,9 @@ class SolanaAdapter:
 
     def list_utxos(self, address: str) -> list[Utxo]:
         return []  # account-based
+
+    def replacement_quote(self, intent: TransferIntent, current: FeeQuote) -> FeeQuote | None:
+        return None  # never replaced by fee (see `replacement`)
 
     def next_nonce(self, address: str) -> int:
         raise ChainError("Solana transactions have no account nonce (uses_account_nonce is False)")

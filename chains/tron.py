@@ -151,6 +151,7 @@ class TronAdapter:
     key_name = "tron"
     uses_account_nonce = False  # TaPoS + expiration instead of nonces
     uses_utxos = False
+    replacement = None  # a stuck transaction expires and is re-signed after the expiry proof, never bumped
 
     def __init__(self, spec: ChainSpec, *, timeout: float = REQUEST_TIMEOUT_S) -> None:
         if spec.family != "tron":
@@ -236,6 +237,9 @@ class TronAdapter:
 
     def list_utxos(self, address: str) -> list[Utxo]:
         return []  # account-based
+
+    def replacement_quote(self, intent: TransferIntent, current: FeeQuote) -> FeeQuote | None:
+        return None  # never replaced by fee (see `replacement`)
 
     def next_nonce(self, address: str) -> int:
         raise ChainError("TRON has no account nonce (uses_account_nonce is False)")
