@@ -200,6 +200,41 @@ class Transaction(Base):
     finalized_at: Mapped[datetime | None] = mapped_column(DateTime)
     # Set while the chain's confirmation tracker drives it (BROADCAST/CONFIRMING): no message, no lease.
     tracked_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # TRANSFER (a client's), or NOOP: a zero-value self-transfer the pipeline sends to fill an
+    # account nonce that its transfer can no longer use while later nonces wait behind it.
+    kind: Mapped[str] = mapped_column(String(8), default="TRANSFER", server_default="TRANSFER")
+    # Why it waits, while something is being done about it: bumping, waiting_for_funds,
+    # at_fee_cap, change_below_dust, nonce_released (`paratro stuck`); None when nothing is.
+    sub_status: Mapped[str | None] = mapped_column(String(32))
+    # The bump clock: the head and time when the tracker first saw the latest send (or the last
+    # bump check); the tracker hands the transfer to the bump step once the chain's replacement
+    # policy has passed since. NULL: not armed yet (the next tick arms it).
+    bump_armed_head: Mapped[int | None] = mapped_column(BigInteger)
+    bump_armed_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class TransactionAttempt(Base):
+    """One signed transaction of a transfer: the original, each fee bump (same nonce or inputs),
+    each re-signing after a proven expiry. The transfer row holds the latest; these rows keep
+    every one that may still land, so the tracker watches them all and the ledger settles with the
+    one that did (`state`: LIVE may land; DEAD proven never to; LANDED settled the transfer)."""
+
+    __tablename__ = "transaction_attempts"
+    __table_args__ = (UniqueConstraint("transaction_id", "number", name="uq_attempt_number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    transaction_id: Mapped[str] = mapped_column(ForeignKey("transactions.transaction_id"), index=True)
+    number: Mapped[int] = mapped_column(Integer)  # the transfer's replacement_count when it was signed
+    kind: Mapped[str] = mapped_column(String(8))  # ORIGINAL, BUMP, RESIGN, NOOP
+    tx_hash: Mapped[str] = mapped_column(String(128))
+    nonce: Mapped[int | None] = mapped_column(BigInteger)
+    fee_params: Mapped[str | None] = mapped_column(Text)  # the FeeQuote it was built with (JSON)
+    max_fee: Mapped[int | None] = mapped_column(BaseUnits)
+    signed_payload: Mapped[bytes] = mapped_column(LargeBinary)
+    build_context: Mapped[str | None] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(8), default="LIVE")
+    signed_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime)  # first send (committed before the RPC)
 
 
 class TransactionEvent(Base):

@@ -63,7 +63,7 @@ def test_given_an_empty_file_when_migrated_twice_then_the_schema_matches_the_mod
     try:
         with engine.connect() as conn:
             assert set(Base.metadata.tables) <= set(inspect(conn).get_table_names())
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0004"
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0005"
             diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
         assert diff == [], f"models and migrations disagree: {diff}"
     finally:
@@ -309,7 +309,7 @@ def test_given_rows_at_0002_when_upgraded_then_every_row_survives_and_amounts_ge
     engine = make_engine(url)
     try:
         with engine.connect() as conn:
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0004"
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0005"
             assert conn.execute(text("SELECT count(*) FROM wallets")).scalar() == 1
             assert conn.execute(text("SELECT api_secret_hash, webhook_events FROM clients")).one() == ("scrypt$aa$bb", "[]")
             decimals = dict(conn.execute(text("SELECT transaction_id, decimals FROM transactions")).all())
