@@ -28,9 +28,25 @@ the decisions that need a node, or that are policy:
   sender's P2WPKH output (294 sat) is not created: it goes to the fee. Largest-first keeps the
   input count, hence the fee and the number of outputs locked per transfer, small. The quote's
   `max_fee` is exactly inputs - amount - change, which is what the chain will charge.
+- Fee bumps (BIP125; every input signals with sequence 0xfffffffd, see `bitcoin_tx`):
+  `replacement` is ReplacementPolicy(after_s=`rbf_after_s` (default 600), percent=`bump_percent`
+  (default 20)). `replacement_quote` keeps the inputs and the outputs and takes the higher fee from
+  the change; its rate is max(old rate + `bump_percent`, the market rate now (as `fee_rate`, before
+  the cap), old rate + the node's incremental relay fee), at most `max_fee_rate_sat_vb` (default
+  the larger of 1000 and `fee_cap_sat_vb`), with the rate math in `bitcoin_bump`. None when the
+  transaction already pays the market rate; BumpRefused("at_fee_cap") when the cap leaves no rate
+  the node would accept, BumpRefused("change_below_dust") when the change cannot pay (or there is
+  none): the bump fails, the transfer keeps its transaction.
 - Broadcast is idempotent: the node already having this transaction (mempool or chain) is
-  success; a refusal for policy (fee, dust, scripts, conflicts, missing inputs that are not our
-  own transaction's) is TransactionRejected("rejected_by_node").
+  success; a replacement refused for paying too little ("insufficient fee, rejecting replacement
+  ...", bitcoind 28's "does not improve feerate diagram") is TransactionRejected
+  ("replacement_underpriced"), which is also what re-sending a transaction that a replacement has
+  evicted gets; any other refusal for policy (fee, dust, scripts, missing inputs that are not our
+  own transaction's) is TransactionRejected("rejected_by_node"). So is "txn-mempool-conflict":
+  bitcoind says it when an input is spent in its mempool by a transaction that does not signal
+  BIP125 (ours always do, so not ours: a third party with the key, or a non-RBF wallet), which no
+  fee can replace; the pipeline's `proves_unlandable` then finds the input spent and holds the
+  transfer for ops instead of failing it.
 - Status is reorg-aware: a transaction counts as INCLUDED only while its block is on the main
   chain (`getblockheader.confirmations` is -1 for a block that was reorganised away). Bitcoin has
   no expiry: a transaction is PENDING, INCLUDED or NOT_FOUND, never EXPIRED.
@@ -55,12 +71,13 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from chains import bitcoin_address as addr
-from chains import bitcoin_tracking
+from chains import bitcoin_bump, bitcoin_tracking
 from chains import bitcoin_tx as btx
 from chains.base import (
     Curve,
     FeeQuote,
     Observation,
+    ReplacementPolicy,
     SignedTransaction,
     TransferIntent,
     TxState,
@@ -80,6 +97,7 @@ from chains.bitcoin_rpc import (
     to_int,
 )
 from chains.errors import (
+    BumpRefused,
     ChainError,
     ChainMismatch,
     ChainRpcError,
@@ -102,6 +120,9 @@ _NODE_CHAIN = {"mainnet": "main", "testnet": "test", "testnet4": "testnet4", "si
 _ALREADY_HAVE = ("txn-already-in-mempool", "txn-already-known", "already in block chain", "already in utxo set",
                  "txn-same-nonwitness-data-in-mempool")
 _MISSING_INPUTS = ("missing inputs", "missingorspent", "missing-inputs")
+# BIP125 rules 3, 4 and 6 (bitcoind <= 27: "insufficient fee, rejecting replacement <txid>...";
+# 28's package RBF: "insufficient feerate: does not improve feerate diagram"); a higher fee can pass.
+_UNDERPRICED = ("insufficient fee", "does not improve feerate diagram")
 _TRANSIENT = ("loading", "verifying", "rescanning", "warmup", "timeout", "work queue depth exceeded",
               # mempool pressure: the same bytes can be accepted later, so wait rather than fail
               "mempool min fee not met", "mempool full", "too-long-mempool-chain", "too many unconfirmed")
@@ -171,6 +192,11 @@ class BitcoinAdapter:
         self.fee_cap = _int_option(options, "fee_cap_sat_vb", 500, self.fee_floor, 100_000, spec.name)
         self.fee_target = _int_option(options, "fee_target_blocks", 6, 1, 1008, spec.name)
         self.min_confirmations = _int_option(options, "min_confirmations", 1, 0, 1000, spec.name)
+        self.max_fee_rate = _int_option(options, "max_fee_rate_sat_vb", max(1000, self.fee_cap), self.fee_cap, 100_000,
+                                        spec.name)
+        self.replacement = ReplacementPolicy(
+            after_s=float(_int_option(options, "rbf_after_s", 600, 1, 604_800, spec.name)),
+            percent=_int_option(options, "bump_percent", 20, 1, 1000, spec.name))
         self.utxo_source = options.get("utxo_source", "scantxoutset")
         if self.utxo_source not in ("scantxoutset", "wallet"):
             raise ChainError(f"{spec.name}: option utxo_source must be 'scantxoutset' or 'wallet'")
@@ -259,17 +285,23 @@ class BitcoinAdapter:
                     script_pubkey=str(item.get("scriptPubKey", "")), confirmations=confirmations)
 
     def fee_rate(self) -> int:
-        """sat/vB: the node's estimate for `fee_target_blocks`, at least the floor and the mempool's
-        minimum (a full mempool refuses cheaper transactions), at most the cap."""
+        """sat/vB of a new transfer: the market rate (`_market`), at most `fee_cap_sat_vb`."""
+        return min(self._market()[0], self.fee_cap)
+
+    def _market(self) -> tuple[int, int]:
+        """(rate, incremental) in sat/vB. rate: the node's estimate for `fee_target_blocks`, at least
+        the floor and the mempool's minimum (a full mempool refuses cheaper transactions).
+        incremental: what a replacement must add per vB (BIP125 rule 4), 1 when the node is silent."""
         answer = self._call("estimatesmartfee", [self.fee_target])
         rates = [self.fee_floor, self._sat_per_vb(answer.get("feerate") if isinstance(answer, dict) else None)]
         try:
             info = self._call("getmempoolinfo", [])
         except NodeRpcError:
             info = None  # optional: the estimate and the floor still apply
-        if isinstance(info, dict):
-            rates.append(self._sat_per_vb(info.get("mempoolminfee")))
-        return min(max(rates), self.fee_cap)
+        if not isinstance(info, dict):
+            return max(rates), 1
+        rates.append(self._sat_per_vb(info.get("mempoolminfee")))
+        return max(rates), max(1, self._sat_per_vb(info.get("incrementalrelayfee")))
 
     @staticmethod
     def _sat_per_vb(btc_per_kvb: Any) -> int:
@@ -301,6 +333,38 @@ class BitcoinAdapter:
         return FeeQuote(max_fee=chosen.fee, params={"fee_rate": rate, "change": chosen.change, "vsize": chosen.vsize},
                         inputs=chosen.inputs)
 
+    def replacement_quote(self, intent: TransferIntent, current: FeeQuote) -> FeeQuote | None:
+        """The quote of a BIP125 replacement of the transaction built from `current`: the same inputs
+        and outputs, the change smaller by the extra fee (module docstring, `bitcoin_bump`)."""
+        self._registry_token(intent.token)
+        _, change_script = self._sender_script(intent.from_address)
+        destination = addr.decode_address(self.check_destination(intent.to_address), self.spec.network, self.spec.name)
+        old_change = self._stored_change(current)
+        total = sum(u.value for u in current.inputs)
+        if not current.inputs or total - intent.amount - old_change != current.max_fee:
+            raise MalformedTransaction("the current quote's inputs - amount - change is not its max_fee")
+        scripts = [destination.script_pubkey] + ([change_script] if old_change else [])
+        vsize = btx.estimate_vsize(len(current.inputs), scripts)
+        market, incremental = self._market()
+        if bitcoin_bump.pays_estimate(current.max_fee, vsize, market):
+            return None
+        rate = bitcoin_bump.replacement_rate(current.max_fee, vsize, len(current.inputs), percent=self.replacement.percent,
+                                             market=market, incremental=incremental, cap=self.max_fee_rate)
+        change = total - intent.amount - rate * vsize
+        dust = addr.dust_limit(change_script)
+        if not old_change or change < dust:
+            raise BumpRefused("change_below_dust", f"paying {rate} sat/vB ({rate * vsize} sat) leaves {change} sat of "
+                                                  f"change of {old_change}, below the dust limit of {dust} sat")
+        return FeeQuote(max_fee=rate * vsize, params={"fee_rate": rate, "change": change, "vsize": vsize},
+                        inputs=current.inputs)
+
+    @staticmethod
+    def _stored_change(fee: FeeQuote) -> int:
+        change = fee.params.get("change") if isinstance(fee.params, dict) else None
+        if not isinstance(change, int) or isinstance(change, bool) or change < 0:
+            raise MalformedTransaction(f"fee quote has no usable change amount: {change!r}")
+        return change
+
     def next_nonce(self, address: str) -> int:
         raise ChainError("bitcoin has no account nonce (uses_account_nonce is False)")
 
@@ -314,9 +378,7 @@ class BitcoinAdapter:
         self._registry_token(intent.token)
         sender, change_script = self._sender_script(intent.from_address)
         destination = addr.decode_address(self.check_destination(intent.to_address), self.spec.network, self.spec.name)
-        change = fee.params.get("change") if isinstance(fee.params, dict) else None
-        if not isinstance(change, int) or isinstance(change, bool) or change < 0:
-            raise MalformedTransaction(f"fee quote has no usable change amount: {change!r}")
+        change = self._stored_change(fee)
         if not fee.inputs:
             raise MalformedTransaction("fee quote selected no inputs")
         spends = []
@@ -366,6 +428,8 @@ class BitcoinAdapter:
             if self._known(signed.tx_hash):
                 return signed.tx_hash  # spent by this very transaction, already mined
             raise TransactionRejected("rejected_by_node", f"inputs missing or already spent: {exc.node_message}") from None
+        if any(k in message for k in _UNDERPRICED):
+            raise TransactionRejected("replacement_underpriced", exc.node_message) from None
         if exc.code in (-22, -25, -26):  # decode failed, verify error, policy/consensus rejection
             raise TransactionRejected("rejected_by_node", exc.node_message) from None
         raise exc  # anything else is about the node, not the transaction: retry later

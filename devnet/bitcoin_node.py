@@ -4,8 +4,8 @@ Why our own node and not bitcoind: no bitcoind binary ships in a package registr
 adapter only needs the RPC subset listed in `devnet.bitcoin.rpc`. The node is still real where
 it matters (see `devnet.bitcoin.chainstate`): it parses the wire bytes, keeps a UTXO set, a
 mempool and linked blocks, verifies every P2WPKH signature (BIP143 + ECDSA) before accepting a
-transaction, refuses double spends, missing inputs, dust and fees below 1 sat/vB, and can
-reorganise (`invalidateblock`). It runs as its own process (`python -m devnet.bitcoin_node
+transaction, refuses missing inputs, dust and fees below 1 sat/vB, judges a double spend of a
+mempool transaction by bitcoind's BIP125 replacement rules, and can reorganise (`invalidateblock`). It runs as its own process (`python -m devnet.bitcoin_node
 --port P`), so the pipeline reaches it over HTTP exactly as it would reach bitcoind.
 
 Blocks are mined every `block_interval` seconds (paying the faucet), and on demand with
@@ -18,6 +18,8 @@ a block so the funds are confirmed (scantxoutset sees confirmed outputs only).
         node.fund_sats("bcrt1q...", 1_000_000)   # confirmed
         node.mine(2)
         node.rpc_url                            # http://127.0.0.1:<port>
+        node.set_min_fee_rate(20)               # a fee-rate spike: blocks take >= 20 sat/vB only
+        node.withhold(txid); node.release(txid) # the miner skips a transaction, then takes it again
 """
 
 from __future__ import annotations
@@ -272,6 +274,18 @@ class BitcoinNode(Service):
 
     def height(self) -> int:
         return int(self.rpc("getblockcount"))
+
+    def set_min_fee_rate(self, sat_vb: int) -> None:
+        """A fee-rate spike: until set back to 0, blocks take only mempool transactions paying at
+        least `sat_vb` sat/vB (the others wait in the mempool) and estimatesmartfee answers it."""
+        self.rpc("devnet_setminfeerate", sat_vb)
+
+    def withhold(self, txid: str) -> None:
+        """The miner skips `txid` (it stays in the mempool) until `release`."""
+        self.rpc("devnet_withhold", txid, True)
+
+    def release(self, txid: str) -> None:
+        self.rpc("devnet_withhold", txid, False)
 
     def reorg(self, depth: int) -> list[str]:
         """Replace the last `depth` blocks by `depth + 1` new ones (their transactions go back to

@@ -8,9 +8,20 @@ must be standard scripts above the dust limit, the fee at least 1 sat/vB. Blocks
 carry a real merkle root, and can be disconnected (`invalidate`) with their transactions going
 back to the mempool, as bitcoind does on a reorg.
 
-What is not: no proof of work, no P2P, no RBF (a conflicting spend is refused), only P2WPKH
-inputs can be spent (any standard output can be paid), no script interpreter beyond that.
-The error codes and messages are bitcoind's, so clients see what they would see in production.
+A spend of an input that a mempool transaction already spends is a BIP125 replacement, judged
+by bitcoind's opt-in rules (`devnet.bitcoin.replacement`): it evicts the original and its
+descendants, or is refused with bitcoind's code -26 and words.
+
+Devnet controls, to test what a busy chain does to a transfer: a fee-rate spike
+(`set_min_fee_rate`: while set, mined blocks take only mempool transactions paying at least that
+rate, the others wait in the mempool, and `estimatesmartfee` answers it) and withheld transactions
+(`withhold`: the miner skips them, they stay in the mempool, until released). A transaction is
+mined only with its mempool parents (no child-pays-for-parent: a child never pulls a skipped
+parent into a block).
+
+What is not: no proof of work, no P2P, only P2WPKH inputs can be spent (any standard output can
+be paid), no script interpreter beyond that. The error codes and messages are bitcoind's, so
+clients see what they would see in production.
 """
 
 from __future__ import annotations
@@ -36,6 +47,7 @@ from chains.bitcoin_tx import (
     verify_signature,
 )
 from chains.secp256k1 import SECP256K1_N
+from devnet.bitcoin import replacement
 
 COINBASE_MATURITY = 100
 HALVING_INTERVAL = 150  # regtest
@@ -126,6 +138,8 @@ class ChainState:
         self.utxos: dict[Outpoint, Coin] = {}
         self.mempool: dict[str, MempoolEntry] = {}
         self.mempool_spends: dict[Outpoint, str] = {}
+        self.min_fee_rate_sat_vb = 0  # a fee-rate spike: blocks take only transactions paying this much (0: none)
+        self.withheld: set[str] = set()  # txids the miner skips until released
         self._extra_nonce = itertools.count()
         self._mine_one(b"\x6a")  # genesis pays an unspendable script, like Bitcoin's
 
@@ -149,6 +163,10 @@ class ChainState:
         """The unspent output at `outpoint` (None if unknown or spent, counting mempool spends)."""
         if outpoint in self.mempool_spends:
             return None
+        return self._output(outpoint, include_mempool)
+
+    def _output(self, outpoint: Outpoint, include_mempool: bool = True) -> Coin | None:
+        """The output at `outpoint` if unspent in the chain (a mempool spend does not count)."""
         found = self.utxos.get(outpoint)
         if found is None and include_mempool and outpoint[0] in self.mempool:
             outputs = self.mempool[outpoint[0]].tx.outputs
@@ -184,17 +202,26 @@ class ChainState:
             self._accept(tx, verify_scripts=True)
             return tx.txid
 
-    def _accept(self, tx: Tx, verify_scripts: bool) -> None:
+    def _accept(self, tx: Tx, verify_scripts: bool, may_replace: bool = True) -> None:
+        """Validate and add `tx`; a spend of what the mempool already spends replaces (BIP125) when
+        `may_replace`, and is refused as a conflict otherwise (re-adding after a reorg)."""
         self._check_standard(tx)
+        conflicts = sorted({self.mempool_spends[(i.txid, i.vout)] for i in tx.inputs
+                            if (i.txid, i.vout) in self.mempool_spends})
+        if conflicts and (not may_replace or not all(replacement.signals(self.mempool[t].tx) for t in conflicts)):
+            raise rejected("txn-mempool-conflict")  # bitcoind checks the opt-in before the inputs
         coins = self._spent_coins(tx)
         fee = sum(c.value for c in coins) - sum(o.value for o in tx.outputs)
         if fee < 0:
             raise rejected("bad-txns-in-belowout")
         if fee < tx.vsize * MIN_RELAY_SAT_VB:
             raise rejected(f"min relay fee not met, {fee} < {tx.vsize * MIN_RELAY_SAT_VB}")
+        evicted = self._replaceable(tx, fee, conflicts) if conflicts else []
         if verify_scripts:
             for index, coin in enumerate(coins):
                 self._verify_input(tx, index, coin)
+        for txid in evicted:
+            self._evict(txid)
         self.txs[tx.txid] = tx
         self.prevouts[tx.txid] = coins
         self.mempool[tx.txid] = MempoolEntry(tx, fee, int(self._clock()), self.height)
@@ -221,13 +248,44 @@ class ChainState:
                 any(i.sequence != 0xFFFFFFFF for i in tx.inputs):
             raise rejected("non-final")
 
+    def _replaceable(self, tx: Tx, fee: int, conflicts: list[str]) -> list[str]:
+        """The txids `tx` evicts (its conflicts and their descendants); RpcFailure -26 in bitcoind's
+        words when the BIP125 rules refuse the replacement."""
+        evicted = self._with_descendants(conflicts)
+        candidates = {txid: replacement.Candidate(self.mempool[txid].tx, self.mempool[txid].fee) for txid in evicted}
+        try:
+            replacement.check(tx, fee, [candidates[t] for t in conflicts], list(candidates.values()), set(self.mempool))
+        except replacement.Refused as refusal:
+            raise rejected(str(refusal)) from None
+        return evicted
+
+    def _with_descendants(self, txids: list[str]) -> list[str]:
+        """`txids` and every mempool transaction spending their outputs, transitively."""
+        found, queue = list(txids), list(txids)
+        while queue:
+            parent = queue.pop()
+            for n in range(len(self.mempool[parent].tx.outputs)):
+                child = self.mempool_spends.get((parent, n))
+                if child is not None and child not in found:
+                    found.append(child)
+                    queue.append(child)
+        return found
+
+    def _evict(self, txid: str) -> None:
+        """Remove a replaced transaction from the mempool (it stays known in `txs`, like any
+        transaction the node saw, but getrawtransaction no longer finds it)."""
+        entry = self.mempool.pop(txid)
+        for i in entry.tx.inputs:
+            if self.mempool_spends.get((i.txid, i.vout)) == txid:
+                del self.mempool_spends[(i.txid, i.vout)]
+
     def _spent_coins(self, tx: Tx) -> list[Coin]:
+        """The outputs `tx` spends: unspent in the chain, or in the mempool (a conflicting mempool
+        spend is judged by the replacement rules, not here)."""
         coins = []
         for i in tx.inputs:
             outpoint = (i.txid, i.vout)
-            if outpoint in self.mempool_spends:
-                raise rejected("txn-mempool-conflict")
-            found = self.coin(outpoint)
+            found = self._output(outpoint)
             if found is None:
                 raise RpcFailure(-25, "bad-txns-inputs-missingorspent")
             if found.coinbase and self.height + 1 - found.height < COINBASE_MATURITY:
@@ -274,9 +332,36 @@ class ChainState:
         with self.lock:
             return [self._mine_one(script) for _ in range(count)]
 
+    def set_min_fee_rate(self, sat_vb: int) -> None:
+        """Start (sat_vb > 0) or end (0) a fee-rate spike: see the module docstring."""
+        with self.lock:
+            self.min_fee_rate_sat_vb = max(0, sat_vb)
+
+    def withhold(self, txid: str, withheld: bool = True) -> None:
+        """Make the miner skip `txid` (it need not be in the mempool yet), or release it."""
+        with self.lock:
+            (self.withheld.add if withheld else self.withheld.discard)(txid)
+
+    def estimate_sat_vb(self) -> int:
+        """What estimatesmartfee answers: the configured rate, or a spike's if higher (0: none)."""
+        return max(self.fee_rate_sat_vb, self.min_fee_rate_sat_vb) if self.fee_rate_sat_vb > 0 else self.min_fee_rate_sat_vb
+
+    def _block_body(self) -> list[MempoolEntry]:
+        """Mempool transactions the next block takes, in mempool (parents-first) order: not withheld,
+        paying at least a spike's rate, and with every mempool parent taken too."""
+        taken: set[str] = set()
+        body = []
+        for txid, entry in self.mempool.items():
+            parents = {i.txid for i in entry.tx.inputs if i.txid in self.mempool}
+            if txid in self.withheld or entry.fee < self.min_fee_rate_sat_vb * entry.tx.vsize or not parents <= taken:
+                continue
+            taken.add(txid)
+            body.append(entry)
+        return body
+
     def _mine_one(self, script: bytes) -> str:
         height = len(self.active)
-        body = list(self.mempool.values())
+        body = self._block_body()
         fees = sum(entry.fee for entry in body)
         coinbase = Tx(
             (TxIn(NULL_TXID, 0xFFFFFFFF, sequence=0xFFFFFFFF,
@@ -333,7 +418,7 @@ class ChainState:
             self.mempool_spends.clear()
             for tx in returned + waiting:
                 try:
-                    self._accept(tx, verify_scripts=False)  # verified when first accepted
+                    self._accept(tx, verify_scripts=False, may_replace=False)  # verified when first accepted
                 except RpcFailure:
                     pass  # e.g. it spent a coinbase of a disconnected block
 

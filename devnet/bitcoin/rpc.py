@@ -6,6 +6,11 @@ getbestblockhash, getblockhash, getblockheader, getblock, getrawtransaction (ver
 getrawmempool, getmempoolentry, getmempoolinfo, gettxout, sendrawtransaction, estimatesmartfee,
 scantxoutset, listunspent, generatetoaddress, invalidateblock, and the devnet faucet
 `sendtoaddress` (bitcoind's wallet call, paid from the devnet key).
+
+Devnet-only controls (not bitcoind's; named devnet_* so no client mistakes them for it):
+`devnet_setminfeerate [sat_per_vb]` starts a fee-rate spike (0 or no argument ends it) and answers
+the rate now in force; `devnet_withhold <txid> [true|false]` makes the miner skip a transaction,
+or releases it. See `devnet.bitcoin.chainstate`.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from chains.bitcoin_address import b58encode_check
 from chains.bitcoin_tx import Tx
 from chains.errors import InvalidAddress
 from devnet.bitcoin.chainstate import ChainState, Coin, RpcFailure
+from devnet.bitcoin.replacement import signals
 
 SATOSHI = Decimal(100_000_000)
 
@@ -99,7 +105,7 @@ class Methods:
                 "getblock", "getrawtransaction", "getrawmempool", "getmempoolentry", "getmempoolinfo", "gettxout",
                 "sendrawtransaction",
                 "estimatesmartfee", "scantxoutset", "listunspent", "generatetoaddress", "invalidateblock",
-                "sendtoaddress",
+                "sendtoaddress", "devnet_setminfeerate", "devnet_withhold",
             )
         }
 
@@ -215,13 +221,13 @@ class Methods:
         if entry is None:
             raise RpcFailure(-5, "Transaction not in mempool")
         return {"vsize": entry.tx.vsize, "weight": entry.tx.weight, "time": entry.time, "height": entry.height,
-                "fees": {"base": btc(entry.fee)}, "wtxid": entry.tx.wtxid,
+                "fees": {"base": btc(entry.fee)}, "wtxid": entry.tx.wtxid, "bip125-replaceable": signals(entry.tx),
                 "depends": sorted({i.txid for i in entry.tx.inputs if i.txid in self.state.mempool})}
 
     def getmempoolinfo(self) -> dict[str, Any]:
         mempool = self.state.mempool
         return {"loaded": True, "size": len(mempool), "bytes": sum(e.tx.vsize for e in mempool.values()),
-                "mempoolminfee": btc(1000), "minrelaytxfee": btc(1000)}
+                "mempoolminfee": btc(1000), "minrelaytxfee": btc(1000), "incrementalrelayfee": btc(1000)}
 
     def gettxout(self, txid: Any, n: Any, include_mempool: Any = True) -> dict[str, Any] | None:
         """The unspent output, or null when it is unknown or spent (with include_mempool, a spend in
@@ -248,9 +254,10 @@ class Methods:
 
     def estimatesmartfee(self, conf_target: Any, estimate_mode: str = "conservative") -> dict[str, Any]:
         target = _int(conf_target, "conf_target")
-        if self.state.fee_rate_sat_vb <= 0:
+        rate = self.state.estimate_sat_vb()
+        if rate <= 0:
             return {"errors": ["Insufficient data or no feerate found"], "blocks": 0}
-        return {"feerate": btc(self.state.fee_rate_sat_vb * 1000), "blocks": max(target, 2)}
+        return {"feerate": btc(rate * 1000), "blocks": max(target, 2)}
 
     # --- outputs ------------------------------------------------------------------------------
 
@@ -312,6 +319,21 @@ class Methods:
 
     def sendtoaddress(self, address: Any, amount: Any, *ignored: Any) -> str:
         return self._mined(self.state.faucet_send(self.faucet_key, script_of(address), sats_of(amount)))
+
+    def devnet_setminfeerate(self, sat_per_vb: Any = 0) -> int:
+        """A fee-rate spike of `sat_per_vb` (0: none); answers the rate in force."""
+        rate = _int(sat_per_vb, "sat_per_vb")
+        if rate < 0:
+            raise RpcFailure(-8, "sat_per_vb must be 0 or more")
+        self.state.set_min_fee_rate(rate)
+        return self.state.min_fee_rate_sat_vb
+
+    def devnet_withhold(self, txid: Any, withheld: Any = True) -> bool:
+        """The miner skips `txid` (withheld true) or takes it again (false); answers the setting."""
+        if not isinstance(withheld, bool):
+            raise RpcFailure(-1, "JSON value is not of expected type bool (withheld)")
+        self.state.withhold(_txid(txid), withheld)
+        return withheld
 
 
 def sats_of_json(amount: Decimal) -> int:
