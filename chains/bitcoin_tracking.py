@@ -28,7 +28,9 @@ News, by `Watched.key`:
   scan found it again in a new block;
 - one seen before whose stored block is canonical and deep enough (spec.confirmations): INCLUDED
   again, with its fee, so the pipeline can settle it. Shallower ones are no news.
-Bitcoin has no expiry, so never EXPIRED.
+Bitcoin has no expiry, so never EXPIRED. A fee bump is watched as a second entry (its own key and
+txid, the same inputs): whichever of the two a block holds is reported; the other, evicted from the
+mempool by the replacement or never mined, is never news (get_status says NOT_FOUND for it).
 
 The cursor is {"scanned": height, "hash": that block's hash}. The hash is how a reorg below the
 cursor is noticed: when the chain's block at `scanned` is another one, the scan restarts
