@@ -201,7 +201,7 @@ class BitcoinAdapter:
         if self.utxo_source not in ("scantxoutset", "wallet"):
             raise ChainError(f"{spec.name}: option utxo_source must be 'scantxoutset' or 'wallet'")
         self.spec = spec
-        self._rpc = BitcoinRpcClient(spec.rpc_url, timeout)
+        self._rpc = BitcoinRpcClient(spec.rpc_urls, timeout, failover=spec.failover)
         self._chain_checked = False
         self._scan_lock = threading.Lock()  # bitcoind runs one UTXO-set scan at a time
 
@@ -336,27 +336,31 @@ class BitcoinAdapter:
     def replacement_quote(self, intent: TransferIntent, current: FeeQuote) -> FeeQuote | None:
         """The quote of a BIP125 replacement of the transaction built from `current`: the same inputs
         and outputs, the change smaller by the extra fee (module docstring, `bitcoin_bump`)."""
-        self._registry_token(intent.token)
-        _, change_script = self._sender_script(intent.from_address)
-        destination = addr.decode_address(self.check_destination(intent.to_address), self.spec.network, self.spec.name)
-        old_change = self._stored_change(current)
-        total = sum(u.value for u in current.inputs)
-        if not current.inputs or total - intent.amount - old_change != current.max_fee:
-            raise MalformedTransaction("the current quote's inputs - amount - change is not its max_fee")
-        scripts = [destination.script_pubkey] + ([change_script] if old_change else [])
-        vsize = btx.estimate_vsize(len(current.inputs), scripts)
+        old_change, change_script, vsize = self._replaced(intent, current)
         market, incremental = self._market()
         if bitcoin_bump.pays_estimate(current.max_fee, vsize, market):
             return None
         rate = bitcoin_bump.replacement_rate(current.max_fee, vsize, len(current.inputs), percent=self.replacement.percent,
                                              market=market, incremental=incremental, cap=self.max_fee_rate)
-        change = total - intent.amount - rate * vsize
+        change = old_change + current.max_fee - rate * vsize
         dust = addr.dust_limit(change_script)
         if not old_change or change < dust:
             raise BumpRefused("change_below_dust", f"paying {rate} sat/vB ({rate * vsize} sat) leaves {change} sat of "
                                                   f"change of {old_change}, below the dust limit of {dust} sat")
         return FeeQuote(max_fee=rate * vsize, params={"fee_rate": rate, "change": change, "vsize": vsize},
                         inputs=current.inputs)
+
+    def _replaced(self, intent: TransferIntent, current: FeeQuote) -> tuple[int, bytes, int]:
+        """(change, change script, estimated vsize) of the transaction `current` builds, checked to
+        add up as `build` checks it (inputs - amount - change = max_fee)."""
+        self._registry_token(intent.token)
+        _, change_script = self._sender_script(intent.from_address)
+        destination = addr.decode_address(self.check_destination(intent.to_address), self.spec.network, self.spec.name)
+        change = self._stored_change(current)
+        if not current.inputs or sum(u.value for u in current.inputs) - intent.amount - change != current.max_fee:
+            raise MalformedTransaction("the current quote's inputs - amount - change is not its max_fee")
+        scripts = [destination.script_pubkey] + ([change_script] if change else [])
+        return change, change_script, btx.estimate_vsize(len(current.inputs), scripts)
 
     @staticmethod
     def _stored_change(fee: FeeQuote) -> int:

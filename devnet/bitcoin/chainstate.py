@@ -166,7 +166,8 @@ class ChainState:
         return self._output(outpoint, include_mempool)
 
     def _output(self, outpoint: Outpoint, include_mempool: bool = True) -> Coin | None:
-        """The output at `outpoint` if unspent in the chain (a mempool spend does not count)."""
+        """The output at `outpoint`, in the UTXO set or (`include_mempool`) made by a mempool
+        transaction, whether or not a mempool transaction spends it."""
         found = self.utxos.get(outpoint)
         if found is None and include_mempool and outpoint[0] in self.mempool:
             outputs = self.mempool[outpoint[0]].tx.outputs
@@ -344,7 +345,7 @@ class ChainState:
 
     def estimate_sat_vb(self) -> int:
         """What estimatesmartfee answers: the configured rate, or a spike's if higher (0: none)."""
-        return max(self.fee_rate_sat_vb, self.min_fee_rate_sat_vb) if self.fee_rate_sat_vb > 0 else self.min_fee_rate_sat_vb
+        return max(self.fee_rate_sat_vb, self.min_fee_rate_sat_vb)
 
     def _block_body(self) -> list[MempoolEntry]:
         """Mempool transactions the next block takes, in mempool (parents-first) order: not withheld,
