@@ -182,6 +182,7 @@ class BitcoinAdapter:
     key_name = "bitcoin"
     uses_account_nonce = False
     uses_utxos = True
+    replacement: ReplacementPolicy  # from the registry options, in __init__ (module docstring: fee bumps)
 
     def __init__(self, spec: ChainSpec, *, timeout: float = REQUEST_TIMEOUT_S) -> None:
         if spec.family != "bitcoin":
