@@ -5,11 +5,22 @@ One adapter per registry entry; it talks to that entry's first RPC endpoint. Off
 signature); node access and transport errors in `chains.solana_rpc`. This module holds the
 decisions that need a node:
 
-- fees: 5000 lamports per signature (`options.lamports_per_signature`); an SPL transfer to an
-  owner without an associated token account also pays that account's rent, so the quote reserves
-  it (`params.create_ata`, `params.ata_rent`). The sender's balances are checked at quote time:
-  tokens short -> TransactionRejected("insufficient_funds"), SOL short of the fee and rent ->
-  "insufficient_funds_for_fee";
+- fees: 5000 lamports per signature (`options.lamports_per_signature`) plus a priority fee
+  (`chains.solana_fees`): every transaction asks for a compute-unit limit fitting its kind
+  (`params.compute_unit_limit`) and pays a compute-unit price read fresh at every (re-)signing:
+  `build_context` asks getRecentPrioritizationFees for the accounts the transfer writes, in the
+  same HTTP request as the blockhash (a JSON-RPC batch), and keeps a percentile of the recent
+  non-zero fees (`options.compute_unit_price_percentile`, 75). The quote reserves the priority
+  fee at the cap (`options.max_compute_unit_price_micro_lamports`, stored as
+  `params.max_compute_unit_price` so a later registry change cannot raise what was reserved),
+  and the build pays min(fresh price, that cap): never more than `max_fee` (a transfer that
+  empties the fee payer's account pays the cap itself, `params.min_compute_unit_price`: less
+  would leave a remainder below the rent-exempt minimum). An SPL transfer to
+  an owner without an associated token account also pays that account's rent, so the quote
+  reserves it (`params.create_ata`, `params.ata_rent`). The sender's balances are checked at
+  quote time: tokens short -> TransactionRejected("insufficient_funds"), SOL short of the fee
+  and rent -> "insufficient_funds_for_fee". A quote stored before priority fees (no
+  `compute_unit_limit`) still builds as it did: no ComputeBudget instructions, no priority fee;
 - expiry instead of nonces: a transaction is tied to a recent blockhash (`build_context`) and can
   only land in a block whose height is at most its `last_valid_block_height`, in a slot after the
   blockhash's own slot (`blockhash_slot`: the `context.slot` of the getLatestBlockhash answer, the
@@ -41,8 +52,10 @@ decisions that need a node:
   chain to the lamport.
 
 Registry options read (all optional): commitment ("finalized"), preflight_commitment
-("confirmed"), lamports_per_signature (5000), allow_off_curve_destinations (false),
-genesis_hash (when set, the node must serve that cluster: ChainMismatch otherwise).
+("confirmed"), lamports_per_signature (5000), max_compute_unit_price_micro_lamports (1,000,000:
+one lamport per compute unit; 0 turns priority fees off), compute_unit_price_percentile (75),
+allow_off_curve_destinations (false), genesis_hash (when set, the node must serve that
+cluster: ChainMismatch otherwise).
 """
 
 from __future__ import annotations
@@ -52,7 +65,7 @@ import binascii
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from chains import solana_address, solana_tracking, solana_tx
+from chains import solana_address, solana_fees, solana_tracking, solana_tx
 from chains.base import (
     Curve,
     FeeQuote,
@@ -81,8 +94,12 @@ COMMITMENTS = ("processed", "confirmed", "finalized")
 PROOF_COMMITMENT = "finalized"  # expiry is proven from blocks that can no longer be rolled back
 _HISTORY_PAGE = 1000  # getSignaturesForAddress's largest page
 _HISTORY_PAGES = 10  # signatures of the fee payer scanned at most (x _HISTORY_PAGE) before giving up: no proof
-_OPTIONS = frozenset({"commitment", "preflight_commitment", "lamports_per_signature",
-                      solana_address.OFF_CURVE_OPTION, "genesis_hash"})
+MAX_PRICE_OPTION = "max_compute_unit_price_micro_lamports"
+PERCENTILE_OPTION = "compute_unit_price_percentile"
+DEFAULT_MAX_COMPUTE_UNIT_PRICE = 1_000_000  # micro-lamports per compute unit: 1 lamport
+DEFAULT_PRICE_PERCENTILE = 75
+_OPTIONS = frozenset({"commitment", "preflight_commitment", "lamports_per_signature", MAX_PRICE_OPTION,
+                      PERCENTILE_OPTION, solana_address.OFF_CURVE_OPTION, "genesis_hash"})
 # JSON-RPC codes: -32002 preflight simulation failed, -32003 signature verification failed,
 # -32602 invalid params (bytes the node cannot decode). Anything else is about the node.
 _REFUSAL_CODES = (-32002, -32003, -32602)
@@ -107,6 +124,8 @@ class SolanaAdapter:
         self.commitment: str = options["commitment"]
         self.preflight_commitment: str = options["preflight_commitment"]
         self.lamports_per_signature: int = options["lamports_per_signature"]
+        self.max_compute_unit_price: int = options["max_compute_unit_price"]
+        self.price_percentile: int = options["price_percentile"]
         self.allow_off_curve: bool = options["allow_off_curve"]
         self.genesis_hash: str | None = options["genesis_hash"]
         self._rpc = SolanaRpc(spec.rpc_url, timeout)
@@ -189,12 +208,12 @@ class SolanaAdapter:
         raise ChainError("Solana transactions have no account nonce (uses_account_nonce is False)")
 
     def quote_fee(self, intent: TransferIntent, utxos: Sequence[Utxo] = ()) -> FeeQuote:
+        """One signature, the priority fee at the cap for the transfer's compute-unit limit, and the
+        rent of the destination's token account when the transfer creates it."""
         token, sender, to = self._checked_intent(intent)
-        fee = self.lamports_per_signature  # one signature: the sender's
-        params: dict[str, Any] = {"lamports_per_signature": self.lamports_per_signature, "signatures": 1}
         if token.asset_type == "NATIVE":
-            self._check_sol_transfer(sender, to, intent.amount, fee)
-            return FeeQuote(max_fee=fee, params={**params, "create_ata": False, "ata_rent": 0})
+            quote = self._quote(spl=False, create_ata=False, rent=0)
+            return _pinned(quote) if self._check_sol_transfer(sender, to, intent.amount, quote.max_fee) else quote
         mint = str(token.contract)
         held = self._token_account(solana_tx.associated_token_address(sender, mint), mint) or 0
         if held < intent.amount:
@@ -204,11 +223,20 @@ class SolanaAdapter:
             )
         create_ata = self._token_account(solana_tx.associated_token_address(to, mint), mint) is None
         rent = self._rent_exempt_minimum(solana_tx.TOKEN_ACCOUNT_SIZE) if create_ata else 0
-        self._check_fee_payer(sender, fee + rent)
-        return FeeQuote(max_fee=fee + rent, params={**params, "create_ata": create_ata, "ata_rent": rent})
+        quote = self._quote(spl=True, create_ata=create_ata, rent=rent)
+        return _pinned(quote) if self._check_fee_payer(sender, quote.max_fee) else quote
 
-    def _check_sol_transfer(self, sender: str, to: str, amount: int, fee: int) -> None:
-        """The chain would refuse it: balance short, or an account left below the rent-exempt minimum."""
+    def _quote(self, spl: bool, create_ata: bool, rent: int) -> FeeQuote:
+        limit = solana_fees.compute_unit_limit(spl, create_ata)
+        params: dict[str, Any] = {"lamports_per_signature": self.lamports_per_signature, "signatures": 1,
+                                  "create_ata": create_ata, "ata_rent": rent, "compute_unit_limit": limit,
+                                  "max_compute_unit_price": self.max_compute_unit_price}
+        return FeeQuote(max_fee=solana_fees.max_spend(self.lamports_per_signature, limit, self.max_compute_unit_price, rent),
+                        params=params)
+
+    def _check_sol_transfer(self, sender: str, to: str, amount: int, fee: int) -> bool:
+        """The chain would refuse it: balance short, or an account left below the rent-exempt
+        minimum. True when the transfer empties the sender's account (paying `fee` exactly)."""
         balance = self._balance(sender)
         if balance < amount + fee:
             raise TransactionRejected(
@@ -227,8 +255,10 @@ class SolanaAdapter:
                 "rejected_by_node",
                 f"{to} does not exist yet and {amount} lamports is below the rent-exempt minimum {rent} it needs",
             )
+        return left == 0
 
-    def _check_fee_payer(self, sender: str, cost: int) -> None:
+    def _check_fee_payer(self, sender: str, cost: int) -> bool:
+        """Refused unless the sender pays `cost` and keeps 0 or the rent-exempt minimum; True for 0."""
         balance = self._balance(sender)
         rent = self._rent_exempt_minimum(0)
         if balance < cost or 0 < balance - cost < rent:
@@ -237,6 +267,7 @@ class SolanaAdapter:
                 f"{sender} has {balance} lamports: the fee and account rent need {cost}, and the account must "
                 f"keep 0 or at least {rent}",
             )
+        return balance == cost
 
     def _checked_intent(self, intent: TransferIntent) -> tuple[TokenSpec, str, str]:
         if not isinstance(intent.amount, int) or isinstance(intent.amount, bool) or intent.amount < 0:
@@ -258,15 +289,26 @@ class SolanaAdapter:
     def build_context(self, intent: TransferIntent) -> dict[str, Any]:
         """A recent blockhash at the registry commitment: it fixes the transaction's expiry. Stored
         with it: its last valid block height and `blockhash_slot`, the slot of the bank it is the
-        last blockhash of (the answer's `context.slot`); the transaction can only land after it."""
-        answer = self._call("getLatestBlockhash", [{"commitment": self.commitment}])
-        latest = value_of(answer, "latest blockhash")
-        if not isinstance(latest, dict) or not isinstance(latest.get("blockhash"), str):
-            raise ChainRpcError(f"{self.spec.name}: unusable latest blockhash {latest!r}"[:200])
-        height = to_int(latest.get("lastValidBlockHeight"), "last valid block height")
-        context = answer.get("context")
-        slot = to_int(context.get("slot") if isinstance(context, dict) else None, "latest blockhash context slot")
-        return {"blockhash": latest["blockhash"], "last_valid_block_height": height, "blockhash_slot": slot}
+        last blockhash of (the answer's `context.slot`); the transaction can only land after it.
+        With priority fees on, also `compute_unit_price`: the market price now for the accounts
+        the transfer writes, asked in the same HTTP request (a JSON-RPC batch)."""
+        latest = ("getLatestBlockhash", [{"commitment": self.commitment}])
+        if not self.max_compute_unit_price:
+            return _blockhash_context(self._call(*latest), self.spec.name)
+        fees = ("getRecentPrioritizationFees", [_written_accounts(intent)])
+        blockhash, recent = self._batch([latest, fees])
+        price = solana_fees.percentile_price(_prioritization_fees(recent, self.spec.name), self.price_percentile)
+        return {**_blockhash_context(blockhash, self.spec.name), "compute_unit_price": price}
+
+    def _batch(self, calls: list[tuple[str, list[Any]]]) -> list[Any]:
+        """The results of a JSON-RPC batch (one HTTP request); the first error object is raised."""
+        if not self._cluster_checked:
+            self.verify_cluster()
+        answers = self._rpc.batch(calls)
+        for answer in answers:
+            if isinstance(answer, NodeRpcError):
+                raise answer
+        return answers
 
     def build(self, intent: TransferIntent, fee: FeeQuote, nonce: int | None,
               context: dict[str, Any]) -> UnsignedTransaction:
@@ -274,24 +316,29 @@ class SolanaAdapter:
         if nonce is not None:
             raise MalformedTransaction("a Solana transaction takes no nonce")
         blockhash, height = _context(context)
-        create_ata, rent = self._fee_params(fee, token)
-        instructions = solana_tx.transfer_instructions(
+        create_ata, limit, price = self._fee_params(fee, token, _context_price(context))
+        instructions = solana_tx.compute_budget_instructions(limit, price) if limit is not None else []
+        instructions += solana_tx.transfer_instructions(
             sender, to, intent.amount, token.contract if token.asset_type == "SPL" else None, token.decimals, create_ata
         )
         return solana_tx.build_unsigned(sender, instructions, blockhash, height)
 
-    def _fee_params(self, fee: FeeQuote, token: TokenSpec) -> tuple[bool, int]:
-        """(create_ata, ata_rent) of a stored quote, checked: the build may never spend more than max_fee."""
+    def _fee_params(self, fee: FeeQuote, token: TokenSpec, market_price: int) -> tuple[bool, int | None, int]:
+        """(create_ata, compute-unit limit or None for a quote without one, price to pay) of a
+        stored quote, checked: the price is the market's up to the quote's cap, and the build may
+        never spend more than max_fee."""
         params = fee.params
         per_signature, signatures = params.get("lamports_per_signature"), params.get("signatures")
         create_ata, rent = params.get("create_ata", False), params.get("ata_rent", 0)
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (per_signature, signatures, rent)):
+        limit, cap = params.get("compute_unit_limit"), params.get("max_compute_unit_price", 0)
+        floor = params.get("min_compute_unit_price", 0)
+        if not all(_natural(v) for v in (per_signature, signatures, rent, cap, floor)) or not _limit_ok(limit):
             raise MalformedTransaction(f"unusable Solana fee parameters {dict(params)!r}"[:200])
-        if signatures != 1 or not isinstance(create_ata, bool) or (create_ata and token.asset_type != "SPL"):
+        if signatures != 1 or not isinstance(create_ata, bool) or (create_ata and token.asset_type != "SPL") or floor > cap:
             raise MalformedTransaction(f"unusable Solana fee parameters {dict(params)!r}"[:200])
-        if per_signature * signatures + (rent if create_ata else 0) > fee.max_fee:
+        if solana_fees.max_spend(per_signature * signatures, limit, cap, rent if create_ata else 0) > fee.max_fee:
             raise MalformedTransaction("the fee parameters could spend more than the reserved max_fee")
-        return create_ata, rent
+        return create_ata, limit, max(floor, min(market_price, cap)) if limit is not None else 0  # at most the reserved price
 
     def attach_signature(self, payload: bytes, signatures: Sequence[bytes]) -> SignedTransaction:
         if len(signatures) != 1:
@@ -536,9 +583,9 @@ def _options(spec: ChainSpec) -> dict[str, Any]:
                          f"transaction can still be rolled back), got {commitment!r}")
     if preflight not in COMMITMENTS:
         raise ChainError(f"{spec.name}: options.preflight_commitment must be one of {COMMITMENTS}, got {preflight!r}")
-    per_signature = raw.get("lamports_per_signature", LAMPORTS_PER_SIGNATURE)
-    if not isinstance(per_signature, int) or isinstance(per_signature, bool) or per_signature < 0:
-        raise ChainError(f"{spec.name}: options.lamports_per_signature must be a non-negative integer")
+    per_signature = _int_option(raw, spec.name, "lamports_per_signature", LAMPORTS_PER_SIGNATURE, 0, 2**32)
+    max_price = _int_option(raw, spec.name, MAX_PRICE_OPTION, DEFAULT_MAX_COMPUTE_UNIT_PRICE, 0, 2**64 - 1)
+    percentile = _int_option(raw, spec.name, PERCENTILE_OPTION, DEFAULT_PRICE_PERCENTILE, 1, 100)
     genesis = raw.get("genesis_hash")
     if genesis is not None and not isinstance(genesis, str):
         raise ChainError(f"{spec.name}: options.genesis_hash must be a base58 string")
@@ -547,7 +594,16 @@ def _options(spec: ChainSpec) -> dict[str, Any]:
     except ValueError as exc:
         raise ChainError(str(exc)) from None
     return {"commitment": commitment, "preflight_commitment": preflight, "lamports_per_signature": per_signature,
+            "max_compute_unit_price": max_price, "price_percentile": percentile,
             "allow_off_curve": allow_off_curve, "genesis_hash": genesis}
+
+
+def _int_option(raw: Mapping[str, Any], chain: str, name: str, default: int, low: int, high: int) -> int:
+    """An integer option in [low, high], its default when absent; ChainError otherwise."""
+    value = raw.get(name, default)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ChainError(f"{chain}: options.{name} must be an integer from {low} to {high}, got {value!r}")
+    return value
 
 
 BLOCKHASH_VALIDITY_BLOCKS = 150  # lastValidBlockHeight = the blockhash's block height + 150
@@ -580,6 +636,58 @@ def _signature_infos(page: Any, chain: str) -> list[tuple[str, int, dict[str, An
             raise ChainRpcError(f"{chain}: unusable getSignaturesForAddress entry {entry!r}"[:200])
         infos.append((entry["signature"], to_int(entry.get("slot"), "signature slot"), entry))
     return infos
+
+
+def _pinned(quote: FeeQuote) -> FeeQuote:
+    """The quote of a transfer that empties the fee payer's account: it pays the reserved price
+    whatever the market's (`min_compute_unit_price`), since paying less would leave it a remainder
+    below the rent-exempt minimum, which the runtime refuses."""
+    return FeeQuote(quote.max_fee, {**quote.params, "min_compute_unit_price": quote.params["max_compute_unit_price"]})
+
+
+def _blockhash_context(answer: Any, chain: str) -> dict[str, Any]:
+    """The build context of a getLatestBlockhash answer: blockhash, last valid block height, slot."""
+    latest = value_of(answer, "latest blockhash")
+    if not isinstance(latest, dict) or not isinstance(latest.get("blockhash"), str):
+        raise ChainRpcError(f"{chain}: unusable latest blockhash {latest!r}"[:200])
+    height = to_int(latest.get("lastValidBlockHeight"), "last valid block height")
+    context = answer.get("context")
+    slot = to_int(context.get("slot") if isinstance(context, dict) else None, "latest blockhash context slot")
+    return {"blockhash": latest["blockhash"], "last_valid_block_height": height, "blockhash_slot": slot}
+
+
+def _written_accounts(intent: TransferIntent) -> list[str]:
+    """The accounts the transfer write-locks (their recent fees set its price): the fee payer and
+    the destination, or for SPL the two token accounts."""
+    sender, to, mint = intent.from_address, intent.to_address, intent.token.contract
+    if intent.token.asset_type != "SPL" or not mint:
+        return list(dict.fromkeys((sender, to)))
+    written = (sender, solana_tx.associated_token_address(sender, mint), solana_tx.associated_token_address(to, mint))
+    return list(dict.fromkeys(written))
+
+
+def _prioritization_fees(answer: Any, chain: str) -> list[int]:
+    """The `prioritizationFee`s (micro-lamports per compute unit) of a getRecentPrioritizationFees answer."""
+    if not isinstance(answer, list) or not all(isinstance(entry, dict) for entry in answer):
+        raise ChainRpcError(f"{chain}: unusable getRecentPrioritizationFees answer {answer!r}"[:200])
+    return [to_int(entry.get("prioritizationFee"), "prioritization fee") for entry in answer]
+
+
+def _context_price(context: Mapping[str, Any] | None) -> int:
+    """The market compute-unit price a build context carries; 0 for one made without priority fees."""
+    price = context.get("compute_unit_price", 0) if isinstance(context, Mapping) else 0
+    if not _natural(price):
+        raise MalformedTransaction(f"unusable compute-unit price {price!r} in the Solana build context"[:200])
+    return price
+
+
+def _limit_ok(limit: Any) -> bool:
+    """None (a quote from before priority fees) or a compute-unit limit the runtime accepts."""
+    return limit is None or (_natural(limit) and 0 < limit <= solana_fees.MAX_COMPUTE_UNIT_LIMIT)
+
+
+def _natural(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _context(context: Mapping[str, Any] | None) -> tuple[str, int]:

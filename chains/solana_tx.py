@@ -11,7 +11,9 @@ so the payload is a stable, self-describing serialisation:
      "last_valid_block_height": <int>}
 
 Keeping `from` lets `attach_signature` refuse a signature by any key but the sender's before
-anything is sent. A transfer is one of:
+anything is sent. A transfer is one of, after the ComputeBudget instructions of its quote (`SetComputeUnitLimit`,
+then `SetComputeUnitPrice` when the price is not 0; none for a quote made before priority fees,
+see `chains.solana_fees`):
 
 - SOL: one System Program `transfer` (payer = sender);
 - SPL: `create_idempotent_associated_token_account` (payer = sender) for the destination when the
@@ -36,6 +38,7 @@ PAYLOAD_FORMAT = "solana-tx/1"
 SYSTEM_PROGRAM = "11111111111111111111111111111111"
 TOKEN_PROGRAM = "TokenkegQfeZyiNwAJbNbGKPFXCWuBvf9Ss623VQ5DA"
 ASSOCIATED_TOKEN_PROGRAM = "ATokenGPvbdGVxr1b2hvZbsiqW5xWH25efTNsLJA8knL"
+COMPUTE_BUDGET_PROGRAM = "ComputeBudget111111111111111111111111111111"
 TOKEN_ACCOUNT_SIZE = 165  # bytes of an SPL token account: its rent is what creating one costs
 _U64_MAX = 2**64 - 1
 _SYSTEM_TRANSFER = 2  # System Program instruction index of Transfer
@@ -52,6 +55,17 @@ def associated_token_address(owner: str, mint: str) -> str:
     from solders.token.associated import get_associated_token_address
 
     return str(get_associated_token_address(_pubkey(owner), _pubkey(mint)))
+
+
+def compute_budget_instructions(limit: int, price: int) -> list[Any]:
+    """SetComputeUnitLimit(limit) and, for a non-zero price, SetComputeUnitPrice(price micro-lamports)."""
+    from solders.compute_budget import set_compute_unit_limit, set_compute_unit_price
+
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 0 < limit < 2**32:
+        raise MalformedTransaction(f"a compute-unit limit is an integer 1..2^32-1, got {limit!r}")
+    if not isinstance(price, int) or isinstance(price, bool) or not 0 <= price <= _U64_MAX:
+        raise MalformedTransaction(f"a compute-unit price is an integer 0..2^64-1, got {price!r}")
+    return [set_compute_unit_limit(limit)] + ([set_compute_unit_price(price)] if price else [])
 
 
 def transfer_instructions(

@@ -10,8 +10,8 @@ method names and shapes, so the Solana adapter is tested against the protocol it
 
 At start the node creates the SPL mints of the registry's Solana chain (at their mainnet
 addresses, as the devnet registry lists them) with a devnet mint authority. `SolanaNode` runs that
-process as a Service on a free port; its helpers fund accounts (`airdrop`, `mint_to`) and move the
-clock (`advance_slots`).
+process as a Service on a free port; its helpers fund accounts (`airdrop`, `mint_to`), move the
+clock (`advance_slots`) and set the going compute-unit price (`set_prioritization_fee`).
 """
 
 from __future__ import annotations
@@ -161,6 +161,15 @@ class SolanaNode(Service):
     def advance_slots(self, slots: int = 1) -> int:
         """Produce `slots` slots now (finality and blockhash expiry without waiting)."""
         return int(self.rpc("devnet_advanceSlots", [slots]))
+
+    def set_prioritization_fee(self, micro_lamports: int) -> int:
+        """Make every recent slot report at least this compute-unit price to getRecentPrioritizationFees
+        (a busy cluster); 0 goes back to what landed transactions paid."""
+        return int(self.rpc("devnet_setPrioritizationFee", [micro_lamports]))
+
+    def recent_prioritization_fees(self, accounts: Sequence[str] = ()) -> list[dict[str, int]]:
+        """getRecentPrioritizationFees for `accounts`: [{"slot", "prioritizationFee"}], oldest first."""
+        return list(self.rpc("getRecentPrioritizationFees", [list(accounts)]))
 
     def signatures_for_address(self, address: str, **config: Any) -> list[dict[str, Any]]:
         """getSignaturesForAddress (newest first); SolanaRpcError on a node without history."""

@@ -23,6 +23,10 @@ at a time. This class supplies those, so the node speaks the cluster semantics t
   and getSignaturesForAddress / getTransaction / getBlock answer -32011; with `ledger_slots` set
   (`--limit-ledger-size`) only the newest slots' history is kept (`minimumLedgerSlot`), older
   transactions and blocks are gone from every history answer;
+- prioritization fees: what recent blocks paid per compute unit, overall and per written
+  account (`devnet.solana.priority`), for getRecentPrioritizationFees; LiteSVM itself charges
+  the priority fee of a transaction's ComputeBudget instructions. `set_prioritization_floor`
+  makes every recent slot report at least a given price (a busy cluster);
 - faucets: SOL from a devnet authority that also owns the SPL mints created at start (at the
   registry's mainnet mint addresses), for `requestAirdrop` and `devnet_mintTo`.
 
@@ -53,6 +57,7 @@ from solders.transaction import Transaction, VersionedTransaction
 from solders.transaction_metadata import FailedTransactionMetadata
 
 from devnet.solana.errors import RpcError, describe_error
+from devnet.solana.priority import PrioritizationFees
 
 TOKEN_PROGRAM = Pubkey.from_string("TokenkegQfeZyiNwAJbNbGKPFXCWuBvf9Ss623VQ5DA")
 SYSTEM_PROGRAM = Pubkey.from_string("11111111111111111111111111111111")
@@ -109,6 +114,7 @@ class Cluster:
         self._block_signatures: dict[int, list[str]] = {}
         self._address_signatures: dict[str, list[str]] = {}  # in landing order (slots never decrease)
         self._faucet_seq = itertools.count(1)
+        self.priority = PrioritizationFees()
         self._record_slot()
         self.genesis_hash = self._slot_hash[0]
         # Start past genesis by the finality depth: every commitment then has a real slot, and a
@@ -205,6 +211,7 @@ class Cluster:
         )
         self._ledger[landed.signature] = landed
         self._block_signatures.setdefault(self.slot, []).append(landed.signature)
+        self.priority.record(self.slot, tx.message)
         for key in dict.fromkeys(str(k) for k in keys):
             self._address_signatures.setdefault(key, []).append(landed.signature)
         return landed
@@ -287,6 +294,18 @@ class Cluster:
                 if slot <= self.commitment_slot(level):
                     return level
             return "processed"
+
+    # --- prioritization fees -------------------------------------------------------------------
+
+    def prioritization_fees(self, accounts: Sequence[str]) -> list[dict[str, int]]:
+        """getRecentPrioritizationFees: per recent slot, what it took to land writing `accounts`."""
+        with self.lock:
+            return self.priority.recent(self.slot, list(accounts))
+
+    def set_prioritization_floor(self, micro_lamports: int) -> None:
+        """Every recent slot reports at least this price from now on (0: only what landed)."""
+        with self.lock:
+            self.priority.floor = micro_lamports
 
     # --- faucets -----------------------------------------------------------------------------
 

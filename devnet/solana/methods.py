@@ -5,7 +5,8 @@ RpcError. Results follow the real node: reads at a commitment answer `{"context"
 "value": ...}`, statuses and transactions use the RPC JSON forms. The history methods
 (getSignaturesForAddress, getTransaction, getBlock) answer -32011 on a node without transaction
 history and see only the slots its ledger still has (`minimumLedgerSlot`). Faucet and control methods
-(`requestAirdrop`, `devnet_mintTo`, `devnet_advanceSlots`, `devnet_info`) exist for tests and the demo.
+(`requestAirdrop`, `devnet_mintTo`, `devnet_advanceSlots`, `devnet_setPrioritizationFee`, `devnet_info`)
+exist for tests and the demo.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from solders.transaction import VersionedTransaction
 from chains.solana_address import b58decode, b58encode
 from devnet.solana.cluster import COMMITMENTS, TOKEN_PROGRAM, Cluster, Landed
 from devnet.solana.errors import RpcError, invalid_params
+from devnet.solana.priority import MAX_ACCOUNTS, priority_fee
 
 API_VERSION = "2.1.0"
 LAMPORTS_PER_SIGNATURE = 5000
@@ -167,8 +169,18 @@ def get_fee_for_message(cluster: Cluster, params: list[Any]) -> dict[str, Any]:
         message = Message.from_bytes(base64.b64decode(params[0], validate=True))
     except (IndexError, TypeError, ValueError, binascii.Error):
         raise invalid_params("failed to deserialize the message") from None
-    fee = LAMPORTS_PER_SIGNATURE * message.header.num_required_signatures
+    fee = LAMPORTS_PER_SIGNATURE * message.header.num_required_signatures + priority_fee(message)
     return _context(cluster, _commitment(_config(params, 1)), fee)
+
+
+def get_recent_prioritization_fees(cluster: Cluster, params: list[Any]) -> list[dict[str, int]]:
+    """Per recent slot (oldest first), the price it took to land writing the given accounts."""
+    accounts = params[0] if params and params[0] is not None else []
+    if not isinstance(accounts, list):
+        raise invalid_params("expected an array of account addresses")
+    if len(accounts) > MAX_ACCOUNTS:
+        raise invalid_params(f"Too many inputs provided; max {MAX_ACCOUNTS}")
+    return cluster.prioritization_fees([str(_pubkey(accounts, i)) for i in range(len(accounts))])
 
 
 def get_signature_statuses(cluster: Cluster, params: list[Any]) -> dict[str, Any]:
@@ -312,13 +324,23 @@ def devnet_advance_slots(cluster: Cluster, params: list[Any]) -> int:
     return cluster.advance(slots)
 
 
+def devnet_set_prioritization_fee(cluster: Cluster, params: list[Any]) -> int:
+    """[micro_lamports]: every recent slot reports at least this compute-unit price (a busy
+    cluster); 0 goes back to what landed transactions paid."""
+    price = params[0] if params else None
+    if not isinstance(price, int) or isinstance(price, bool) or not 0 <= price < 2**64:
+        raise invalid_params("expected a compute-unit price in micro-lamports, 0..2^64-1")
+    cluster.set_prioritization_floor(price)
+    return price
+
+
 def devnet_info(cluster: Cluster, params: list[Any]) -> dict[str, Any]:
     config = cluster.config
     return {"mintAuthority": str(cluster.authority.pubkey()), "mints": dict(cluster.mints), "slot": cluster.slot,
             "genesisHash": cluster.genesis_hash, "slotMs": config.slot_ms, "blockhashMaxAge": config.blockhash_max_age,
             "confirmDepth": config.confirm_depth, "finalizeDepth": config.finalize_depth,
             "transactionHistory": config.transaction_history, "ledgerSlots": config.ledger_slots,
-            "minimumLedgerSlot": cluster.minimum_ledger_slot()}
+            "minimumLedgerSlot": cluster.minimum_ledger_slot(), "prioritizationFeeFloor": cluster.priority.floor}
 
 
 METHODS: dict[str, Handler] = {
@@ -334,6 +356,7 @@ METHODS: dict[str, Handler] = {
     "sendTransaction": send_transaction,
     "simulateTransaction": simulate_transaction,
     "getFeeForMessage": get_fee_for_message,
+    "getRecentPrioritizationFees": get_recent_prioritization_fees,
     "getSignatureStatuses": get_signature_statuses,
     "getTransaction": get_transaction,
     "getSignaturesForAddress": get_signatures_for_address,
@@ -345,5 +368,6 @@ METHODS: dict[str, Handler] = {
     "requestAirdrop": request_airdrop,
     "devnet_mintTo": devnet_mint_to,
     "devnet_advanceSlots": devnet_advance_slots,
+    "devnet_setPrioritizationFee": devnet_set_prioritization_fee,
     "devnet_info": devnet_info,
 }
