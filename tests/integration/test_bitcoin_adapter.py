@@ -167,8 +167,9 @@ def test_a_double_spend_is_rejected_by_the_node(node: BitcoinNode, adapter: Bitc
     _, first = transfer(adapter, wallet, Wallet.new(adapter).address, 40_000, listed)
     _, second = transfer(adapter, wallet, Wallet.new(adapter).address, 30_000, listed)  # same output, no reservation
     adapter.broadcast(first)
-    with pytest.raises(TransactionRejected, match="txn-mempool-conflict"):
+    with pytest.raises(TransactionRejected) as conflict:  # same rate: no BIP125 replacement of the first
         adapter.broadcast(second)
+    assert conflict.value.reason == "replacement_underpriced" and "insufficient fee" in conflict.value.detail
     node.mine(1)
     with pytest.raises(TransactionRejected, match="missingorspent"):
         adapter.broadcast(second)

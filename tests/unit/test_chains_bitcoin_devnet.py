@@ -130,8 +130,9 @@ class TestRefusing:
     def test_double_spend_and_missing_inputs(self, node: Methods) -> None:
         outpoint = funded(node)
         node.sendrawtransaction(spend(outpoint, 1_000_000, PAY).hex())
-        conflict = spend(outpoint, 1_000_000, [btx.TxOut(990_000, ALICE_SCRIPT)])
-        assert refused(node, conflict).message == "txn-mempool-conflict"
+        # the same fee for the same size: BIP125 wants a replacement to pay more (devnet.bitcoin.replacement)
+        conflict = spend(outpoint, 1_000_000, [btx.TxOut(400_000, p2pkh_script(b"\x01" * 20)), PAY[1]])
+        assert refused(node, conflict).message.startswith("insufficient fee, rejecting replacement")
         node.generatetoaddress(1, FAUCET_ADDRESS)
         failure = refused(node, conflict)
         assert (failure.code, failure.message) == (-25, "bad-txns-inputs-missingorspent")
