@@ -7,9 +7,14 @@ decisions that need a node:
 - fees: TRON burns TRX for bandwidth (bytes of the signed transaction x `bandwidth_price_sun`,
   unless the account's free or staked bandwidth covers it), for activating a new account (a TRX
   transfer to an address that does not exist yet: 1 TRX + 0.1 TRX on mainnet,
-  `activation_fee_sun`), and for a TRC20 call's energy, capped by the transaction's `fee_limit`
-  (`fee_limit_sun`). `FeeQuote.max_fee` is the sum of the caps that apply; the receipt's `fee`
-  is what was actually burnt (0 when free bandwidth covered a TRX transfer);
+  `activation_fee_sun`), and for a TRC20 call's energy, capped by the transaction's `fee_limit`.
+  The fee_limit is quoted from the node (`chains.tron_energy`): the transfer's energy estimate x
+  the chain's energy price (`getEnergyFee`) x `energy_margin_percent`, stored in the quote
+  (`params.fee_limit`, with `params.energy` and `params.energy_price_sun`) and built as is at
+  every (re-)signing; an estimate above `fee_limit_cap_sun` is refused at quote time
+  (TransactionRejected "rejected_by_node", the detail says the estimate exceeds the cap).
+  `FeeQuote.max_fee` is the sum of the caps that apply; the receipt's `fee` is what was actually
+  burnt (0 when free bandwidth covered a TRX transfer);
 - TaPoS and expiry: a transaction names a reference block (TaPoS) and expires `expiration_s`
   after the newest block seen when it was built. The reference is the solidified head
   (`build_context`): an irreversible block, so no short fork can orphan it and leave signed bytes
@@ -36,7 +41,11 @@ decisions that need a node:
   "expired"/TaPoS refusal for a transaction that is in fact on chain) is success.
 
 Options (`[chains.<name>.options]` in the registry), all optional:
-    fee_limit_sun        most TRX (sun) a TRC20 transfer may burn for energy (default 100 TRX)
+    fee_limit_cap_sun    the highest fee_limit (sun) a TRC20 transfer may be given (default 100 TRX);
+                         `fee_limit_sun`, its name before fee limits were estimated, is read as
+                         the cap when `fee_limit_cap_sun` is absent (not both)
+    energy_margin_percent  fee_limit = energy estimate x energy price x this / 100 (default 120;
+                         100 to 1000)
     expiration_s         how long a built transaction stays valid (default 60, at most 86400)
     bandwidth_price_sun  sun burnt per byte when no bandwidth is left (default 1000, mainnet's)
     activation_fee_sun   reserved for a TRX transfer to an unactivated address (default 1.1 TRX)
@@ -52,7 +61,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
-from chains import tron_address, tron_tx
+from chains import tron_address, tron_energy, tron_tx
 from chains.base import (
     Curve,
     FeeQuote,
@@ -91,11 +100,15 @@ _NOT_YET_DEAD_CODES = ("TRANSACTION_EXPIRATION_ERROR", "TAPOS_ERROR")
 _NO_FUNDS = ("balance is not sufficient", "no owneraccount", "does not exist", "not enough")
 
 
+_OLD_CAP_OPTION = "fee_limit_sun"  # the fixed fee_limit of TRC20 transfers before it was estimated: now the cap
+
+
 @dataclass(frozen=True)
 class TronOptions:
     """The registry's `options` for a TRON chain, checked once when the adapter is made."""
 
-    fee_limit_sun: int = 100_000_000
+    fee_limit_cap_sun: int = 100_000_000
+    energy_margin_percent: int = 120
     expiration_s: int = 60
     bandwidth_price_sun: int = 1_000
     activation_fee_sun: int = 1_100_000
@@ -105,16 +118,24 @@ class TronOptions:
     @classmethod
     def from_spec(cls, spec: ChainSpec) -> "TronOptions":
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(spec.options) - known)
+        unknown = sorted(set(spec.options) - known - {_OLD_CAP_OPTION})
         if unknown:
             raise ChainError(f"{spec.name}: unknown TRON option(s) {unknown} (known: {sorted(known)})")
         values: dict[str, Any] = dict(spec.options)
-        for name in known - {"genesis_block_id", "solidity_port"}:
-            value = values.get(name, getattr(cls, name))
+        for name in known - {"genesis_block_id", "solidity_port"} | ({_OLD_CAP_OPTION} & set(values)):
+            value = values.get(name, getattr(cls, name, None))
             if not isinstance(value, int) or isinstance(value, bool) or value < (1 if name != "activation_fee_sun" else 0):
                 raise ChainError(f"{spec.name}: option {name} must be a positive integer, got {value!r}")
+        if _OLD_CAP_OPTION in values:
+            if "fee_limit_cap_sun" in values:
+                raise ChainError(f"{spec.name}: options fee_limit_sun and fee_limit_cap_sun name the same cap; "
+                                 "keep fee_limit_cap_sun only")
+            values["fee_limit_cap_sun"] = values.pop(_OLD_CAP_OPTION)
         if not values.get("expiration_s", cls.expiration_s) <= 86_400:
             raise ChainError(f"{spec.name}: option expiration_s must be at most 86400 (the node refuses more)")
+        if not 100 <= values.get("energy_margin_percent", cls.energy_margin_percent) <= 1_000:
+            raise ChainError(f"{spec.name}: option energy_margin_percent must be 100 to 1000 (below 100 the "
+                             "estimated energy itself would not fit)")
         genesis = values.get("genesis_block_id")
         if genesis is not None and not tron_tx.is_txid(genesis):
             raise ChainError(f"{spec.name}: option genesis_block_id must be 64 lowercase hex digits")
@@ -162,6 +183,7 @@ class TronAdapter:
         port = self.options.solidity_port
         self._solidity_api = TronHttpClient(with_port(spec.rpc_url, port), timeout) if port else self._api
         self._chain_checked = self.options.genesis_block_id is None
+        self._estimates_energy = True  # until the node says it does not serve wallet/estimateenergy
 
     def __repr__(self) -> str:
         return f"TronAdapter({self.spec.name!r}, {self.spec.network!r}, {self._api.endpoint})"
@@ -260,11 +282,38 @@ class TronAdapter:
                 raise TransactionRejected(
                     "insufficient_funds",
                     f"{sender} holds {held} {token.symbol} base units on {self.spec.name}, the transfer needs {intent.amount}")
-            fee_limit = self.options.fee_limit_sun
+            energy, price, fee_limit = self._fee_limit(sender, token, to, intent.amount)
             raw = tron_tx.trc20_transfer_raw_data(sender, token.contract or "", to, intent.amount, fee_limit,
                                                   _ESTIMATE_CONTEXT)
-            params = {"kind": "TRC20", "bandwidth_sun": self._bandwidth_fee(raw), "fee_limit": fee_limit}
+            params = {"kind": "TRC20", "bandwidth_sun": self._bandwidth_fee(raw), "fee_limit": fee_limit,
+                      "energy": energy, "energy_price_sun": price}
         return FeeQuote(max_fee=_max_fee(params), params=params)
+
+    def _fee_limit(self, sender: str, token: TokenSpec, to: str, amount: int) -> tuple[int, int, int]:
+        """(energy, sun per energy, fee_limit) of a TRC20 transfer, the fee_limit within the cap."""
+        energy = self._energy(sender, token, to, amount)
+        price = tron_energy.energy_price(self._post("wallet/getchainparameters"), self.spec.name)
+        margin, cap = self.options.energy_margin_percent, self.options.fee_limit_cap_sun
+        fee_limit = tron_energy.fee_limit(energy, price, margin)
+        if fee_limit > cap:
+            raise TransactionRejected(
+                "rejected_by_node",
+                f"the energy estimate exceeds the cap: {energy} energy x {price} sun x {margin}% = {fee_limit} sun, "
+                f"over fee_limit_cap_sun {cap} of {self.spec.name}")
+        return energy, price, fee_limit
+
+    def _energy(self, sender: str, token: TokenSpec, to: str, amount: int) -> int:
+        """The energy `transfer(to, amount)` will use: estimateenergy, or triggerconstantcontract once
+        the node said it does not serve estimates (remembered for this adapter)."""
+        body = {"owner_address": sender, "contract_address": token.contract, "function_selector": "transfer(address,uint256)",
+                "parameter": tron_tx.trc20_transfer_parameter(to, amount), "visible": True}
+        what = f"a {token.symbol} transfer of {amount} from {sender}"
+        if self._estimates_energy:
+            energy = tron_energy.required(self._post("wallet/estimateenergy", body), self.spec.name, what)
+            if energy is not None:
+                return energy
+            self._estimates_energy = False
+        return tron_energy.used(self._post("wallet/triggerconstantcontract", body), self.spec.name, what)
 
     def _bandwidth_fee(self, raw_data: dict[str, Any]) -> int:
         return tron_tx.bandwidth_bytes(raw_data) * self.options.bandwidth_price_sun
@@ -537,7 +586,7 @@ def _fee_params(params: Mapping[str, Any], token: TokenSpec) -> dict[str, int]:
 
 def _max_fee(params: Mapping[str, Any]) -> int:
     """Most sun the transaction can burn: bandwidth + activation (TRX) or + fee_limit (TRC20)."""
-    return sum(int(value) for key, value in params.items() if key != "kind")
+    return sum(int(params.get(key, 0)) for key in ("bandwidth_sun", "activation_sun", "fee_limit"))
 
 
 def receipt_status(info: Mapping[str, Any], number: int, block_id: str, head: int, solid: int, depth: int) -> TxStatus:

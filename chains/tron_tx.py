@@ -75,6 +75,12 @@ def trc20_transfer_data(to: str, amount: int) -> bytes:
     return TRANSFER_SELECTOR + bytes(12) + tron_address.to_raw(to)[1:] + amount.to_bytes(32, "big")
 
 
+def trc20_transfer_parameter(to: str, amount: int) -> str:
+    """The hex ABI parameters of `transfer(to, amount)` (without the selector), for the node's
+    `function_selector` + `parameter` calls (energy estimates)."""
+    return trc20_transfer_data(to, amount)[len(TRANSFER_SELECTOR):].hex()
+
+
 def trc20_balance_of_parameter(owner: str) -> str:
     """The hex ABI parameter of `balanceOf(owner)` (without the selector)."""
     return (bytes(12) + tron_address.to_raw(owner)[1:]).hex()

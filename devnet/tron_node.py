@@ -12,6 +12,9 @@ separate process (`python -m devnet.tron_node --port P ...`) under ManagedProces
         node.fund(address, spec.token("USDT"), 5 * 10**6)  # TRC20 minted to the address
         ...  # node.rpc_url is the endpoint for the registry's rpc_urls override
 
+`energy_price` sets getEnergyFee (sun per energy burnt); `estimates_energy=False` makes a node that
+refuses /wallet/estimateenergy as java-tron does by default (without vm.estimateEnergy).
+
 There is no genesis allocation and no well-known key: every account starts unactivated and is
 funded through the faucet (`/devnet/fund`, which activates it, and `/devnet/mint_trc20`).
 """
@@ -62,6 +65,8 @@ class TronNode(Service):
         block_time: float = DEFAULT_BLOCK_TIME,
         solidify_depth: int = 3,
         free_bandwidth: int = 0,
+        energy_price: int = 100,
+        estimates_energy: bool = True,
         port: int | None = None,
         log_path: Path | None = None,
         timeout: float = 30.0,
@@ -71,6 +76,8 @@ class TronNode(Service):
         self.block_time = block_time
         self.solidify_depth = solidify_depth
         self.free_bandwidth = free_bandwidth
+        self.energy_price = energy_price  # getEnergyFee, sun per energy (mainnet: 100)
+        self.estimates_energy = estimates_energy  # False: /wallet/estimateenergy refuses, as without vm.estimateEnergy
         self.port = port
         self.log_path = log_path
         self.timeout = timeout
@@ -90,7 +97,9 @@ class TronNode(Service):
     def _argv(self, port: int) -> list[str]:
         argv = [sys.executable, "-m", "devnet.tron_node", "--host", LOOPBACK, "--port", str(port),
                 "--block-time", repr(float(self.block_time)), "--solidify-depth", str(self.solidify_depth),
-                "--free-bandwidth", str(self.free_bandwidth)]
+                "--free-bandwidth", str(self.free_bandwidth), "--energy-price", str(self.energy_price)]
+        if not self.estimates_energy:
+            argv.append("--no-estimate-energy")
         for contract, symbol, decimals in self.tokens:
             argv += ["--trc20", f"{contract}:{symbol}:{decimals}"]
         return argv
@@ -163,12 +172,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--block-time", type=float, default=DEFAULT_BLOCK_TIME, help="seconds between blocks")
     parser.add_argument("--solidify-depth", type=int, default=3, help="a block is solid with this many confirmations")
     parser.add_argument("--free-bandwidth", type=int, default=0, help="free bytes per account per day (mainnet: 600)")
+    parser.add_argument("--energy-price", type=int, default=100, help="sun per energy, getEnergyFee (mainnet: 100)")
+    parser.add_argument("--no-estimate-energy", action="store_true",
+                        help="refuse /wallet/estimateenergy, as java-tron without vm.estimateEnergy does")
     parser.add_argument("--trc20", action="append", default=None, metavar="ADDRESS:SYMBOL:DECIMALS",
                         help=f"a TRC20 token (repeatable; default {':'.join(map(str, USDT))})")
     args = parser.parse_args(argv)
 
     tokens = [_token(text) for text in (args.trc20 or [":".join(map(str, USDT))])]
-    chain = TronChain(tokens, Fees(free_bandwidth=args.free_bandwidth), args.solidify_depth)
+    chain = TronChain(tokens, Fees(free_bandwidth=args.free_bandwidth, energy_price=args.energy_price), args.solidify_depth,
+                      estimates_energy=not args.no_estimate_energy)
     info = {"block_time": args.block_time, "solidify_depth": args.solidify_depth,
             "tokens": [{"contract": t.contract, "symbol": t.symbol, "decimals": t.decimals} for t in tokens]}
     server = make_server(chain, args.host, args.port, info)

@@ -1,7 +1,9 @@
 """The TRON devnet's chain, in Python: blocks, a pending pool, TRX accounts and TRC20 tokens.
 
 Not a TVM: a TRC20 contract is a balance table plus the decoding of `transfer(address,uint256)`
-call data, which is all a custody pipeline sends. What it does check, as java-tron does and in
+call data, which is all a custody pipeline sends. A constant call of `transfer`
+(triggerconstantcontract) and `estimate_energy` (wallet/estimateenergy; refused as by a java-tron
+without vm.estimateEnergy when `estimates_energy` is off) report the energy its execution burns. What it does check, as java-tron does and in
 its order: a duplicate txID (DUP_TRANSACTION_ERROR), the TaPoS reference block (TAPOS_ERROR),
 the expiration against the head block (TRANSACTION_EXPIRATION_ERROR), that the one signature
 recovers to the owner address (SIGERROR), the bandwidth it must burn (BANDWITH_ERROR), and the
@@ -112,6 +114,12 @@ def _uint(value: int) -> str:
     return value.to_bytes(32, "big").hex()
 
 
+def _reverted(energy: int) -> dict[str, Any]:
+    """A constant call that reverted, as java-tron answers it (result true, the message, ret FAILED)."""
+    return {"result": {"result": True, "message": "REVERT opcode executed"}, "energy_used": energy,
+            "constant_result": [""], "transaction": {"ret": [{"ret": "FAILED"}]}}
+
+
 def _abi_string(text: str) -> str:
     data = text.encode()
     return _uint(32) + _uint(len(data)) + data.ljust(-(-len(data) // 32) * 32, b"\0").hex()
@@ -121,11 +129,12 @@ class TronChain:
     """The whole devnet state behind one lock."""
 
     def __init__(self, tokens: Sequence[Token] = (), fees: Fees = Fees(), solidify_depth: int = 3,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, estimates_energy: bool = True) -> None:
         if solidify_depth < 1:
             raise ValueError("solidify_depth must be >= 1")
         self.lock = threading.RLock()
         self.fees = fees
+        self.estimates_energy = estimates_energy  # False: a node without vm.estimateEnergy (java-tron's default)
         self.solidify_depth = solidify_depth
         self.clock = clock
         self.tokens = {token.contract: token for token in tokens}
@@ -366,12 +375,9 @@ class TronChain:
         held = ledger.holdings[contract]
         if data[:4] == TRANSFER and len(data) == 68:
             to, amount = "41" + data[16:36].hex(), int.from_bytes(data[36:68], "big")
-            needed = self.fees.trc20_energy if held.get(to, 0) > 0 else self.fees.trc20_energy_new_holder
-            ok = held.get(owner, 0) >= amount
+            needed, ok = self._transfer_energy(held, owner, to, amount)
         else:
             to, amount, needed, ok = "", 0, self.fees.revert_energy, False
-        if not ok:
-            needed = min(needed, self.fees.revert_energy)
         if needed > energy_limit:
             used, ret = energy_limit, "OUT_OF_ENERGY"
         else:
@@ -395,6 +401,13 @@ class TronChain:
         if fee:
             info["fee"] = fee
         return info, ret
+
+    def _transfer_energy(self, held: dict[str, int], owner: str, to: str, amount: int) -> tuple[int, bool]:
+        """(energy, succeeds) of `transfer(to, amount)` by `owner`: what execution burns, and what
+        a constant call or an estimate of it reports (a revert stops early, at `revert_energy`)."""
+        needed = self.fees.trc20_energy if held.get(to, 0) > 0 else self.fees.trc20_energy_new_holder
+        ok = held.get(owner, 0) >= amount
+        return (needed if ok else min(needed, self.fees.revert_energy)), ok
 
     # --- queries -----------------------------------------------------------------------------
 
@@ -458,12 +471,30 @@ class TronChain:
                 "18160ddd": lambda: _uint(sum(held.values())),  # totalSupply()
             }
             if selector == "a9059cbb" and owner is not None and len(args) == 64:
-                if held.get(hex_address(owner), 0) >= int.from_bytes(args[32:64], "big"):
-                    answers["a9059cbb"] = lambda: _uint(1)
+                return self._constant_transfer(held, hex_address(owner), args)
             if selector not in answers or (selector == "70a08231" and len(args) != 32):
-                return {"result": {"result": True, "message": "REVERT opcode executed"}, "energy_used": 300,
-                        "constant_result": [""]}
+                return _reverted(self.fees.revert_energy)
             return {"result": {"result": True}, "energy_used": 500, "constant_result": [answers[selector]()]}
+
+    def _constant_transfer(self, held: dict[str, int], owner: str, args: bytes) -> dict[str, Any]:
+        """`transfer(to, amount)` run on the head state: the energy execution would use, as a node reports it."""
+        energy, ok = self._transfer_energy(held, owner, "41" + args[12:32].hex(), int.from_bytes(args[32:64], "big"))
+        if not ok:
+            return _reverted(energy)
+        return {"result": {"result": True}, "energy_used": energy, "constant_result": [_uint(1)]}
+
+    def estimate_energy(self, contract: str, owner: str | None, data: bytes) -> dict[str, Any]:
+        """/wallet/estimateenergy: `energy_required` of the call, or java-tron's refusals (visible=true
+        messages): on a node without vm.estimateEnergy, for a revert, for a missing contract."""
+        if not self.estimates_energy:
+            return {"result": {"code": "OTHER_ERROR", "message": "this node does not support estimate energy"}}
+        answer = self.constant_call(contract, owner, data)
+        result = answer["result"]
+        if result.get("result") is not True:
+            return {"result": result}
+        if result.get("message"):
+            return {"result": {"code": "OTHER_ERROR", "message": f"REVERT opcode executed: {result['message']}"}}
+        return {"result": {"result": True}, "energy_required": answer["energy_used"]}
 
     # --- devnet faucets ----------------------------------------------------------------------
 

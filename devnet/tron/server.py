@@ -73,6 +73,15 @@ def _constant(chain: TronChain, body: dict[str, Any]) -> dict[str, Any]:
     return chain.constant_call(body.get("contract_address", ""), owner, _call_data(body))
 
 
+def _estimate_energy(chain: TronChain, body: dict[str, Any]) -> dict[str, Any]:
+    """java-tron's EstimateEnergyServlet: refusals in `result` (message hex-encoded unless visible)."""
+    answer = chain.estimate_energy(body.get("contract_address", ""), body.get("owner_address"), _call_data(body))
+    message = answer["result"].get("message")
+    if message is not None and not body.get("visible"):
+        answer["result"]["message"] = message.encode().hex()
+    return answer
+
+
 def _unsigned(chain: TronChain, kind: str, value: dict[str, Any], fee_limit: int | None, body: dict[str, Any]) -> dict[str, Any]:
     """An unsigned transaction on the head block, as createtransaction/triggersmartcontract build it."""
     from tronpy.proto import calculate_txid_from_raw_data
@@ -176,6 +185,7 @@ ROUTES: dict[str, Handler] = {
     "/wallet/createtransaction": _create_transaction,
     "/wallet/triggersmartcontract": _trigger,
     "/wallet/triggerconstantcontract": _constant,
+    "/wallet/estimateenergy": _estimate_energy,
     "/wallet/gettransactionbyid": lambda chain, body: chain.transaction(_value(body)),
     "/walletsolidity/gettransactionbyid": lambda chain, body: chain.transaction(_value(body), solid=True),
     "/wallet/gettransactioninfobyid": lambda chain, body: chain.transaction_info(_value(body)),
