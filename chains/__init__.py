@@ -6,7 +6,7 @@ worker imports a family's SDK only when it first asks for that family's adapter.
 
     validate_address(chain, address, network=None) -> normalized address   (no node needed)
     validate_destination(chain, address, network=None, token=None)          (+ destination policy)
-    get_adapter(spec) -> ChainAdapter   (one per chain and endpoint per process)
+    get_adapter(spec) -> ChainAdapter   (one per chain and endpoint list per process)
     default_registry() -> Registry      (env PARATRO_CHAIN_REGISTRY, default "mainnet")
 """
 
@@ -121,8 +121,10 @@ _adapters_lock = threading.Lock()
 
 
 def get_adapter(spec: ChainSpec) -> ChainAdapter:
-    """The adapter for `spec`, created once per (chain, network, chain id, endpoint) per process."""
-    key = (spec.name, spec.network, spec.chain_id, spec.rpc_url)
+    """The adapter for `spec`, created once per (chain, network, chain id, endpoints and their
+    failover settings) per process: two lists of endpoints are two adapters, each with its pool."""
+    spec.rpc_url  # noqa: B018 - raises UnknownChain when the chain has no endpoint at all
+    key = (spec.name, spec.network, spec.chain_id, spec.rpc_urls, spec.failover)
     adapter = _adapters.get(key)
     if adapter is None:
         with _adapters_lock:

@@ -13,6 +13,11 @@ the node's code and message. Transport trouble becomes ChainRpcError (transient)
 Redaction, the transport error mapping, NodeRpcError and the per-thread session are shared with
 the other families in `chains.transport`; the basic auth, the Decimal parsing and bitcoind's HTTP
 status handling are bitcoind's own and stay here.
+
+Several endpoints: `BitcoinRpcClient(url_or_urls)` sends every call through a `chains.failover`
+pool of `BitcoinEndpoint`s (one endpoint: exactly the requests and errors of that endpoint alone).
+sendrawtransaction goes to every healthy endpoint; a batch is one call for failover; a node still
+warming up (-28) is asked no further, the next endpoint is.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from chains import transport
 from chains.errors import ChainRpcError
+from chains.failover import Family, FailoverSettings, Outcome, PooledClient, send_outcome
 from chains.transport import REQUEST_TIMEOUT_S, HttpEndpoint, transport_error, unusable_value
 
 SATOSHI_PER_BTC = 100_000_000
@@ -39,6 +45,12 @@ RPC_VERIFY_ERROR = -25
 RPC_VERIFY_REJECTED = -26
 RPC_VERIFY_ALREADY_IN_CHAIN = -27
 RPC_METHOD_NOT_FOUND = -32601
+
+SEND_METHODS = frozenset({"sendrawtransaction"})
+# The node has these very bytes (same words as chains.bitcoin's classification): preferred to a
+# refusal from another endpoint.
+_ALREADY_HAVE = ("txn-already-in-mempool", "txn-already-known", "already in block chain", "already in utxo set",
+                 "txn-same-nonwitness-data-in-mempool")
 
 
 class NodeRpcError(transport.NodeRpcError):
@@ -62,7 +74,7 @@ def split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
     return bare, (unquote(parts.username), unquote(parts.password or ""))
 
 
-class BitcoinRpcClient(HttpEndpoint):
+class BitcoinEndpoint(HttpEndpoint):
     """One bitcoind endpoint; one HTTP session per thread (keep-alive, no shared state).
 
     `url` is the endpoint without its user info; the credentials are sent as basic auth.
@@ -137,6 +149,52 @@ class BitcoinRpcClient(HttpEndpoint):
         if response.status_code != 200 or not isinstance(answer, dict) or "result" not in answer:
             raise ChainRpcError(f"{method}: unusable answer from {self.endpoint} (HTTP {response.status_code})")
         return answer["result"]
+
+
+def _head(node: BitcoinEndpoint) -> int:
+    return to_int(node.call("getblockcount", []), "block count")
+
+
+def _chain_name(info: Any) -> str:
+    return str(info.get("chain")) if isinstance(info, dict) else repr(info)[:80]
+
+
+def _warming_up(exc: ChainRpcError) -> bool:
+    return isinstance(exc, NodeRpcError) and exc.code == RPC_IN_WARMUP
+
+
+def _send_outcome(result: Any, exc: ChainRpcError | None) -> Outcome:
+    if isinstance(exc, NodeRpcError) and (exc.code == RPC_VERIFY_ALREADY_IN_CHAIN
+                                          or any(k in exc.node_message.lower() for k in _ALREADY_HAVE)):
+        return Outcome.KNOWN
+    return send_outcome(result, exc)
+
+
+class BitcoinRpcClient(PooledClient[BitcoinEndpoint]):
+    """One bitcoind endpoint or several (`chains.failover`). `url` is the current endpoint's URL
+    without its user info; the credentials are sent as basic auth."""
+
+    family = Family("bitcoin", head=_head, identity=lambda node: _chain_name(node.call("getblockchaininfo", [])),
+                    retry_elsewhere=_warming_up, outcome=_send_outcome)
+
+    def __init__(self, url: str | Sequence[str], timeout: float = REQUEST_TIMEOUT_S, *,
+                 failover: FailoverSettings | None = None) -> None:
+        super().__init__(url, lambda u: BitcoinEndpoint(u, timeout), failover)
+        self.timeout = timeout
+
+    def call(self, method: str, params: list[Any] | None = None, timeout: float | None = None) -> Any:
+        """The `result` of a call; NodeRpcError for an error object, ChainRpcError otherwise.
+        sendrawtransaction goes to every healthy endpoint."""
+        if method in SEND_METHODS:
+            return self.pool.broadcast(lambda node: node.call(method, params, timeout))
+        identity = _chain_name if method == "getblockchaininfo" else None
+        return self.pool.read(lambda node: node.call(method, params, timeout), identity=identity)
+
+    def batch(self, calls: Sequence[tuple[str, list[Any]]], timeout: float | None = None) -> list[Any]:
+        """`BitcoinEndpoint.batch` on the first endpoint that answers: a batch is one call for failover."""
+        if not calls:
+            return []
+        return self.pool.read(lambda node: node.batch(calls, timeout))
 
 
 def _json_default(value: object) -> Any:

@@ -12,6 +12,12 @@ classifies it as a rejection). Messages never contain the endpoint's path or que
 keys live: only scheme://host:port is shown, and the requests exception (whose text carries the
 full URL) is not chained. The mapping, redaction and JSON-RPC envelope are `chains.transport`'s,
 shared with the other families; only web3 (the provider, its retry, its exception types) is here.
+
+Several endpoints: `JsonRpcClient(url_or_urls)` sends every call through a `chains.failover`
+pool of `EvmEndpoint`s (one endpoint: exactly the requests and errors of that endpoint alone).
+eth_sendRawTransaction goes to every healthy endpoint; a batch is one call for failover; the
+answers of a node that is merely behind ("header not found", ...) are retried on the next endpoint.
+In a pool, web3 retries only failed connections, not timeouts (the next endpoint is the better retry).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from collections.abc import Sequence
 from typing import Any, ContextManager
 
 from chains.errors import ChainRpcError
+from chains.failover import Family, FailoverSettings, Outcome, PooledClient, endpoint_urls, send_outcome
 from chains.transport import (
     REQUEST_TIMEOUT_S,
     NodeRpcError,
@@ -33,8 +40,16 @@ from chains.transport import (
 
 RETRIES = 2  # web3 retries transport errors of idempotent calls; the pipeline retries beyond that
 
-__all__ = ["REQUEST_TIMEOUT_S", "RETRIES", "JsonRpcClient", "NodeRpcError", "batch_results", "redact_endpoint", "rpc_errors",
-           "to_int"]
+SEND_METHODS = frozenset({"eth_sendRawTransaction"})
+# A node that is behind answers these for a block or state it does not have (yet): ask the next one.
+_LAGGING = ("header not found", "unknown block", "block not found", "missing trie node")
+# The node has these very bytes, or their nonce is used (the adapter then looks the hash up): such an
+# answer is preferred to a refusal from another endpoint (same words as chains.evm's classification).
+_KNOWN = ("already known", "known transaction", "already imported", "alreadyknown", "already exists",
+          "nonce too low", "nonce is too low", "oldnonce")
+
+__all__ = ["REQUEST_TIMEOUT_S", "RETRIES", "EvmEndpoint", "JsonRpcClient", "NodeRpcError", "batch_results",
+           "redact_endpoint", "rpc_errors", "to_int"]
 
 
 def rpc_errors(operation: str, endpoint: str) -> ContextManager[None]:
@@ -80,13 +95,15 @@ class ThreadSessions:
         return self.session().get(*args, **kwargs)
 
 
-class JsonRpcClient:
+class EvmEndpoint:
     """One endpoint; the Web3 object is created on first use, once, and shared by threads (its
-    HTTP goes through one reused session per thread: `ThreadSessions`)."""
+    HTTP goes through one reused session per thread: `ThreadSessions`). `retry_timeouts=False`
+    (in a pool): web3 retries refused connections only."""
 
-    def __init__(self, url: str, timeout: float = REQUEST_TIMEOUT_S) -> None:
+    def __init__(self, url: str, timeout: float = REQUEST_TIMEOUT_S, *, retry_timeouts: bool = True) -> None:
         self.url = url
         self.timeout = timeout
+        self.retry_timeouts = retry_timeouts
         self._w3: Any = None
         self._lock = threading.Lock()
 
@@ -112,7 +129,8 @@ class JsonRpcClient:
             request_kwargs={"timeout": self.timeout, "headers": HTTPProvider.get_request_headers()},
             session=ThreadSessions(self.url),
             exception_retry_configuration=ExceptionRetryConfiguration(
-                errors=(requests.ConnectionError, requests.Timeout), retries=RETRIES, backoff_factor=0.1
+                errors=(requests.ConnectionError, requests.Timeout) if self.retry_timeouts else (requests.ConnectionError,),
+                retries=RETRIES, backoff_factor=0.1
             ),
         )
         return Web3(provider, middleware=[])
@@ -122,24 +140,72 @@ class JsonRpcClient:
         with rpc_errors(method, self.url):
             return json_rpc_result(method, self.web3().provider.make_request(method, params), self.url)
 
+    def batch(self, calls: Sequence[tuple[str, list[Any]]]) -> list[Any]:
+        """Many JSON-RPC calls in one HTTP request (`batch_results`)."""
+        with rpc_errors("batch", self.url):
+            answers = self.web3().provider.make_batch_request([(method, params) for method, params in calls])
+        if not isinstance(answers, list) or len(answers) != len(calls):
+            raise ChainRpcError(f"batch of {len(calls)}: unusable answer from {self.endpoint}")
+        results: list[Any] = []
+        for (method, _), answer in zip(calls, answers):
+            try:
+                results.append(json_rpc_result(method, answer, self.url))
+            except NodeRpcError as exc:
+                results.append(exc)
+        return results
 
-def batch_results(client: "JsonRpcClient", calls: Sequence[tuple[str, list[Any]]]) -> list[Any]:
+
+def _head(node: EvmEndpoint) -> int:
+    return to_int(node.call("eth_blockNumber", []), "block number")
+
+
+def _lagging(exc: ChainRpcError) -> bool:
+    return isinstance(exc, NodeRpcError) and any(k in exc.node_message.lower() for k in _LAGGING)
+
+
+def _send_outcome(result: Any, exc: ChainRpcError | None) -> Outcome:
+    if isinstance(exc, NodeRpcError) and any(k in exc.node_message.lower() for k in _KNOWN):
+        return Outcome.KNOWN
+    return send_outcome(result, exc)
+
+
+def _chain_id(answer: Any) -> str:
+    return str(answer).lower()
+
+
+class JsonRpcClient(PooledClient[EvmEndpoint]):
+    """One endpoint or several (`chains.failover`); `url`/`endpoint` are the current one's, and
+    `web3()` is the current endpoint's Web3."""
+
+    family = Family("evm", head=_head, identity=lambda node: _chain_id(node.call("eth_chainId", [])),
+                    retry_elsewhere=_lagging, outcome=_send_outcome)
+
+    def __init__(self, url: str | Sequence[str], timeout: float = REQUEST_TIMEOUT_S, *,
+                 failover: FailoverSettings | None = None) -> None:
+        pooled = len(endpoint_urls(url)) > 1
+        super().__init__(url, lambda u: EvmEndpoint(u, timeout, retry_timeouts=not pooled), failover)
+        self.timeout = timeout
+
+    def call(self, method: str, params: list[Any]) -> Any:
+        """The `result` of a JSON-RPC call; NodeRpcError for an error object, ChainRpcError otherwise.
+        A send goes to every healthy endpoint."""
+        if method in SEND_METHODS:
+            return self.pool.broadcast(lambda node: node.call(method, params))
+        identity = _chain_id if method == "eth_chainId" else None
+        return self.pool.read(lambda node: node.call(method, params), identity=identity)
+
+    def batch(self, calls: Sequence[tuple[str, list[Any]]]) -> list[Any]:
+        """`batch_results` on the first endpoint that answers: a batch is one call for failover."""
+        return self.pool.read(lambda node: node.batch(calls))
+
+
+def batch_results(client: JsonRpcClient, calls: Sequence[tuple[str, list[Any]]]) -> list[Any]:
     """Many JSON-RPC calls in one HTTP request: each call's `result`, or its NodeRpcError (as a
     value, not raised: one unknown receipt must not hide the others); ChainRpcError for transport
     trouble or an answer that is not one response per call."""
     if not calls:
         return []
-    with rpc_errors("batch", client.url):
-        answers = client.web3().provider.make_batch_request([(method, params) for method, params in calls])
-    if not isinstance(answers, list) or len(answers) != len(calls):
-        raise ChainRpcError(f"batch of {len(calls)}: unusable answer from {client.endpoint}")
-    results: list[Any] = []
-    for (method, _), answer in zip(calls, answers):
-        try:
-            results.append(json_rpc_result(method, answer, client.url))
-        except NodeRpcError as exc:
-            results.append(exc)
-    return results
+    return client.batch(calls)
 
 
 def to_int(value: Any, what: str) -> int:

@@ -2,8 +2,14 @@
 
 A registry is a TOML file (`chains/registry/<name>.toml`, or any path). Chains, tokens, decimals,
 contracts and confirmation depths are data, so adding a chain or a token is a data change. RPC
-endpoints can be overridden per chain at run time (settings `rpc_urls`), which is how the devnet
-points the pipeline at the nodes it started on free ports.
+endpoints can be overridden per chain at run time (settings `rpc_urls`: one URL or a list per
+chain), which is how the devnet points the pipeline at the nodes it started on free ports.
+
+Several `rpc_urls` make a failover pool (chains/failover.py); the first is the primary. Its
+settings are the chain's options `rpc_max_lag` (blocks), `rpc_stall_s` and `rpc_cooldown_s`
+(seconds), validated here and kept in `ChainSpec.failover`; they are taken out of
+`ChainSpec.options`, which the adapters validate as their own (TRON and Solana refuse keys they
+do not know).
 """
 
 from __future__ import annotations
@@ -12,9 +18,10 @@ import tomllib
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from chains.errors import UnknownChain, UnknownToken
+from chains.failover import FailoverSettings, split_options
 
 REGISTRY_DIR = Path(__file__).with_name("registry")
 FAMILIES = frozenset({"evm", "tron", "bitcoin", "solana"})
@@ -48,6 +55,8 @@ class ChainSpec:
     # Family-specific settings (e.g. bitcoin fee floor, TRON fee limit, Solana commitment); each
     # adapter documents and validates the keys it reads.
     options: Mapping[str, Any] = field(default_factory=dict)
+    # How a pool of several rpc_urls judges its endpoints (options rpc_*); None: the family's defaults.
+    failover: FailoverSettings | None = None
 
     def token(self, symbol: str) -> TokenSpec:
         """The native coin or a configured token; raises UnknownToken."""
@@ -92,12 +101,22 @@ class Registry:
         """Every chain is a local devnet: the faucet exists and webhooks may go to loopback."""
         return bool(self._chains) and all(spec.network in LOCAL_NETWORKS for spec in self._chains.values())
 
-    def with_rpc_urls(self, overrides: Mapping[str, str]) -> "Registry":
-        """A copy where each named chain talks to the given endpoint instead."""
+    def with_rpc_urls(self, overrides: Mapping[str, str | Sequence[str]]) -> "Registry":
+        """A copy where each named chain talks to the given endpoint (or endpoints, primary first)
+        instead. ValueError naming the chain (never a URL) for a value that is not a URL or a
+        non-empty list of URLs."""
         chains = dict(self._chains)
-        for chain_name, url in overrides.items():
-            chains[chain_name] = replace(self.chain(chain_name), rpc_urls=(url,))
+        for chain_name, urls in overrides.items():
+            chains[chain_name] = replace(self.chain(chain_name), rpc_urls=rpc_url_tuple(urls, f"chain {chain_name!r}"))
         return Registry(chains, self.name)
+
+
+def rpc_url_tuple(urls: Any, where: str) -> tuple[str, ...]:
+    """One URL or a non-empty list of them, as a tuple; ValueError naming `where`, not the URLs."""
+    found = [urls] if isinstance(urls, str) else urls
+    if not isinstance(found, (list, tuple)) or not found or not all(isinstance(u, str) and u for u in found):
+        raise ValueError(f"{where}: rpc_urls must be a URL or a non-empty list of URLs")
+    return tuple(found)
 
 
 def _token(symbol: str, raw: Mapping[str, Any], where: str) -> TokenSpec:
@@ -195,6 +214,11 @@ def parse_registry(data: Mapping[str, Any], name: str) -> Registry:
         options = raw.get("options", {})
         if not isinstance(options, Mapping):
             raise ValueError(f"{where}.options: must be a table")
+        failover_options, options = split_options(options)
+        try:
+            failover = FailoverSettings.for_family(family, failover_options, chain_name)
+        except ValueError as exc:
+            raise ValueError(f"registry {name}: {exc}") from None
         chains[chain_name] = ChainSpec(
             name=chain_name,
             family=family,
@@ -206,7 +230,8 @@ def parse_registry(data: Mapping[str, Any], name: str) -> Registry:
             eip1559=eip1559,
             poll_interval_ms=poll_interval_ms,
             tokens=tokens,
-            options=dict(options),
+            options=options,
+            failover=failover,
         )
     return Registry(chains, name)
 

@@ -14,6 +14,11 @@ endpoint, never the path or query where API keys live, and the requests exceptio
 carries the full URL) is not chained. The mapping, redaction, JSON-RPC envelope and per-thread
 session are `chains.transport`'s, shared with the other families; Solana's own answer shapes
 (RpcResponse `value`, plain-number quantities) and the reconnect-once are here.
+
+Several endpoints: `SolanaRpc(url_or_urls)` sends every call through a `chains.failover` pool of
+`SolanaEndpoint`s (one endpoint: exactly the requests and errors of that endpoint alone).
+sendTransaction goes to every healthy endpoint; a batch is one call for failover; the answers of
+a node that is behind (-32004, -32005, -32014, -32016) are retried on the next endpoint.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from chains.errors import ChainRpcError
+from chains.failover import Family, FailoverSettings, Outcome, PooledClient, send_outcome
 from chains.transport import (
     REQUEST_TIMEOUT_S,
     HttpEndpoint,
@@ -35,10 +41,15 @@ from chains.transport import mapped_errors as rpc_errors
 
 _ids = itertools.count(1)
 
-__all__ = ["NodeRpcError", "REQUEST_TIMEOUT_S", "SolanaRpc", "rpc_errors", "to_int", "value_of"]
+__all__ = ["NodeRpcError", "REQUEST_TIMEOUT_S", "SolanaEndpoint", "SolanaRpc", "rpc_errors", "to_int", "value_of"]
+
+SEND_METHODS = frozenset({"sendTransaction"})
+# A node behind answers these: block not available for slot, node unhealthy (behind), block status
+# not yet available, minimum context slot not reached. The next endpoint may be further ahead.
+_LAGGING_CODES = frozenset({-32004, -32005, -32014, -32016})
 
 
-class SolanaRpc(HttpEndpoint):
+class SolanaEndpoint(HttpEndpoint):
     """One endpoint; one keep-alive HTTP session per thread (a requests Session is not thread-safe)."""
 
     def call(self, method: str, params: list[Any]) -> Any:
@@ -83,6 +94,48 @@ class SolanaRpc(HttpEndpoint):
             except NodeRpcError as exc:
                 out.append(exc)
         return out
+
+
+def _head(node: SolanaEndpoint) -> int:
+    return to_int(node.call("getSlot", []), "slot")
+
+
+def _lagging(exc: ChainRpcError) -> bool:
+    return isinstance(exc, NodeRpcError) and exc.code in _LAGGING_CODES
+
+
+def _send_outcome(result: Any, exc: ChainRpcError | None) -> Outcome:
+    """"Already processed" (the node has these bytes) is preferred to another endpoint's refusal."""
+    if isinstance(exc, NodeRpcError):
+        err = exc.data.get("err") if isinstance(exc.data, dict) else None
+        if err == "AlreadyProcessed" or "already been processed" in exc.node_message.lower():
+            return Outcome.KNOWN
+    return send_outcome(result, exc)
+
+
+class SolanaRpc(PooledClient[SolanaEndpoint]):
+    """One endpoint or several (`chains.failover`)."""
+
+    family = Family("solana", head=_head, identity=lambda node: str(node.call("getGenesisHash", [])),
+                    retry_elsewhere=_lagging, outcome=_send_outcome)
+
+    def __init__(self, url: str | Sequence[str], timeout: float = REQUEST_TIMEOUT_S, *,
+                 failover: FailoverSettings | None = None) -> None:
+        super().__init__(url, lambda u: SolanaEndpoint(u, timeout), failover)
+        self.timeout = timeout
+
+    def call(self, method: str, params: list[Any]) -> Any:
+        """The `result` of a JSON-RPC call; NodeRpcError for an error object, ChainRpcError otherwise.
+        sendTransaction goes to every healthy endpoint."""
+        if method in SEND_METHODS:
+            return self.pool.broadcast(lambda node: node.call(method, params))
+        return self.pool.read(lambda node: node.call(method, params), identity=str if method == "getGenesisHash" else None)
+
+    def batch(self, calls: Sequence[tuple[str, list[Any]]]) -> list[Any]:
+        """`SolanaEndpoint.batch` on the first endpoint that answers: a batch is one call for failover."""
+        if not calls:
+            return []
+        return self.pool.read(lambda node: node.batch(calls))
 
 
 def to_int(value: Any, what: str) -> int:

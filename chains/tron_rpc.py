@@ -16,19 +16,31 @@ ChainRpcError (transient); a `{"Error": ...}` answer (a java exception on the no
 NodeApiError, also a ChainRpcError, which callers may classify further. The mapping, redaction
 and per-thread session are `chains.transport`'s, shared with the other families; the wallet API
 is not JSON-RPC, so its answers, key header and connect retries are handled here.
+
+Several endpoints: `TronHttpClient(url_or_urls)` sends every request through a `chains.failover`
+pool of `TronEndpoint`s (one endpoint: exactly the requests and errors of that endpoint alone).
+wallet/broadcasttransaction and wallet/broadcasthex go to every healthy endpoint: `{"result": true}`
+is an acceptance, DUP_TRANSACTION_ERROR an "already known", any other answer a refusal (returned,
+as from one endpoint, for the adapter to classify). A `{"Error": ...}` answer is the node's answer:
+not failed over. The solidity API's pool (`with_port(urls, port)`) probes walletsolidity/getnowblock.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, overload
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from chains.errors import ChainRpcError
+from chains.failover import Family, FailoverSettings, Outcome, PooledClient
 from chains.transport import REQUEST_TIMEOUT_S, HttpEndpoint, mapped_errors, unusable_value
 
 CONNECT_RETRIES = 2
 API_KEY_HEADER = "TRON-PRO-API-KEY"
 _API_KEY_PARAMS = ("api_key", "apikey")
+BROADCAST_PATHS = frozenset({"wallet/broadcasttransaction", "wallet/broadcasthex"})
+HEAD_PATH = "wallet/getnowblock"
+SOLIDITY_HEAD_PATH = "walletsolidity/getnowblock"
 
 
 class NodeApiError(ChainRpcError):
@@ -50,8 +62,17 @@ def split_api_key(url: str) -> tuple[str, dict[str, str]]:
     return base, ({API_KEY_HEADER: keys[0]} if keys else {})
 
 
-def with_port(url: str, port: int) -> str:
-    """`url` with its port replaced (a self-hosted java-tron serves /walletsolidity/ on its own port)."""
+@overload
+def with_port(url: str, port: int) -> str: ...
+@overload
+def with_port(url: Sequence[str], port: int) -> list[str]: ...
+
+
+def with_port(url: str | Sequence[str], port: int) -> str | list[str]:
+    """`url` with its port replaced (a self-hosted java-tron serves /walletsolidity/ on its own
+    port); for a list of URLs, each of them."""
+    if not isinstance(url, str):
+        return [with_port(one, port) for one in url]
     parts = urlsplit(url)
     host = parts.hostname or ""
     host = f"[{host}]" if ":" in host else host
@@ -60,7 +81,7 @@ def with_port(url: str, port: int) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
-class TronHttpClient(HttpEndpoint):
+class TronEndpoint(HttpEndpoint):
     """One endpoint; one requests.Session per thread (sessions are not promised thread-safe)."""
 
     def __init__(self, url: str, timeout: float = REQUEST_TIMEOUT_S) -> None:
@@ -97,6 +118,62 @@ class TronHttpClient(HttpEndpoint):
         if isinstance(answer, dict) and "Error" in answer:
             raise NodeApiError(path, str(answer["Error"]))
         return answer
+
+
+def _number(answer: Any) -> int:
+    """The block number of a getnowblock answer (protobuf JSON omits a zero number)."""
+    header = answer.get("block_header") if isinstance(answer, dict) else None
+    raw = header.get("raw_data") if isinstance(header, dict) else None
+    if not isinstance(raw, dict):
+        raise unusable_value("block header", answer)
+    return to_int(raw.get("number", 0), "block number")
+
+
+def _genesis_id(answer: Any) -> str:
+    return str(answer.get("blockID")) if isinstance(answer, dict) else repr(answer)[:80]
+
+
+def _answered(exc: ChainRpcError) -> bool:
+    return isinstance(exc, NodeApiError)
+
+
+def _send_outcome(answer: Any, exc: ChainRpcError | None) -> Outcome:
+    if exc is not None:
+        return Outcome.ANSWERED if isinstance(exc, NodeApiError) else Outcome.UNANSWERED
+    if isinstance(answer, dict) and answer.get("result") is True:
+        return Outcome.ACCEPTED
+    return Outcome.KNOWN if isinstance(answer, dict) and answer.get("code") == "DUP_TRANSACTION_ERROR" else Outcome.ANSWERED
+
+
+class TronHttpClient(PooledClient[TronEndpoint]):
+    """One endpoint or several (`chains.failover`). `head_path` is the cheapest head request of
+    the API this client serves (the solidity API's client: SOLIDITY_HEAD_PATH)."""
+
+    family = Family("tron", head=lambda node: _number(node.post(HEAD_PATH)), answered=_answered,
+                    identity=lambda node: _genesis_id(node.post("wallet/getblockbynum", {"num": 0})),
+                    outcome=_send_outcome)
+
+    def __init__(self, url: str | Sequence[str], timeout: float = REQUEST_TIMEOUT_S, *,
+                 failover: FailoverSettings | None = None, head_path: str = HEAD_PATH) -> None:
+        if head_path != HEAD_PATH:
+            self.family = Family("tron", head=lambda node: _number(node.post(head_path)), answered=_answered,
+                                 outcome=_send_outcome)  # no identity: block 0 is asked of the full API
+        super().__init__(url, lambda u: TronEndpoint(u, timeout), failover)
+        self.timeout = timeout
+
+    def post(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The node's JSON answer to POST `path` (e.g. "wallet/getnowblock"); `{}` means "none".
+        A broadcast goes to every healthy endpoint."""
+        if path in BROADCAST_PATHS:
+            return self.pool.broadcast(lambda node: node.post(path, body))
+        identity = _genesis_id if path == "wallet/getblockbynum" and body == {"num": 0} else None
+        return self.pool.read(lambda node: node.post(path, body), identity=identity)
+
+    def post_json(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        """The node's decoded answer whatever its JSON type (`TronEndpoint.post_json`)."""
+        if path in BROADCAST_PATHS:
+            return self.pool.broadcast(lambda node: node.post_json(path, body))
+        return self.pool.read(lambda node: node.post_json(path, body))
 
 
 def node_message(answer: dict[str, Any]) -> str:

@@ -30,7 +30,9 @@ class Settings(BaseSettings):
     database_url: str = Field("sqlite:///var/paratro.db", description="SQLAlchemy URL of the source of truth")
     broker_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker (Redis)")
     chain_registry: str = Field("mainnet", description="bundled registry name (mainnet, devnet) or a TOML path")
-    rpc_urls: dict[str, str] = Field(default_factory=dict, description='per-chain RPC override, JSON: {"ethereum": "http://..."}')
+    rpc_urls: dict[str, str | list[str]] = Field(
+        default_factory=dict, description='per-chain RPC override, JSON: {"ethereum": "http://..."}, or several '
+        'endpoints, primary first (failover): {"ethereum": ["http://a", "http://b"]}')
     signer_master_key: SecretStr | None = Field(
         None, description="Fernet key that encrypts wallet keys at rest (local signer); required to sign"
     )
@@ -96,13 +98,23 @@ class Settings(BaseSettings):
             raise ValueError("every delay must be a positive number of seconds")
         return tuple(float(v) for v in value)
 
-    @field_validator("rpc_urls")
+    @field_validator("rpc_urls", mode="before")
     @classmethod
-    def _rpc_urls_are_urls(cls, value: dict[str, str]) -> dict[str, str]:
-        for chain, url in value.items():
-            if not url.startswith(RPC_SCHEMES):
-                raise ValueError(f"the URL for {chain!r} must start with http://, https://, ws:// or wss://")
+    def _rpc_urls_are_urls(cls, value: Any) -> Any:
+        """An object of chain -> URL or non-empty list of URLs; a problem names the chain, never a URL."""
+        if not isinstance(value, dict):
+            raise ValueError('must be a JSON object of chain -> URL or list of URLs, e.g. {"ethereum": "http://..."}')
+        for chain, urls in value.items():
+            listed = [urls] if isinstance(urls, str) else urls
+            if not isinstance(listed, list) or not listed or not all(isinstance(url, str) for url in listed):
+                raise ValueError(f"the endpoint of {chain!r} must be a URL or a non-empty list of URLs")
+            if not all(url.startswith(RPC_SCHEMES) for url in listed):
+                raise ValueError(f"every URL for {chain!r} must start with http://, https://, ws:// or wss://")
         return value
+
+    def rpc_url_list(self) -> list[str]:
+        """Every configured override URL, of every chain (for redaction)."""
+        return [url for urls in self.rpc_urls.values() for url in ([urls] if isinstance(urls, str) else urls)]
 
 
 def env_name(field: str) -> str:

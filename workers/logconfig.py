@@ -96,7 +96,7 @@ def settings_secrets() -> set[str]:
         settings = get_settings()
     except Exception:  # noqa: BLE001 - bad settings are reported by whoever reads them, not by logging
         return found
-    urls = [*settings.rpc_urls.values(), settings.database_url, settings.broker_url]
+    urls = [*settings.rpc_url_list(), settings.database_url, settings.broker_url]  # every URL of every list
     try:
         from chains.registry import load_registry
 
