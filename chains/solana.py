@@ -231,8 +231,8 @@ class SolanaAdapter:
         params: dict[str, Any] = {"lamports_per_signature": self.lamports_per_signature, "signatures": 1,
                                   "create_ata": create_ata, "ata_rent": rent, "compute_unit_limit": limit,
                                   "max_compute_unit_price": self.max_compute_unit_price}
-        return FeeQuote(max_fee=solana_fees.max_spend(self.lamports_per_signature, limit, self.max_compute_unit_price, rent),
-                        params=params)
+        reserve = solana_fees.max_spend(self.lamports_per_signature, limit, self.max_compute_unit_price, rent)
+        return FeeQuote(max_fee=reserve, params=params)
 
     def _check_sol_transfer(self, sender: str, to: str, amount: int, fee: int) -> bool:
         """The chain would refuse it: balance short, or an account left below the rent-exempt
@@ -334,11 +334,14 @@ class SolanaAdapter:
         floor = params.get("min_compute_unit_price", 0)
         if not all(_natural(v) for v in (per_signature, signatures, rent, cap, floor)) or not _limit_ok(limit):
             raise MalformedTransaction(f"unusable Solana fee parameters {dict(params)!r}"[:200])
-        if signatures != 1 or not isinstance(create_ata, bool) or (create_ata and token.asset_type != "SPL") or floor > cap:
+        if signatures != 1 or not isinstance(create_ata, bool) or (create_ata and token.asset_type != "SPL"):
             raise MalformedTransaction(f"unusable Solana fee parameters {dict(params)!r}"[:200])
+        if floor > cap:
+            raise MalformedTransaction(f"unusable Solana fee parameters {dict(params)!r}: price floor above its cap"[:200])
         if solana_fees.max_spend(per_signature * signatures, limit, cap, rent if create_ata else 0) > fee.max_fee:
             raise MalformedTransaction("the fee parameters could spend more than the reserved max_fee")
-        return create_ata, limit, max(floor, min(market_price, cap)) if limit is not None else 0  # at most the reserved price
+        price = max(floor, min(market_price, cap)) if limit is not None else 0  # never above the reserved cap
+        return create_ata, limit, price
 
     def attach_signature(self, payload: bytes, signatures: Sequence[bytes]) -> SignedTransaction:
         if len(signatures) != 1:

@@ -305,8 +305,8 @@ class TronAdapter:
     def _energy(self, sender: str, token: TokenSpec, to: str, amount: int) -> int:
         """The energy `transfer(to, amount)` will use: estimateenergy, or triggerconstantcontract once
         the node said it does not serve estimates (remembered for this adapter)."""
-        body = {"owner_address": sender, "contract_address": token.contract, "function_selector": "transfer(address,uint256)",
-                "parameter": tron_tx.trc20_transfer_parameter(to, amount), "visible": True}
+        body = {"owner_address": sender, "contract_address": token.contract, "visible": True,
+                "function_selector": "transfer(address,uint256)", "parameter": tron_tx.trc20_transfer_parameter(to, amount)}
         what = f"a {token.symbol} transfer of {amount} from {sender}"
         if self._estimates_energy:
             energy = tron_energy.required(self._post("wallet/estimateenergy", body), self.spec.name, what)

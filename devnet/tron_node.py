@@ -180,8 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     tokens = [_token(text) for text in (args.trc20 or [":".join(map(str, USDT))])]
-    chain = TronChain(tokens, Fees(free_bandwidth=args.free_bandwidth, energy_price=args.energy_price), args.solidify_depth,
-                      estimates_energy=not args.no_estimate_energy)
+    fees = Fees(free_bandwidth=args.free_bandwidth, energy_price=args.energy_price)
+    chain = TronChain(tokens, fees, args.solidify_depth, estimates_energy=not args.no_estimate_energy)
     info = {"block_time": args.block_time, "solidify_depth": args.solidify_depth,
             "tokens": [{"contract": t.contract, "symbol": t.symbol, "decimals": t.decimals} for t in tokens]}
     server = make_server(chain, args.host, args.port, info)

@@ -3,8 +3,8 @@
 Not a TVM: a TRC20 contract is a balance table plus the decoding of `transfer(address,uint256)`
 call data, which is all a custody pipeline sends. A constant call of `transfer`
 (triggerconstantcontract) and `estimate_energy` (wallet/estimateenergy; refused as by a java-tron
-without vm.estimateEnergy when `estimates_energy` is off) report the energy its execution burns. What it does check, as java-tron does and in
-its order: a duplicate txID (DUP_TRANSACTION_ERROR), the TaPoS reference block (TAPOS_ERROR),
+without vm.estimateEnergy when `estimates_energy` is off) report the energy its execution burns.
+What it does check, as java-tron does and in its order: a duplicate txID (DUP_TRANSACTION_ERROR), the TaPoS reference block (TAPOS_ERROR),
 the expiration against the head block (TRANSACTION_EXPIRATION_ERROR), that the one signature
 recovers to the owner address (SIGERROR), the bandwidth it must burn (BANDWITH_ERROR), and the
 contract's own rules (CONTRACT_VALIDATE_ERROR). A transaction is executed on the pending state

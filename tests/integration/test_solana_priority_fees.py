@@ -80,7 +80,8 @@ def _landed(node: SolanaNode, adapter: SolanaAdapter, signed: SignedTransaction,
     assert adapter.broadcast(signed) == signed.tx_hash
     node.advance_slots(FINALITY)
     status = adapter.get_status(signed)
-    watched = Watched(key="t", signed=SignedTransaction(raw=b"", tx_hash=signed.tx_hash, context=signed.context), sender=sender)
+    bare = SignedTransaction(raw=b"", tx_hash=signed.tx_hash, context=signed.context)  # the tracker has no bytes
+    watched = Watched(key="t", signed=bare, sender=sender)
     tracked = adapter.track([watched], {}).statuses["t"]
     assert status.state is tracked.state is TxState.INCLUDED and status.confirmations >= 1
     return status, tracked

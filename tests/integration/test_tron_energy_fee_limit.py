@@ -101,7 +101,8 @@ def test_the_fee_limit_is_the_energy_estimate_times_price_and_margin(node: TronN
 
     quote, signed, status, lost = _transfer(node, adapter, key, sender, recipient, 2_500_000)
     fee_limit = -(-energy * price * MARGIN // 100)
-    assert quote.params["fee_limit"] == fee_limit and (quote.params["energy"], quote.params["energy_price_sun"]) == (energy, price)
+    assert quote.params["fee_limit"] == fee_limit
+    assert (quote.params["energy"], quote.params["energy_price_sun"]) == (energy, price)
     assert json.loads(signed.raw)["raw_data"]["fee_limit"] == fee_limit  # the built transaction carries the quoted one
     assert quote.max_fee == fee_limit + quote.params["bandwidth_sun"]
 

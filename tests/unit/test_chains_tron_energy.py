@@ -58,7 +58,8 @@ def test_an_estimateenergy_answer() -> None:
 
 
 def test_a_triggerconstantcontract_answer() -> None:
-    assert tron_energy.used({"result": {"result": True}, "energy_used": 130_285, "energy_penalty": 66_000}, "tron", "t") == 130_285
+    penalized = {"result": {"result": True}, "energy_used": 130_285, "energy_penalty": 66_000}  # the penalty is included
+    assert tron_energy.used(penalized, "tron", "t") == 130_285
     reverts = [
         {"result": {"result": True, "message": "REVERT opcode executed"}, "energy_used": 300},
         {"result": {"result": True}, "energy_used": 300, "transaction": {"ret": [{"ret": "FAILED"}]},
