@@ -81,7 +81,9 @@ class RpcProxy:
         return self
 
     def close(self) -> None:
-        """Stop listening (connections are then refused) and drop the open ones."""
+        """Stop listening (new connections are then refused); a kept-alive connection's next
+        request is reset."""
+        self.set_mode("dead")
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
