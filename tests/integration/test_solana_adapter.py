@@ -118,7 +118,7 @@ def test_a_sol_transfer_reaches_finalized_and_reports_its_fee_exactly(node: Sola
     sender, receiver = _wallet(node, spec), Keypair()
     before = adapter.balance_of(_addr(sender), spec.native)
     quote, signed = _send(adapter, sender, _addr(receiver), SOL, spec.native)
-    assert quote.max_fee == 5000
+    assert quote.max_fee == 5000 + 50  # and the priority fee at the devnet cap: 1,000 units x 0.05 lamports
 
     # processed, then confirmed: included but not yet at the registry commitment
     status = adapter.get_status(signed)
@@ -142,7 +142,7 @@ def test_usdc_transfers_create_the_destination_account_once_and_the_ledger_match
     # Given no token account for the receiver: the first transfer creates it, paid by the sender
     sol_before = adapter.balance_of(_addr(sender), spec.native)
     quote, signed = _send(adapter, sender, _addr(receiver), 4_000_000, usdc)
-    assert quote.params["create_ata"] is True and quote.max_fee == 5000 + rent
+    assert quote.params["create_ata"] is True and quote.max_fee == 5000 + 3_000 + rent  # 60,000 units x 0.05
     status = _finalized(node, adapter, signed)
     assert status.fee_paid == 5000 + rent == sol_before - adapter.balance_of(_addr(sender), spec.native)
     assert adapter.balance_of(_addr(receiver), usdc) == 4_000_000
@@ -151,7 +151,7 @@ def test_usdc_transfers_create_the_destination_account_once_and_the_ledger_match
     # Then the second transfer finds the account and pays the fee only
     sol_before = adapter.balance_of(_addr(sender), spec.native)
     quote, signed = _send(adapter, sender, _addr(receiver), 1_000_000, usdc)
-    assert quote.params["create_ata"] is False and quote.max_fee == 5000
+    assert quote.params["create_ata"] is False and quote.max_fee == 5000 + 1_000  # 20,000 units x 0.05
     status = _finalized(node, adapter, signed)
     assert status.fee_paid == 5000 == sol_before - adapter.balance_of(_addr(sender), spec.native)
     assert adapter.balance_of(_addr(receiver), usdc) == 5_000_000

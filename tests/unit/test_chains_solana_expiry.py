@@ -44,6 +44,17 @@ class DevnetRpc:
             raise NodeRpcError.from_error(method, answer["error"])
         return answer["result"]
 
+    def batch(self, calls: list[tuple[str, list[Any]]]) -> list[Any]:
+        """A JSON-RPC batch (the build context: blockhash and prioritization fees): per call, its
+        result or its NodeRpcError."""
+        answers: list[Any] = []
+        for method, params in calls:
+            try:
+                answers.append(self.call(method, params))
+            except NodeRpcError as exc:
+                answers.append(exc)
+        return answers
+
 
 def _cluster(**config: Any) -> Cluster:
     return Cluster(ClusterConfig(slot_ms=0, blockhash_max_age=MAX_AGE, confirm_depth=CONFIRM, finalize_depth=FINALIZE,

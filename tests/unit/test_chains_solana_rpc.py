@@ -33,6 +33,12 @@ CONTEXT = {"blockhash": BLOCKHASH, "last_valid_block_height": 1150, "blockhash_s
 RENT_0, RENT_165 = 890_880, 2_039_280
 SOL_FEE = FeeQuote(5000, {"lamports_per_signature": 5000, "signatures": 1, "create_ata": False, "ata_rent": 0})
 ATA_FEE = FeeQuote(5000 + RENT_165, {**SOL_FEE.params, "create_ata": True, "ata_rent": RENT_165})
+# What quote_fee reserves with the devnet registry's priority-fee cap (50,000 micro-lamports per
+# compute unit): 1,000 units for SOL, 20,000 for SPL, 60,000 when the transfer creates the account.
+CAP = {"max_compute_unit_price": 50_000}
+SOL_QUOTE = FeeQuote(5000 + 50, {**SOL_FEE.params, "compute_unit_limit": 1_000, **CAP})
+SPL_QUOTE = FeeQuote(5000 + 1_000, {**SOL_FEE.params, "compute_unit_limit": 20_000, **CAP})
+ATA_QUOTE = FeeQuote(5000 + 3_000 + RENT_165, {**ATA_FEE.params, "compute_unit_limit": 60_000, **CAP})
 
 Answer = Callable[[list[Any]], Any]
 
@@ -487,12 +493,12 @@ def _rent(params: list[Any]) -> int:
 def test_a_sol_quote_is_one_signature() -> None:
     node = FakeNode(getBalance=_balances(**{A: 10**9, B: 10**9}), getMinimumBalanceForRentExemption=_rent)
     quote = _adapter(node).quote_fee(TransferIntent(A, B, 10**6, SOL))
-    assert quote == SOL_FEE
+    assert quote == SOL_QUOTE
 
 
 @pytest.mark.parametrize(
     ("sender", "receiver", "amount", "reason", "match"),
-    [(10**6, 10**9, 10**6, "insufficient_funds", "needs 1000000 \\+ fee 5000"),
+    [(10**6, 10**9, 10**6, "insufficient_funds", "needs 1000000 \\+ fee 5050"),
      (10**6 + 5000 + 100, 10**9, 10**6, "insufficient_funds", "rent-exempt minimum"),
      (10**9, 0, 1000, "rejected_by_node", "does not exist yet")],
 )
@@ -504,21 +510,22 @@ def test_sol_quotes_refuse_what_the_chain_would(sender: int, receiver: int, amou
 
 
 def test_sending_everything_is_allowed() -> None:
-    node = FakeNode(getBalance=_balances(**{A: 10**6 + 5000, B: 1}), getMinimumBalanceForRentExemption=_rent)
-    assert _adapter(node).quote_fee(TransferIntent(A, B, 10**6, SOL)).max_fee == 5000
+    node = FakeNode(getBalance=_balances(**{A: 10**6 + 5050, B: 1}), getMinimumBalanceForRentExemption=_rent)
+    quote = _adapter(node).quote_fee(TransferIntent(A, B, 10**6, SOL))
+    assert quote.max_fee == 5050 and quote.params["min_compute_unit_price"] == 50_000  # pays exactly the reserve
 
 
 def test_a_first_spl_transfer_reserves_the_rent_of_the_new_account() -> None:
     node = FakeNode(getAccountInfo=_accounts(**{A_ATA: _token_account(MINT, A, 10**7)}), getBalance=_balances(**{A: 10**9}),
                     getMinimumBalanceForRentExemption=_rent)
     quote = _adapter(node).quote_fee(TransferIntent(A, B, 10**6, USDC))
-    assert quote == ATA_FEE
+    assert quote == ATA_QUOTE
 
 
 def test_an_spl_transfer_to_an_existing_account_pays_only_the_fee() -> None:
     node = FakeNode(getAccountInfo=_accounts(**{A_ATA: _token_account(MINT, A, 10**7), B_ATA: _token_account(MINT, B, 0)}),
                     getBalance=_balances(**{A: 10**9}), getMinimumBalanceForRentExemption=_rent)
-    assert _adapter(node).quote_fee(TransferIntent(A, B, 10**6, USDC)) == SOL_FEE
+    assert _adapter(node).quote_fee(TransferIntent(A, B, 10**6, USDC)) == SPL_QUOTE
 
 
 @pytest.mark.parametrize(
@@ -541,15 +548,17 @@ def test_an_account_at_the_ata_address_that_is_not_that_mints_is_an_error() -> N
 
 
 def test_build_context_is_the_latest_blockhash_at_the_commitment_with_its_slot() -> None:
+    # (priority fees off: with them the price comes in the same batch, tests/unit/test_chains_solana_priority.py)
     node = FakeNode(getLatestBlockhash=_ctx({"blockhash": BLOCKHASH, "lastValidBlockHeight": 250}, slot=120))
-    assert _adapter(node).build_context(TransferIntent(A, B, 1, SOL)) == {
+    assert _adapter(node, max_compute_unit_price_micro_lamports=0).build_context(TransferIntent(A, B, 1, SOL)) == {
         "blockhash": BLOCKHASH, "last_valid_block_height": 250, "blockhash_slot": 120}
     assert node.calls == [("getLatestBlockhash", [{"commitment": "finalized"}])]
     with pytest.raises(ChainRpcError):
-        _adapter(FakeNode(getLatestBlockhash=_ctx({"blockhash": 5}))).build_context(TransferIntent(A, B, 1, SOL))
-    with pytest.raises(ChainRpcError):  # no context slot: the expiry could never be proven
-        _adapter(FakeNode(getLatestBlockhash={"value": {"blockhash": BLOCKHASH, "lastValidBlockHeight": 250}})).build_context(
+        _adapter(FakeNode(getLatestBlockhash=_ctx({"blockhash": 5})), max_compute_unit_price_micro_lamports=0).build_context(
             TransferIntent(A, B, 1, SOL))
+    with pytest.raises(ChainRpcError):  # no context slot: the expiry could never be proven
+        _adapter(FakeNode(getLatestBlockhash={"value": {"blockhash": BLOCKHASH, "lastValidBlockHeight": 250}}),
+                 max_compute_unit_price_micro_lamports=0).build_context(TransferIntent(A, B, 1, SOL))
 
 
 def test_balances_read_sol_and_the_owners_token_account() -> None:

@@ -253,9 +253,13 @@ def test_a_trx_quote_reserves_bandwidth_and_activation_only_for_a_new_account(no
 def test_a_trc20_quote_reserves_the_fee_limit_and_checks_the_token_balance(node: tuple[FakeNode, str]) -> None:
     fake, url = node
     fake.answers["wallet/triggerconstantcontract"] = {"result": {"result": True}, "constant_result": [f"{5:064x}"]}
+    fake.answers["wallet/estimateenergy"] = {"result": {"result": True}, "energy_required": 130_000}
+    fake.answers["wallet/getchainparameters"] = {"chainParameter": [{"key": "getEnergyFee", "value": 100}]}
     quote = _adapter(url).quote_fee(TransferIntent(SENDER, DEST, 5, USDT))
-    assert quote.params == {"kind": "TRC20", "bandwidth_sun": 345_000, "fee_limit": 30_000_000}
-    assert quote.max_fee == 30_345_000
+    # fee_limit: 130,000 energy x 100 sun x 120% (tests/unit/test_chains_tron_energy.py has the rest)
+    assert quote.params == {"kind": "TRC20", "bandwidth_sun": 345_000, "fee_limit": 15_600_000, "energy": 130_000,
+                            "energy_price_sun": 100}
+    assert quote.max_fee == 15_945_000
     call = dict(fake.calls)["wallet/triggerconstantcontract"]
     assert call["function_selector"] == "balanceOf(address)" and call["contract_address"] == USDT.contract
     with pytest.raises(TransactionRejected) as info:
