@@ -145,6 +145,9 @@ class Observation:
     statuses: dict[str, TxStatus]
     cursor: dict[str, Any] = field(default_factory=dict)
     rpc_calls: int = 0
+    # Account-nonce families: sender -> (nonce at latest, nonce at pending) for the senders asked
+    # about; the pipeline resyncs its cursors with them and bumps only the nonce the chain waits for.
+    nonces: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -204,6 +207,12 @@ class ChainAdapter(Protocol):
         market price, within the chain's cap. None when no bump is warranted now (Bitcoin: the
         transaction already pays the node's current estimate). Raises BumpRefused when a higher
         fee cannot be built (already at the cap; the change would fall below dust)."""
+
+    def nonce_taken_by(self, signed: SignedTransaction) -> str | None:
+        """Account-nonce families: the hash of the transaction that used `signed`'s nonce of its
+        sender, found in a canonical block at least the chain's depth deep; None while the nonce
+        is not used that deep. The pipeline compares it with its own attempts' hashes: another
+        hash proves none of them can land (the key was used outside the pipeline)."""
 
     def next_nonce(self, address: str) -> int:
         """The chain's next nonce for `address` counting pending transactions (EVM-like only)."""

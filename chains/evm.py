@@ -30,7 +30,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from chains import evm_address, evm_tracking, evm_tx
+from chains import evm_address, evm_fees, evm_tracking, evm_tx
 from chains.base import (
     Curve,
     FeeQuote,
@@ -88,8 +88,10 @@ class EvmAdapter:
         if not isinstance(spec.chain_id, int) or spec.chain_id <= 0:
             raise ChainError(f"EVM chain {spec.name!r} needs a positive integer chain_id in the registry")
         self.spec = spec
-        self._rpc = JsonRpcClient(spec.rpc_url, timeout)
+        self._rpc = JsonRpcClient(spec.rpc_urls, timeout, failover=spec.failover)
         self._chain_checked = False
+        self._bump = evm_fees.BumpOptions.from_options(spec.options, spec.name)
+        self.replacement = self._bump.policy
         self._prices: tuple[float, dict[str, int]] | None = None  # (monotonic expiry, fee fields)
         self._price_ttl_s = min(spec.poll_interval_ms / 1000.0, PRICE_TTL_CAP_S)
 
@@ -203,6 +205,19 @@ class EvmAdapter:
         tip = DEFAULT_PRIORITY_FEE if isinstance(tip_answer, NodeRpcError) else to_int(tip_answer, "priority fee")
         return {"maxFeePerGas": 2 * base_fee + tip, "maxPriorityFeePerGas": tip}
 
+    def replacement_quote(self, intent: TransferIntent, current: FeeQuote) -> FeeQuote | None:
+        """The same transaction at raised fee fields (chains.evm_fees); today's price read fresh."""
+        fields = evm_tx.fee_fields(current.params, self.spec.eip1559)
+        raised = evm_fees.bumped_fields(fields, self._fresh_price_fields(), self._bump)
+        return FeeQuote(max_fee=evm_tx.max_fee_of(raised), params=raised)
+
+    def nonce_taken_by(self, signed: SignedTransaction) -> str | None:
+        """The hash of the transaction that used our nonce, at depth (chains.evm_tracking.nonce_user)."""
+        sender, nonce = _sender_and_nonce(signed)
+        if not self._chain_checked:
+            self.verify_chain()
+        return evm_tracking.nonce_user(self._rpc, sender, nonce, self.spec.confirmations)
+
     def next_nonce(self, address: str) -> int:
         return to_int(self._call("eth_getTransactionCount", [self.validate_address(address), "pending"]), "nonce")
 
@@ -271,6 +286,10 @@ class EvmAdapter:
             raise exc  # "already known" yet not findable: ask again later
         if "insufficient funds" in message:
             raise TransactionRejected("insufficient_funds_for_fee", exc.node_message) from None
+        if "underpriced" in message or "fee too low" in message:
+            # "replacement transaction underpriced" (another transaction holds the nonce and pays
+            # more than ours does by less than the node's rule), "transaction underpriced": pay more
+            raise TransactionRejected("replacement_underpriced", exc.node_message) from None
         if exc.code in _TRANSIENT_CODES or any(k in message for k in _TRANSIENT):
             raise exc
         raise TransactionRejected("rejected_by_node", exc.node_message) from None

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from chains.base import Observation, TxState, TxStatus, Watched
+from chains.errors import ChainRpcError
 from chains.evm_rpc import JsonRpcClient, NodeRpcError, batch_results, to_int
 
 BATCH_SIZE = 500  # calls per HTTP request: well under the 1,000 most providers accept
@@ -62,11 +63,14 @@ def track(rpc: JsonRpcClient, depth: int, watched: Sequence[Watched]) -> Observa
     batches = _Batches(rpc)
     unseen = [item for item in watched if item.block_number is None]
     senders = sorted({item.sender for item in unseen if item.nonce is not None})
-    first = batches.run([("eth_blockNumber", [])] + [("eth_getTransactionCount", [s, "latest"]) for s in senders])
+    first = batches.run([("eth_blockNumber", [])] + [("eth_getTransactionCount", [s, tag]) for s in senders
+                                                      for tag in ("latest", "pending")])
     head = to_int(_value(first[0]), "block number")
     # A sender the node cannot answer for is no news for its transactions alone (not moved, this tick).
-    mined_nonces = {sender: to_int(result, "nonce") for sender, result in zip(senders, first[1:])
-                    if not isinstance(result, NodeRpcError)}
+    counts = {sender: (latest, pending) for sender, latest, pending in zip(senders, first[1::2], first[2::2])
+              if not isinstance(latest, NodeRpcError) and not isinstance(pending, NodeRpcError)}
+    nonces = {sender: (to_int(latest, "nonce"), to_int(pending, "nonce")) for sender, (latest, pending) in counts.items()}
+    mined_nonces = {sender: latest for sender, (latest, _) in nonces.items()}
     moved = [item for item in unseen if item.nonce is None or mined_nonces.get(item.sender, -1) > item.nonce]
     deep = [item for item in watched if item.block_number is not None and head - item.block_number + 1 >= depth]
     asked = moved + deep
@@ -87,4 +91,36 @@ def track(rpc: JsonRpcClient, depth: int, watched: Sequence[Watched]) -> Observa
                 continue
         if item.block_number is not None:  # seen included before, and no longer: a reorg
             statuses[item.key] = TxStatus(TxState.NOT_FOUND)
-    return Observation(head=head, statuses=statuses, rpc_calls=batches.requests)
+    return Observation(head=head, statuses=statuses, rpc_calls=batches.requests, nonces=nonces)
+
+
+NONCE_SEARCH_BLOCKS = 100_000  # how far back a used nonce is looked for (state of older blocks may be pruned)
+
+
+def nonce_user(rpc: JsonRpcClient, sender: str, nonce: int, depth: int) -> str | None:
+    """The hash of the transaction that used `nonce` of `sender`, if it is in a canonical block
+    at least `depth` deep; None if the nonce is not used that deep (or was used before the search
+    window: no proof then). Binary search on the account's nonce at block heights, then the
+    block's own transaction list: the answer comes from a block, not from a transaction index a
+    lagging or pruned node may lack."""
+    head = to_int(rpc.call("eth_blockNumber", []), "block number")
+    high = head - depth + 1
+    low = max(0, high - NONCE_SEARCH_BLOCKS)
+    if high < 0 or _count_at(rpc, sender, high) <= nonce or _count_at(rpc, sender, low) > nonce:
+        return None
+    while low < high:  # invariant: count(low) <= nonce < count(high)
+        middle = (low + high) // 2
+        if _count_at(rpc, sender, middle) > nonce:
+            high = middle
+        else:
+            low = middle + 1
+    block = rpc.call("eth_getBlockByNumber", [hex(high), True])
+    for item in (block or {}).get("transactions", []) if isinstance(block, dict) else []:
+        if (isinstance(item, dict) and str(item.get("from", "")).lower() == sender.lower()
+                and to_int(item.get("nonce"), "nonce") == nonce):
+            return str(item.get("hash"))
+    raise ChainRpcError(f"block {high} raised the nonce of {sender} past {nonce} but holds no such transaction")
+
+
+def _count_at(rpc: JsonRpcClient, sender: str, height: int) -> int:
+    return to_int(rpc.call("eth_getTransactionCount", [sender, hex(height)]), "nonce")

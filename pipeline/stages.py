@@ -43,6 +43,10 @@ class FailureReason(str, enum.Enum):
     REJECTED_BY_NODE = "rejected_by_node"
     REVERTED = "reverted"
     EXPIRED = "expired"  # used as the reason of a replacement, never a final failure
+    # Another transaction of the same account (the key used outside the pipeline) took this
+    # transfer's nonce: proven from the block that holds it; none of ours can land.
+    NONCE_CONSUMED = "nonce_consumed"
+    FEE_ABOVE_CAP = "fee_above_cap"  # the fee the chain would charge now exceeds the registry's cap
 
 
 FINAL = frozenset({Stage.CONFIRMED, Stage.FAILED})
@@ -51,10 +55,14 @@ TRANSITIONS: dict[Stage, frozenset[Stage]] = {
     Stage.RECEIVED: frozenset({Stage.SOURCE_RESOLVED, Stage.FAILED}),
     Stage.SOURCE_RESOLVED: frozenset({Stage.DESTINATION_VALID, Stage.FAILED}),
     Stage.DESTINATION_VALID: frozenset({Stage.FUNDS_LOCKED, Stage.FAILED}),
-    Stage.FUNDS_LOCKED: frozenset({Stage.SIGNATURE_REQUESTED, Stage.FAILED}),
-    Stage.SIGNATURE_REQUESTED: frozenset({Stage.SIGNED, Stage.FAILED}),
+    # -> BROADCAST from the re-signing stages: a fee bump that cannot be signed or sent falls back
+    # to the transaction it was to replace, which was sent and may still land.
+    Stage.FUNDS_LOCKED: frozenset({Stage.SIGNATURE_REQUESTED, Stage.FAILED, Stage.BROADCAST}),
+    Stage.SIGNATURE_REQUESTED: frozenset({Stage.SIGNED, Stage.FAILED, Stage.BROADCAST, Stage.FUNDS_LOCKED}),
     # Back to FUNDS_LOCKED = an explicit, recorded replacement: the signed transaction expired
-    # (TRON expiration, Solana blockhash) and is proven not on chain; locks stay, it is re-signed.
+    # (TRON expiration, Solana blockhash) and is proven not on chain, or is bumped to a higher fee
+    # (EVM, Bitcoin); locks stay, it is re-signed. SIGNATURE_REQUESTED -> FUNDS_LOCKED: a signing
+    # that stalled gives its nonce back (later nonces of the account wait behind it).
     Stage.SIGNED: frozenset({Stage.BROADCAST, Stage.FAILED, Stage.FUNDS_LOCKED}),
     Stage.BROADCAST: frozenset({Stage.CONFIRMING, Stage.CONFIRMED, Stage.FAILED, Stage.FUNDS_LOCKED}),
     # A receipt whose block left the canonical chain sends the transfer back to BROADCAST.
@@ -85,6 +93,7 @@ STEPS: tuple[str, ...] = (
     "request_signature",
     "broadcast",
     "confirm",
+    "bump_fee",  # not in the line: the tracker hands a transfer to it when its transaction waits too long
 )
 
 

@@ -25,21 +25,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import ColumnElement, and_, select
+from sqlalchemy import ColumnElement, and_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
-from chains.base import Observation, SignedTransaction, TxState, TxStatus, Watched
-from pipeline import ledger
+from chains.base import Observation, ReplacementPolicy, SignedTransaction, TxState, TxStatus, Watched
+from pipeline import attempts, ledger, nonces
 from pipeline.db import translate_db_error
 from pipeline.driving import Attempt, Dispatch, hand_off, hand_to_stage, release
 from pipeline.errors import PipelineError
-from pipeline.models import ChainTracker, Transaction, utcnow
+from pipeline.ids import new_id
+from pipeline.models import ChainTracker, Transaction, TransactionAttempt, utcnow
 from pipeline.stages import TRACKED_STAGES, Stage, Status
 from pipeline.steps.context import StepContext, touch
 from pipeline.steps.settlement import record_inclusion
@@ -62,6 +63,15 @@ class TrackerLimits:
 
 
 @dataclass(frozen=True)
+class Other:
+    """An earlier sent attempt of a tracked transfer that may still land (a bump's original)."""
+
+    key: str  # "<transaction id>#<attempt number>": its key in the adapter's Observation
+    tx_hash: str
+    build_context: str | None
+
+
+@dataclass(frozen=True)
 class Followed:
     """One tracked transfer as the tick read it."""
 
@@ -74,12 +84,21 @@ class Followed:
     build_context: str | None
     quiet_since: datetime  # last hand-over to the tracker or last send, whichever is later
     broadcast_at: datetime | None
+    armed_head: int | None = None  # the bump clock (Transaction.bump_armed_head / _at)
+    armed_at: datetime | None = None
+    others: tuple[Other, ...] = ()
 
-    def watched(self) -> Watched:
-        context = json.loads(self.build_context) if self.build_context else {}
-        return Watched(key=self.transaction_id, signed=SignedTransaction(b"", self.attempt.tx_hash or "", context),
-                       sender=self.from_address, nonce=self.nonce, block_number=self.block_number,
-                       block_hash=self.block_hash)
+    def watched(self) -> list[Watched]:
+        """The current transaction and every earlier sent attempt that may still land."""
+        current = Watched(key=self.transaction_id, signed=_signed(self.attempt.tx_hash, self.build_context),
+                          sender=self.from_address, nonce=self.nonce, block_number=self.block_number,
+                          block_hash=self.block_hash)
+        return [current] + [Watched(key=other.key, signed=_signed(other.tx_hash, other.build_context),
+                                    sender=self.from_address, nonce=self.nonce) for other in self.others]
+
+
+def _signed(tx_hash: str | None, build_context: str | None) -> SignedTransaction:
+    return SignedTransaction(b"", tx_hash or "", json.loads(build_context) if build_context else {})
 
 
 @dataclass
@@ -94,7 +113,10 @@ class TickReport:
     confirming: int = 0
     confirmed: int = 0
     failed: int = 0
-    handed: int = 0  # to the per-transfer confirm step
+    handed: int = 0  # to the per-transfer confirm (or bump) step
+    bumps: int = 0  # of those, to the bump step
+    armed: int = 0  # bump clocks started
+    nonce_notes: list[str] = field(default_factory=list)  # cursors resynced, gaps filled (EVM)
     superseded: int = 0  # another driver took the transfer between read and write
     errors: int = 0  # transfers that could not be written (handed to the confirm step)
     rpc_calls: int = 0
@@ -172,7 +194,7 @@ _FOLLOWED_COLUMNS = (
     Transaction.transaction_id, Transaction.driver_seq, Transaction.stage, Transaction.replacement_count,
     Transaction.tx_hash, Transaction.signature_request_id, Transaction.from_address, Transaction.nonce,
     Transaction.block_number, Transaction.block_hash, Transaction.build_context, Transaction.tracked_at,
-    Transaction.last_broadcast_at, Transaction.broadcast_at,
+    Transaction.last_broadcast_at, Transaction.broadcast_at, Transaction.bump_armed_head, Transaction.bump_armed_at,
 )
 
 
@@ -189,37 +211,93 @@ def read_followed(session: Session, chain: str) -> list[Followed]:
         Transaction.status == Status.PENDING.value, Transaction.held_at.is_(None)))
     followed = []
     for (tx_id, seq, stage, replacements, tx_hash, request_id, sender, nonce, block_number, block_hash,
-         context, tracked_at, last_sent, first_sent) in rows:
+         context, tracked_at, last_sent, first_sent, armed_head, armed_at) in rows:
         quiet_since = max(tracked_at, last_sent) if last_sent else tracked_at
         followed.append(Followed(tx_id, Attempt(seq, stage, replacements, tx_hash, request_id), sender, nonce,
-                                 block_number, block_hash, context, quiet_since, first_sent))
-    return followed
+                                 block_number, block_hash, context, quiet_since, first_sent, armed_head, armed_at))
+    return _with_others(session, followed)
+
+
+def _with_others(session: Session, followed: list[Followed]) -> list[Followed]:
+    """Attach each re-signed transfer's earlier sent attempts that may still land (one query per
+    CHUNK of re-signed transfers: none at all while nothing was ever bumped)."""
+    resigned = [item.transaction_id for item in followed if item.attempt.replacement_count > 0]
+    others: dict[str, list[Other]] = {}
+    for start in range(0, len(resigned), CHUNK * 10):
+        rows = session.execute(select(
+            TransactionAttempt.transaction_id, TransactionAttempt.number, TransactionAttempt.tx_hash,
+            TransactionAttempt.build_context).where(
+            TransactionAttempt.transaction_id.in_(resigned[start:start + CHUNK * 10]),
+            TransactionAttempt.state == attempts.LIVE, TransactionAttempt.sent_at.is_not(None)))
+        for tx_id, number, tx_hash, context in rows:
+            others.setdefault(tx_id, []).append(Other(f"{tx_id}#{number}", tx_hash, context))
+    if not others:
+        return followed
+    return [replace(item, others=tuple(other for other in others.get(item.transaction_id, ())
+                                       if other.tx_hash != item.attempt.tx_hash)) for item in followed]
 
 
 @dataclass(frozen=True)
 class Decision:
     followed: Followed
-    status: TxStatus | None  # record this inclusion; None: hand to the per-transfer confirm step
+    status: TxStatus | None  # record this inclusion; None: hand to `step`
+    landed: str | None = None  # the hash of an earlier attempt that is the one included
+    step: str = "confirm"  # the per-transfer step it goes to when `status` is None
+
+
+_ON_CHAIN = (TxState.INCLUDED, TxState.REVERTED)
 
 
 def decide(followed: Sequence[Followed], observation: Observation, depth: int, limits: TrackerLimits,
-           now: datetime) -> list[Decision]:
-    """Which transfers to write: inclusions that change something, reorgs, and (oldest first, at
-    most `handoffs_per_tick`) the ones quiet for too long."""
+           now: datetime, policy: ReplacementPolicy | None = None) -> list[Decision]:
+    """Which transfers to write: inclusions that change something (of the current transaction or
+    of an earlier attempt), reorgs, and (oldest first, at most `handoffs_per_tick` each) the ones
+    whose transaction waited past the replacement policy (to the bump step) or quiet for too long."""
     decisions: list[Decision] = []
     quiet: list[Followed] = []
+    due: list[Followed] = []
     for item in followed:
-        status = observation.statuses.get(item.transaction_id)
-        if status is not None and status.state in (TxState.INCLUDED, TxState.REVERTED):
-            if _changes_something(item, status, depth):
-                decisions.append(Decision(item, status))
+        status, landed = _status_of(item, observation)
+        if status is not None and status.state in _ON_CHAIN:
+            if landed is not None or _changes_something(item, status, depth):
+                decisions.append(Decision(item, status, landed))
         elif status is not None or Stage(item.attempt.stage) not in TRACKED_STAGES:
             decisions.append(Decision(item, None))  # a reorg, or not ours to follow: one by one
+        elif _bump_due(item, observation, policy, now):
+            due.append(item)
         elif _too_quiet(item, limits, now):
             quiet.append(item)
-    quiet.sort(key=lambda item: item.quiet_since)
-    decisions.extend(Decision(item, None) for item in quiet[:limits.handoffs_per_tick])
+    for waiting, step in ((due, "bump_fee"), (quiet, "confirm")):
+        waiting.sort(key=lambda item: item.quiet_since)
+        decisions.extend(Decision(item, None, step=step) for item in waiting[:limits.handoffs_per_tick])
     return decisions
+
+
+def _status_of(item: Followed, observation: Observation) -> tuple[TxStatus | None, str | None]:
+    """The news about the transfer: its current transaction's, or (when that has none on chain)
+    an earlier attempt's inclusion, with that attempt's hash."""
+    status = observation.statuses.get(item.transaction_id)
+    if status is not None and status.state in _ON_CHAIN:
+        return status, None
+    for other in item.others:
+        found = observation.statuses.get(other.key)
+        if found is not None and found.state in _ON_CHAIN:
+            return found, other.tx_hash
+    return status, None
+
+
+def _bump_due(item: Followed, observation: Observation, policy: ReplacementPolicy | None, now: datetime) -> bool:
+    """Its latest transaction waited the chain's replacement policy since the clock was armed
+    (blocks: and its nonce is the one the chain waits for; a later nonce waits behind it)."""
+    if policy is None or Stage(item.attempt.stage) is not Stage.BROADCAST or item.armed_head is None:
+        return False
+    if policy.after_blocks is not None:
+        if observation.head - item.armed_head < policy.after_blocks:
+            return False
+        next_nonce = observation.nonces.get(item.from_address)
+        return item.nonce is None or next_nonce is None or next_nonce[0] >= item.nonce
+    return (policy.after_s is not None and item.armed_at is not None
+            and (now - item.armed_at).total_seconds() >= policy.after_s)
 
 
 def _changes_something(item: Followed, status: TxStatus, depth: int) -> bool:
@@ -298,13 +376,16 @@ def _apply_one(session: Session, tx: Transaction, decision: Decision, depth: int
         report.superseded += 1
         return
     if decision.status is None:
-        dispatch = (hand_off(session, tx, "confirm", publish_grace_s=limits.publish_grace_s)
+        dispatch = (hand_off(session, tx, decision.step, publish_grace_s=limits.publish_grace_s)
                     if Stage(tx.stage) in TRACKED_STAGES else hand_to_stage(session, tx, limits.publish_grace_s))
         if dispatch is not None:
             report.dispatches.append(dispatch)
         report.handed += 1
+        report.bumps += decision.step == "bump_fee"
         return
     touch(tx)
+    if decision.landed is not None:
+        attempts.adopt_hash(session, tx, decision.landed)
     if not record_inclusion(session, tx, decision.status, depth):
         report.confirming += 1
         return
@@ -350,16 +431,54 @@ def _follow(ctx: StepContext, chain: str, cursor: dict[str, Any], limits: Tracke
         followed = read_followed(session, chain)
     report.tracked = len(followed)
     readable, watched, unreadable = _watched(followed)
+    adapter = ctx.adapter_for(chain)
     if watched:
-        observation = ctx.adapter_for(chain).track(watched, cursor)
+        observation = adapter.track(watched, cursor)
     else:
         observation = Observation(head=0, statuses={}, cursor=cursor)
     report.head, report.news, report.rpc_calls = observation.head, len(observation.statuses), observation.rpc_calls
     depth = ctx.registry.chain(chain).confirmations
-    decisions = decide(readable, observation, depth, limits, utcnow())
+    decisions = decide(readable, observation, depth, limits, utcnow(), adapter.replacement)
     decisions.extend(Decision(item, None) for item in unreadable)  # the confirm step holds them with the reason
     apply(ctx, decisions, depth, limits, report)
+    if adapter.replacement is not None and observation.head and any(item.armed_head is None for item in readable):
+        with ctx.db.unit_of_work() as session:
+            report.armed = arm_bump_clocks(session, chain, observation.head)
+    if adapter.uses_account_nonce:
+        report.nonce_notes, dispatches = keep_nonces_moving(ctx, chain, observation, limits)
+        report.dispatches.extend(dispatches)
     return observation
+
+
+def arm_bump_clocks(session: Session, chain: str, head: int) -> int:
+    """Start the bump clock of every broadcast transfer of the chain that has none (sent or
+    re-checked since the last tick): the head and the time, in one statement."""
+    result = session.execute(update(Transaction).where(
+        Transaction.chain == chain, Transaction.tracked_at.is_not(None), Transaction.bump_armed_head.is_(None),
+        Transaction.stage == Stage.BROADCAST.value).values(bump_armed_head=head, bump_armed_at=utcnow()))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def keep_nonces_moving(ctx: StepContext, chain: str, observation: Observation,
+                       limits: TrackerLimits) -> tuple[list[str], list[Dispatch]]:
+    """Account-nonce chains: resync cursors with the chain, and fill every gap that later nonces
+    wait behind with a NOOP transfer (`pipeline.nonces`), each in its own DB transaction."""
+    notes: list[str] = []
+    if observation.nonces:
+        with ctx.db.unit_of_work() as session:
+            notes.extend(nonces.reconcile(session, chain, observation.nonces))
+    with ctx.db.reading() as session:
+        gaps = nonces.find_gaps(session, chain)
+    dispatches = []
+    native = ctx.registry.chain(chain).native.symbol
+    for gap in gaps:
+        with ctx.db.unit_of_work() as session:
+            noop = nonces.claim_gap(session, gap, native, new_id("tx"))
+            if noop is not None:
+                session.flush()
+                dispatches.append(hand_off(session, noop, "lock_funds", publish_grace_s=limits.publish_grace_s))
+                notes.append(f"nonce {gap.nonce} of {gap.account_id} filled by {noop.transaction_id}")
+    return notes, dispatches
 
 
 def _watched(followed: Sequence[Followed]) -> tuple[list[Followed], list[Watched], list[Followed]]:
@@ -370,7 +489,7 @@ def _watched(followed: Sequence[Followed]) -> tuple[list[Followed], list[Watched
     unreadable: list[Followed] = []
     for item in followed:
         try:
-            watched.append(item.watched())
+            watched.extend(item.watched())
             readable.append(item)
         except ValueError:
             unreadable.append(item)

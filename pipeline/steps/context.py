@@ -19,10 +19,10 @@ from chains.base import ChainAdapter, FeeQuote, SignedTransaction, TransferInten
 from chains.registry import Registry
 from pipeline.db import Database
 from pipeline.driving import Attempt, Run, load_held
-from pipeline.lifecycle import advance, stage_of
-from pipeline.models import ReleasedNonce, Transaction, UtxoReservation, utcnow
-from pipeline.stages import FailureReason, Stage
-from pipeline import ledger
+from pipeline.lifecycle import advance, record_note, stage_of
+from pipeline.models import ReleasedNonce, Transaction, TransactionAttempt, UtxoReservation, utcnow
+from pipeline.stages import TRACKED_STAGES, FailureReason, Stage
+from pipeline import attempts, ledger
 from signer.base import Signer
 
 if TYPE_CHECKING:
@@ -109,27 +109,60 @@ def signed_of(tx: Transaction) -> SignedTransaction:
     return SignedTransaction(raw=tx.signed_payload or b"", tx_hash=tx.tx_hash or "", context=context)
 
 
+def attempt_signed(attempt: TransactionAttempt) -> SignedTransaction:
+    """An attempt's signed bytes with the build context they were built from."""
+    context = json.loads(attempt.build_context) if attempt.build_context else {}
+    return SignedTransaction(raw=attempt.signed_payload, tx_hash=attempt.tx_hash, context=context)
+
+
 def signing_payloads_of(tx: Transaction) -> list[bytes]:
     return [bytes.fromhex(item) for item in json.loads(tx.signing_payloads or "[]")]
 
 
 def replace_expired(session: Session, tx: Transaction, detail: str) -> None:
-    """The signed transaction is provably dead (expired, not on chain): forget it and go back to
-    FUNDS_LOCKED, keeping locks, nonce and reserved inputs, so it is re-signed under a new request
-    id. Recorded as its own event; this is the only way a transfer is ever signed twice."""
-    old_hash = tx.tx_hash
+    """The signed transaction is provably dead (expired, not on chain): mark its attempt DEAD and go
+    back to FUNDS_LOCKED, keeping locks, nonce and reserved inputs, so it is re-signed under a new
+    request id. Recorded as its own event."""
+    attempts.mark_current_dead(session, tx)
+    _resign(session, tx, FailureReason.EXPIRED.value, f"replacing {tx.tx_hash}: {detail}")
+
+
+def replace_for_fee(session: Session, tx: Transaction, detail: str) -> None:
+    """Re-sign at the transfer's (raised) fee parameters: the same nonce or inputs, so at most one
+    of its attempts can land. The current attempt stays LIVE and watched (it may still be mined)."""
+    _resign(session, tx, "fee_bump", f"replacing {tx.tx_hash}: {detail}")
+
+
+def _resign(session: Session, tx: Transaction, reason: str, detail: str) -> None:
+    """Back to FUNDS_LOCKED for a new signature: the only way a transfer is ever signed twice."""
     tx.unsigned_payload = tx.signing_payloads = tx.build_context = None
     tx.signed_payload = None
     tx.tx_hash = tx.block_hash = None
     tx.block_number = None
     tx.confirmations = 0
+    tx.bump_armed_head = tx.bump_armed_at = None
     tx.replacement_count += 1
-    advance(session, tx, Stage.FUNDS_LOCKED, reason=FailureReason.EXPIRED.value,
-            detail=f"replacing {old_hash}: {detail}"[:1000])
+    advance(session, tx, Stage.FUNDS_LOCKED, reason=reason, detail=detail[:1000])
+
+
+def fall_back(session: Session, tx: Transaction, attempt: TransactionAttempt, why: str) -> None:
+    """A replacement could not be signed or sent: the transfer goes on with `attempt`, an earlier
+    sent transaction that may still land, followed again by the tracker."""
+    attempts.adopt(tx, attempt)
+    tx.sub_status = None
+    tx.bump_armed_head = tx.bump_armed_at = None
+    detail = f"replacement abandoned ({why}); following {attempt.tx_hash} again"[:1000]
+    if stage_of(tx) in TRACKED_STAGES:
+        tx.block_number, tx.block_hash, tx.confirmations = None, None, 0
+        if stage_of(tx) is Stage.CONFIRMING:
+            advance(session, tx, Stage.BROADCAST, reason="replacement_abandoned", detail=detail)
+        else:
+            record_note(session, tx, "replacement_abandoned", detail)
+        return
+    advance(session, tx, Stage.BROADCAST, reason="replacement_abandoned", detail=detail)
 
 
 HOLDS_LOCKS = frozenset({Stage.FUNDS_LOCKED, Stage.SIGNATURE_REQUESTED, Stage.SIGNED, Stage.BROADCAST, Stage.CONFIRMING})
-NONCE_UNSPENT = frozenset({Stage.SIGNATURE_REQUESTED, Stage.SIGNED})
 
 
 def failure_reason(code: str) -> FailureReason:
@@ -154,15 +187,22 @@ def fail_at(ctx: StepContext, run: Run, attempt: Attempt, reason: FailureReason,
 def fail(session: Session, tx: Transaction, reason: FailureReason, detail: str, nonce_unused: bool | None = None) -> None:
     """End the transfer as FAILED: give back its locks and (if it never reached the chain) its nonce.
 
-    `nonce_unused` overrides the stage's rule when the chain proved it (a refused send whose nonce
-    the account has not used); None: unused only if nothing was ever sent."""
+    Never while another sent attempt of it may still land (a bump refused or unsignable): the
+    transfer falls back to that attempt instead, and the tracker follows it. `nonce_unused`
+    overrides the rule when the chain proved it (a refused send whose nonce the account has not
+    used); None: unused only if nothing was ever sent with it."""
+    others = attempts.live_others(session, tx)
+    if others:
+        fall_back(session, tx, others[0], f"{reason.value}: {detail}"[:300])
+        return
     stage = stage_of(tx)
     if stage in HOLDS_LOCKS:
         ledger.release(session, locked_amounts(tx))
-    unused = stage in NONCE_UNSPENT if nonce_unused is None else nonce_unused
+    unused = tx.send_attempts == 0 if nonce_unused is None else nonce_unused
     if unused and tx.nonce is not None and tx.account_id:
         session.add(ReleasedNonce(account_id=tx.account_id, nonce=tx.nonce))
     release_utxos(session, tx)
+    tx.sub_status = None
     tx.failure_reason = reason.value
     tx.failure_detail = detail[:1000]
     advance(session, tx, Stage.FAILED, reason=reason.value, detail=detail[:1000])

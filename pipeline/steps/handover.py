@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from pipeline.driving import Dispatch, Run, hand_off, hand_to_stage, hand_to_tracker, next_step, park, release, take_here
 from pipeline.models import Transaction
-from pipeline.stages import TRACKED_STAGES, Stage
+from pipeline.stages import FINAL, TRACKED_STAGES, Stage
 from pipeline.steps.context import Outcome, OutcomeKind, StepContext
 
 
@@ -32,6 +32,9 @@ class StepReport:
 def conclude(ctx: StepContext, session: Session, run: Run, tx: Transaction, outcome: Outcome) -> StepReport:
     """Hand the transfer on according to `outcome`; `tx` is the run's held row in `session`."""
     grace = ctx.stall_after_s
+    if outcome.kind is OutcomeKind.FINAL and Stage(tx.stage) not in FINAL:
+        # a "fail" that fell back to an earlier sent attempt (pipeline.attempts): followed again
+        return StepReport("fell_back", hand_to_stage(session, tx, grace), tx.stage)
     if outcome.kind in (OutcomeKind.ADVANCED, OutcomeKind.NOOP):
         following = next_step(tx)
         if following in run.inline and following != run.step:

@@ -50,6 +50,7 @@ RETRY_BUDGETS: dict[str, RetryBudget] = {
     "request_signature": RetryBudget(8, 1.0, 60),
     "broadcast": RetryBudget(10, 1.0, 60),
     "confirm": RetryBudget(20, 2.0, 60),
+    "bump_fee": RetryBudget(8, 1.0, 60),
 }
 
 

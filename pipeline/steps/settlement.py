@@ -17,18 +17,24 @@ from sqlalchemy.orm import Session
 from chains.base import ChainAdapter, SignedTransaction, TxState, TxStatus
 from chains.errors import TransactionRejected
 from pipeline import ledger
+from pipeline import attempts
 from pipeline.driving import Attempt, Run, load_held
 from pipeline.errors import ReplacementLimit, UnprovenRejection
 from pipeline.lifecycle import advance, record_note, stage_of
 from pipeline.models import Transaction, utcnow
 from pipeline.stages import FailureReason, Stage
 from pipeline.steps.handover import conclude_within
+from pipeline.steps.bumping import raise_fee
 from pipeline.steps.context import (
     Outcome,
     OutcomeKind,
     StepContext,
+    attempt_signed,
+    fail,
     fail_at,
     failure_reason,
+    fee_quote_of,
+    intent_of,
     locked_amounts,
     release_utxos,
     replace_expired,
@@ -50,6 +56,7 @@ def broadcast(ctx: StepContext, run: Run) -> Outcome:
         if stage_of(tx) is not Stage.SIGNED:
             return Outcome.of(OutcomeKind.NOOP, tx)
         tx.send_attempts += 1
+        attempts.mark_sent(session, tx)
         signed, chain, attempt = signed_of(tx), tx.chain, Attempt.of(tx)
     adapter = ctx.adapter_for(chain)
     try:
@@ -62,8 +69,12 @@ def broadcast(ctx: StepContext, run: Run) -> Outcome:
 def _mark_broadcast(ctx: StepContext, run: Run, attempt: Attempt, detail: str, reason: str | None = None) -> Outcome:
     with ctx.db.unit_of_work() as session:
         tx = load_held(session, run, attempt)
-        tx.broadcast_at = tx.last_broadcast_at = utcnow()
+        now = utcnow()
+        tx.broadcast_at = tx.broadcast_at or now
+        tx.last_broadcast_at = now
         tx.broadcast_count += 1
+        if tx.sub_status == "bumping":
+            tx.sub_status = None
         advance(session, tx, Stage.BROADCAST, reason=reason, detail=detail)
         return conclude_within(ctx, session, run, tx, OutcomeKind.ADVANCED)
 
@@ -80,12 +91,37 @@ def _refused(ctx: StepContext, run: Run, attempt: Attempt, adapter: ChainAdapter
             return _mark_broadcast(ctx, run, attempt, detail=f"{signed.tx_hash} (node said: {exc.reason})",
                                    reason="already_known")
         return Outcome(OutcomeKind.WAIT, Stage(attempt.stage), _poll_s(ctx, adapter))
+    if exc.reason == UNDERPRICED and Stage(attempt.stage) is Stage.SIGNED:
+        return _bump_refused(ctx, run, attempt, adapter, exc)
+    if _has_live_others(ctx, run, attempt):
+        # A replacement refused for another reason (its nonce or inputs already spent: most likely
+        # by the transaction it replaces, mined meanwhile): follow the attempts that were sent.
+        return fail_at(ctx, run, attempt, failure_reason(exc.reason), f"replacement refused: {exc.detail}")
     if status.state is TxState.EXPIRED and exc.reason == FailureReason.EXPIRED.value:
         return _replace(ctx, run, attempt, f"refused as expired and proven not on chain: {exc.detail}")
     if status.state is TxState.EXPIRED or (_first_send(ctx, run, attempt) and adapter.proves_unlandable(signed)):
         detail = f"{exc.detail} (proven: the transaction cannot land)"
         return fail_at(ctx, run, attempt, failure_reason(exc.reason), detail, nonce_unused=not exc.nonce_consumed)
     raise UnprovenRejection(f"send refused ({exc.reason}: {exc.detail[:200]}) without proof it cannot land")
+
+
+UNDERPRICED = "replacement_underpriced"
+
+
+def _bump_refused(ctx: StepContext, run: Run, attempt: Attempt, adapter: ChainAdapter,
+                  exc: TransactionRejected) -> Outcome:
+    """The node wants more for this replacement: bump again, from the refused fee."""
+    with ctx.db.unit_of_work() as session:
+        tx = load_held(session, run, attempt)
+        intent, refused = intent_of(ctx, tx, tx.from_address), fee_quote_of(tx)
+        record_note(session, tx, UNDERPRICED, exc.detail[:1000])
+        attempt = Attempt.of(tx)
+    return raise_fee(ctx, run, attempt, adapter, intent, refused)
+
+
+def _has_live_others(ctx: StepContext, run: Run, attempt: Attempt) -> bool:
+    with ctx.db.unit_of_work() as session:
+        return bool(attempts.live_others(session, load_held(session, run, attempt)))
 
 
 def _first_send(ctx: StepContext, run: Run, attempt: Attempt) -> bool:
@@ -121,17 +157,27 @@ def confirm(ctx: StepContext, run: Run) -> Outcome:
         if stage_of(tx) not in _FOLLOWING:
             return Outcome.of(OutcomeKind.NOOP, tx)
         chain, sent, attempt = tx.chain, signed_of(tx), Attempt.of(tx)
+        others = [attempt_signed(other) for other in attempts.live_others(session, tx)]
     spec = ctx.registry.chain(chain)
     adapter = ctx.adapter_for(chain)
     poll = _poll_s(ctx, adapter)
-    status = adapter.get_status(sent)
+    status, landed = _landed_attempt(adapter, sent, others)
+    taken_by = _nonce_taken_by(adapter, sent, others) if status.state is TxState.NOT_FOUND else None
 
     rebroadcast = False
     outcome_kind = OutcomeKind.WAIT
     with ctx.db.unit_of_work() as session:
         tx = load_held(session, run, attempt)
         touch(tx)
+        if taken_by is not None:
+            attempts.mark_all_dead(session, tx)
+            fail(session, tx, FailureReason.NONCE_CONSUMED,
+                 f"nonce {tx.nonce} was used by {taken_by}, not by any transaction of this transfer; nothing of it can land",
+                 nonce_unused=False)
+            return Outcome.of(OutcomeKind.FINAL, tx)
         if status.state in (TxState.INCLUDED, TxState.REVERTED):
+            if landed is not None:
+                attempts.adopt_hash(session, tx, landed.tx_hash)
             if record_inclusion(session, tx, status, spec.confirmations):
                 return Outcome.of(OutcomeKind.FINAL, tx)
         else:
@@ -165,6 +211,30 @@ def confirm(ctx: StepContext, run: Run) -> Outcome:
     return Outcome(outcome_kind, stage_after, poll)
 
 
+def _landed_attempt(adapter: ChainAdapter, sent: SignedTransaction,
+                    others: list[SignedTransaction]) -> tuple[TxStatus, SignedTransaction | None]:
+    """The current transaction's status, or an earlier sent attempt's if that one is on chain
+    instead (a bump's original mined first): (status, the other attempt or None)."""
+    status = adapter.get_status(sent)
+    if status.state in (TxState.INCLUDED, TxState.REVERTED):
+        return status, None
+    for other in others:
+        other_status = adapter.get_status(other)
+        if other_status.state in (TxState.INCLUDED, TxState.REVERTED):
+            return other_status, other
+    return status, None
+
+
+def _nonce_taken_by(adapter: ChainAdapter, sent: SignedTransaction, others: list[SignedTransaction]) -> str | None:
+    """The hash of a transaction that is not ours and used this transfer's nonce, at depth (the
+    key used outside the pipeline): proof that none of its attempts can land. None otherwise."""
+    if not adapter.uses_account_nonce:
+        return None
+    taken_by = adapter.nonce_taken_by(sent)
+    ours = {sent.tx_hash.lower(), *(other.tx_hash.lower() for other in others)}
+    return taken_by if taken_by is not None and taken_by.lower() not in ours else None
+
+
 def record_inclusion(session: Session, tx: Transaction, status: TxStatus, depth: int) -> bool:
     """Store where the transaction is; settle when deep enough. True when the transfer is final."""
     if tx.block_hash and tx.block_hash != status.block_hash:
@@ -182,6 +252,8 @@ def record_inclusion(session: Session, tx: Transaction, status: TxStatus, depth:
         record_note(session, tx, "fee_exceeded_reserve", f"paid {status.fee_paid} > reserved {tx.fee_reserved}")
     fee_debit = (tx.fee_asset_id or "", "FEE", status.fee_paid)
     release_utxos(session, tx)  # spent on chain now
+    attempts.settle(session, tx)
+    tx.sub_status = None
     if status.state is TxState.INCLUDED:
         ledger.settle(session, tx.transaction_id, locked_amounts(tx), [(tx.asset_id or "", "DEBIT", tx.amount), fee_debit])
         advance(session, tx, Stage.CONFIRMED, detail=f"{status.confirmations} confirmations")

@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from chains.base import ChainAdapter, TransferIntent
+from pipeline import attempts, nonces
 from pipeline.driving import Attempt, Run, load_held
 from pipeline.errors import TransientError
 from pipeline.lifecycle import advance, record_note, stage_of
@@ -87,6 +88,7 @@ def request_signature(ctx: StepContext, run: Run) -> Outcome:
         tx = load_held(session, run, request.attempt)
         tx.signed_payload = signed.raw
         tx.tx_hash = signed.tx_hash
+        attempts.record_signed(session, tx, attempts.previous_is_dead(session, tx))
         advance(session, tx, Stage.SIGNED, detail=signed.tx_hash)
         return conclude_within(ctx, session, run, tx, OutcomeKind.ADVANCED)
 
@@ -141,8 +143,32 @@ def _still_waiting(ctx: StepContext, run: Run, attempt: Attempt) -> Outcome:
         if utcnow() - tx.stage_changed_at > timedelta(seconds=ctx.signature_timeout_s):
             tx.last_error = f"the signer has not answered within {int(ctx.signature_timeout_s)} s"
             record_note(session, tx, "signature_timeout", tx.last_error)
+            if _blocks_later_nonces(session, tx):
+                _give_nonce_back(session, tx)
             return conclude_within(ctx, session, run, tx, OutcomeKind.STALLED)
     return Outcome(OutcomeKind.WAIT, Stage.SIGNATURE_REQUESTED, ctx.signature_poll_s)
+
+
+def _blocks_later_nonces(session: Session, tx: Transaction) -> bool:
+    """Its nonce was never sent, and later nonces of the account are signed or out: they wait
+    behind it on the chain for as long as the signer does not answer."""
+    if tx.nonce is None or tx.send_attempts or not tx.account_id:
+        return False
+    return nonces.later_in_flight(session, tx.account_id, tx.nonce)
+
+
+def _give_nonce_back(session: Session, tx: Transaction) -> None:
+    """A signing that stalled gives its nonce back (the gap filler sends a no-op with it, so the
+    account moves on) and waits at FUNDS_LOCKED for a new nonce and a new signature request:
+    the old request's answer, if it ever comes, is for a request id no longer asked for."""
+    released = tx.nonce
+    session.add(ReleasedNonce(account_id=tx.account_id, nonce=released))
+    tx.nonce = None
+    tx.unsigned_payload = tx.signing_payloads = tx.build_context = None
+    tx.replacement_count += 1
+    tx.sub_status = "nonce_released"
+    advance(session, tx, Stage.FUNDS_LOCKED, reason="nonce_released",
+            detail=f"nonce {released} given back: the signer has not answered and later nonces wait behind it")
 
 
 def _locked_cursor(session: Session, account_id: str) -> NonceCursor | None:

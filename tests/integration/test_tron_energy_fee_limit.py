@@ -118,7 +118,7 @@ def test_an_estimate_above_the_cap_is_refused_at_quote(node: TronNode, spec: Cha
     capped = TronAdapter(replace(spec, options={**spec.options, "fee_limit_cap_sun": 10 * TRX}))
     with pytest.raises(TransactionRejected) as info:
         capped.quote_fee(intent)  # 130,000 energy x 100 sun x 120% = 15.6 TRX
-    assert info.value.reason == "rejected_by_node"
+    assert info.value.reason == "fee_above_cap"
     assert "exceeds the cap" in info.value.detail and "15600000" in info.value.detail
     assert TronAdapter(spec).quote_fee(intent).params["fee_limit"] == 15_600_000  # under the registry's 30 TRX
 

@@ -126,6 +126,11 @@ class FakeAdapter:
         self.track_calls: list[int] = []  # how many transactions each track() call was given
         self.unlandable = False  # what proves_unlandable answers after a refused send
         self.unlandable_calls: list[str] = []
+        self.replacement: ReplacementPolicy | None = None  # set to bump: the tracker hands stuck ones over
+        self.replacement_quotes: list[FeeQuote | None | Exception] = []  # answered in order; the last repeats
+        self.replacement_calls: list[FeeQuote] = []  # the current quote each replacement_quote was given
+        self.nonce_taken: str | None = None  # what nonce_taken_by answers
+        self.nonce_taken_calls: list[str] = []
 
     # -- addresses --------------------------------------------------------------------------
     def validate_address(self, address: str) -> str:
@@ -172,6 +177,21 @@ class FakeAdapter:
             raise TransactionRejected("insufficient_funds",
                                       f"unreserved outputs hold {total} base units, the transfer needs {needed}")
         return tuple(chosen)
+
+    def replacement_quote(self, intent: TransferIntent, current: FeeQuote) -> FeeQuote | None:
+        self.replacement_calls.append(current)
+        answer = self.replacement_quotes[0] if self.replacement_quotes else None
+        if len(self.replacement_quotes) > 1:
+            self.replacement_quotes.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        if answer is not None and self.uses_utxos:
+            answer = FeeQuote(max_fee=answer.max_fee, params=answer.params, inputs=current.inputs)
+        return answer
+
+    def nonce_taken_by(self, signed: SignedTransaction) -> str | None:
+        self.nonce_taken_calls.append(signed.tx_hash)
+        return self.nonce_taken
 
     def next_nonce(self, address: str) -> int:
         self.nonce_calls.append(address)

@@ -253,7 +253,8 @@ def test_nonce_too_low_without_our_transaction_visible_is_retried_not_failed(nod
         ("Insufficient funds for gas * price + value", -32003, "insufficient_funds_for_fee"),
         ("intrinsic gas too low", -32000, "rejected_by_node"),
         ("invalid chain id for signer", -32003, "rejected_by_node"),
-        ("replacement transaction underpriced", -32000, "rejected_by_node"),
+        ("replacement transaction underpriced", -32000, "replacement_underpriced"),
+        ("transaction underpriced", -32000, "replacement_underpriced"),
         ("rate limit exceeded", -32000, ChainRpcError),
         ("something odd", -32603, ChainRpcError),
         ("already known", -32000, ChainRpcError),  # ...but the node cannot find it: ask again later

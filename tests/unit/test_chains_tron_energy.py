@@ -151,7 +151,7 @@ def test_an_estimate_over_the_cap_is_refused_and_a_revert_too() -> None:
                         wallet__estimateenergy=estimate)
     with pytest.raises(TransactionRejected) as info:
         _adapter(node, fee_limit_cap_sun=30_000_000).quote_fee(TransferIntent(SENDER, DEST, 5, USDT))
-    assert info.value.reason == "rejected_by_node"  # no FailureReason says "fee above cap": see the report
+    assert info.value.reason == "fee_above_cap"
     assert "exceeds the cap" in info.value.detail and "32760000" in info.value.detail
     node.answers["wallet/estimateenergy"] = {"result": {"code": "OTHER_ERROR", "message": "REVERT opcode executed"}}
     with pytest.raises(TransactionRejected, match="would revert"):

@@ -106,13 +106,22 @@ def test_status_for_keeps_the_public_status_pending_until_the_end(stage: Stage, 
 def test_failure_reasons_are_the_documented_codes() -> None:
     assert {r.value for r in FailureReason} == {
         "source_not_found", "invalid_destination", "insufficient_funds", "insufficient_funds_for_fee",
-        "wallet_not_active", "signature_refused", "rejected_by_node", "reverted", "expired",
+        "wallet_not_active", "signature_refused", "rejected_by_node", "reverted", "expired", "nonce_consumed",
+        "fee_above_cap",
     }
 
 
-def test_an_expired_transaction_can_only_be_replaced_from_signed_or_broadcast() -> None:
-    # the recorded replacement goes back to FUNDS_LOCKED (locks kept, re-signed); nothing else does
+def test_a_transfer_is_re_signed_only_from_signed_broadcast_or_a_stalled_signing() -> None:
+    # the recorded replacement (expiry, fee bump) goes back to FUNDS_LOCKED (locks kept, re-signed),
+    # and a stalled signing gives its nonce back the same way; nothing else does
     check_transition(Stage.SIGNED, Stage.FUNDS_LOCKED)
     check_transition(Stage.BROADCAST, Stage.FUNDS_LOCKED)
+    check_transition(Stage.SIGNATURE_REQUESTED, Stage.FUNDS_LOCKED)
     assert {s for s, exits in TRANSITIONS.items() if Stage.FUNDS_LOCKED in exits} == {
-        Stage.DESTINATION_VALID, Stage.SIGNED, Stage.BROADCAST}
+        Stage.DESTINATION_VALID, Stage.SIGNATURE_REQUESTED, Stage.SIGNED, Stage.BROADCAST}
+
+
+def test_only_a_re_signing_stage_falls_back_to_broadcast() -> None:
+    # a bump that cannot be signed or sent goes on with the attempt it was to replace
+    assert {s for s, exits in TRANSITIONS.items() if Stage.BROADCAST in exits} == {
+        Stage.FUNDS_LOCKED, Stage.SIGNATURE_REQUESTED, Stage.SIGNED, Stage.CONFIRMING}

@@ -101,6 +101,8 @@ def test_given_every_step_run_twice_then_the_second_run_is_a_noop(world: World) 
     tx_id = world.transfer(alice, "1", symbol="USDT")
 
     for name in STEP_FUNCTIONS:
+        if name == "bump_fee":
+            continue  # not in the line: the tracker's hand-off for a transaction that waits too long
         first = world.step(name, tx_id)
         assert first.kind in (OutcomeKind.ADVANCED, OutcomeKind.FINAL), name
         snapshot = (len(world.events(tx_id)), world.balances(alice, "USDT"), world.balances(alice, "ETH"),
