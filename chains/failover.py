@@ -13,7 +13,8 @@ Health of one endpoint, in this order:
   `cooldown_s`; after that it is half-open: the next probe (or call) is its trial, a success closes
   the breaker, a failure opens it for another cooldown;
 - lagging: its head is more than `max_lag` blocks below the best head among the endpoints that
-  answer;
+  answer (heads probed in a later round than its own are left out: a probe that is merely older is
+  no lag);
 - stalled: it is behind another endpoint's head and its own head has not moved for `stall_s`
   (counted from when it was first seen behind, so a slow chain's quiet minutes are not a stall).
 An endpoint with a recent transport failure stays healthy (it is not yet "down") but is asked after
@@ -193,6 +194,8 @@ class _State:
     behind_since: float | None = None
     probed_at: float = _NEVER
     probing: bool = False
+    probe_round: int = 0  # the round of probes its last probe was sent in
+    head_round: int = 0  # the round `head` was probed in
     identity: Hashable | None = None  # verified identity
     wrong: bool = False
     shown: str = "up"  # the status group last logged (a healthy start logs nothing)
@@ -224,6 +227,7 @@ class EndpointPool(Generic[N]):
         self._states = [_State() for _ in self.members]
         self._reference: Hashable | None = None
         self._local = threading.local()
+        self._round = 0
 
     def __len__(self) -> int:
         return len(self.members)
@@ -328,9 +332,8 @@ class EndpointPool(Generic[N]):
         now = time.monotonic()
         rows = []
         with self._lock:
-            best = self._best_head()
             for index, state in enumerate(self._states):
-                status, reason = self._judge(state, best, now)
+                status, reason = self._judge(state, now)
                 rows.append({"endpoint": self.names[index], "healthy": status in _HEALTHY, "status": status,
                              "reason": reason, "head": state.head, "failures": state.failures})
         return rows
@@ -355,20 +358,24 @@ class EndpointPool(Generic[N]):
         """Endpoints to try, best first: healthy and clean, healthy with a recent failure, the rest."""
         now = time.monotonic()
         with self._lock:
-            best = self._best_head()
-            ranks = {i: _RANK[self._judge(state, best, now)[0]] for i, state in enumerate(self._states) if not state.wrong}
+            ranks = {i: _RANK[self._judge(state, now)[0]] for i, state in enumerate(self._states) if not state.wrong}
         return sorted(ranks, key=lambda i: (ranks[i], i))
 
     def _healthy(self, index: int) -> bool:
         with self._lock:
-            return self._judge(self._states[index], self._best_head(), time.monotonic())[0] in _HEALTHY
+            return self._judge(self._states[index], time.monotonic())[0] in _HEALTHY
 
-    def _best_head(self) -> int | None:
-        heads = [s.head for s in self._states if s.head is not None and not s.wrong and s.open_until is None]
+    def _best_head(self, state: _State) -> int | None:
+        """The best head `state`'s head is judged against: of the endpoints that answer, among the
+        heads probed no later than its own (a head probed after it would make it look behind while
+        its own probe is merely older)."""
+        heads = [s.head for s in self._states if s.head is not None and not s.wrong and s.open_until is None
+                 and s.head_round <= state.head_round]
         return max(heads) if heads else None
 
-    def _judge(self, state: _State, best: int | None, now: float) -> tuple[str, str]:
+    def _judge(self, state: _State, now: float) -> tuple[str, str]:
         """(status, reason in words) of one endpoint; the caller holds the lock."""
+        best = self._best_head(state)
         if state.wrong:
             return "wrong_chain", "answered another chain identity than the verified endpoint"
         if state.open_until is not None:
@@ -407,13 +414,14 @@ class EndpointPool(Generic[N]):
         now = time.monotonic()
         due = []
         with self._lock:
+            self._round += 1
             for index, state in enumerate(self._states):
                 if state.wrong or state.probing:
                     continue
                 if not force and (now - state.probed_at < self.settings.probe_interval_s
                                   or state.open_until is not None and now < state.open_until):
                     continue
-                state.probing, state.probed_at = True, now
+                state.probing, state.probed_at, state.probe_round = True, now, self._round
                 due.append(index)
         return due
 
@@ -438,10 +446,12 @@ class EndpointPool(Generic[N]):
             state = self._states[index]
             if state.head != head:
                 state.head, state.head_moved_at = head, now
-            best = self._best_head()
-            for other in self._states:
-                behind = best is not None and other.head is not None and other.head < best
-                other.behind_since = (other.behind_since or now) if behind else None
+            state.head_round = state.probe_round
+            best = self._best_head(state)
+            state.behind_since = (state.behind_since or now) if best is not None and head < best else None
+            for other in self._states:  # those probed no earlier may now be seen behind (never less)
+                if other.head is not None and other.head < head and other.head_round >= state.head_round:
+                    other.behind_since = other.behind_since or now
         self._log_changes()
 
     # -- identity -----------------------------------------------------------------------------
@@ -480,9 +490,8 @@ class EndpointPool(Generic[N]):
         now = time.monotonic()
         changes = []
         with self._lock:
-            best = self._best_head()
             for index, state in enumerate(self._states):
-                status, reason = self._judge(state, best, now)
+                status, reason = self._judge(state, now)
                 if _EVENT[status] != state.shown:
                     state.shown = _EVENT[status]
                     changes.append({"event": f"rpc.endpoint.{state.shown}", "endpoint": self.names[index],
