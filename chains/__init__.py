@@ -7,6 +7,7 @@ worker imports a family's SDK only when it first asks for that family's adapter.
     validate_address(chain, address, network=None) -> normalized address   (no node needed)
     validate_destination(chain, address, network=None, token=None)          (+ destination policy)
     get_adapter(spec) -> ChainAdapter   (one per chain and endpoint list per process)
+    endpoint_health(adapter, refresh=False) -> {"rpc": [{endpoint, healthy, status, reason, head, failures}, ...]}
     default_registry() -> Registry      (env PARATRO_CHAIN_REGISTRY, default "mainnet")
 """
 
@@ -66,7 +67,7 @@ __all__ = [
     "InvalidAddress", "InvalidPublicKey", "InvalidSignature", "MalformedTransaction", "Registry",
     "SignedTransaction", "TokenSpec", "TransactionRejected", "TransferIntent", "TxState", "TxStatus",
     "UnknownChain", "UnknownToken", "UnsignedTransaction", "clear_adapter_cache", "default_registry",
-    "get_adapter", "load_registry", "parse_registry", "validate_address", "validate_destination",
+    "endpoint_health", "get_adapter", "load_registry", "parse_registry", "validate_address", "validate_destination",
 ]
 
 
@@ -133,6 +134,19 @@ def get_adapter(spec: ChainSpec) -> ChainAdapter:
                 adapter = adapter_class(spec.family)(spec)
                 _adapters[key] = adapter
     return adapter
+
+
+def endpoint_health(adapter: ChainAdapter, *, refresh: bool = False) -> dict[str, list[dict[str, Any]]]:
+    """The health of every RPC endpoint pool an adapter holds (chains/failover.py), by the name of
+    the adapter's client ("rpc"; TRON: "api", "solidity_api"), endpoints redacted. `refresh`
+    probes them first and waits (a status command's fresh process has no health data yet)."""
+    from chains.failover import PooledClient
+
+    pools: dict[str, PooledClient[Any]] = {}
+    for name, value in vars(adapter).items():
+        if isinstance(value, PooledClient) and all(value is not seen for seen in pools.values()):
+            pools[name.lstrip("_")] = value
+    return {name: client.refresh() if refresh else client.health() for name, client in pools.items()}
 
 
 def clear_adapter_cache() -> None:

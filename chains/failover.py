@@ -77,7 +77,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -345,13 +345,13 @@ class EndpointPool(Generic[N]):
         return order[0] if order else 0
 
     def refresh(self) -> list[dict[str, Any]]:
-        """Probe every endpoint now and wait for the answers (tests, `paratro status`); `health()`."""
-        if len(self.members) > 1:
-            threads = [threading.Thread(target=self._probe, args=(i,), daemon=True) for i in self._claim_probes(force=True)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
+        """Probe every endpoint now, a single one too, and wait for the answers (asked for
+        explicitly: tests, `paratro status`; never on a transfer's path); `health()`."""
+        threads = [threading.Thread(target=self._probe, args=(i,), daemon=True) for i in self._claim_probes(force=True)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
         return self.health()
 
     def _order(self) -> list[int]:

@@ -521,3 +521,20 @@ def test_a_forked_child_starts_with_fresh_health_and_an_unheld_lock(nodes) -> No
         client.pool._lock.release()
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_endpoint_health_names_each_pool_of_an_adapter(nodes) -> None:
+    from dataclasses import replace
+
+    from chains import endpoint_health
+    from chains.evm import EvmAdapter
+    from chains.tron import TronAdapter
+
+    first, second = nodes("a", head=100), nodes("b", head=90)
+    spec = replace(load_registry("devnet").chain("ethereum"), rpc_urls=(first.url, second.url))
+    health = endpoint_health(EvmAdapter(spec), refresh=True)
+    assert list(health) == ["rpc"] and [(r["endpoint"], r["status"]) for r in health["rpc"]] == [
+        (first.url, "ok"), (second.url, "lagging")]
+    tron = TronAdapter(replace(load_registry("devnet").chain("tron"), rpc_urls=(first.url,)))
+    assert endpoint_health(tron, refresh=True) == {"api": [{"endpoint": first.url, "healthy": True, "status": "ok",
+                                                            "reason": "answers", "head": 100, "failures": 0}]}
