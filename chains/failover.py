@@ -322,6 +322,8 @@ class EndpointPool(Generic[N]):
             result = self._once(index, send, None)
         except ChainRpcError as exc:
             return self.family.outcome(None, exc), index, None, exc
+        except Exception as exc:  # noqa: BLE001 - a bug in one sender thread must still answer the waiter
+            return Outcome.UNANSWERED, index, None, exc
         return self.family.outcome(result, None), index, result, None
 
     # -- health -------------------------------------------------------------------------------
