@@ -63,6 +63,8 @@ _TX_HASH = re.compile(r"^0x[0-9a-fA-F]{64}$")
 # Node messages (lower-cased substrings) meaning it already has a transaction with these bytes.
 _ALREADY_KNOWN = ("already known", "known transaction", "already imported", "alreadyknown", "already exists")
 _NONCE_TOO_LOW = ("nonce too low", "nonce is too low", "oldnonce")
+# Node messages meaning the transaction pays too little for the node now: bump it, never fail it.
+_UNDERPRICED = ("underpriced", "fee too low", "less than block base fee", "fee cap less than", "max fee per gas less than")
 # Node errors that are about the node, not the transaction: retry later (ChainRpcError).
 _TRANSIENT = ("nonce too high", "gapped-nonce", "txpool is full", "rate limit", "too many requests",
               "header not found", "timeout", "timed out", "busy", "try again", "internal error", "syncing")
@@ -286,9 +288,10 @@ class EvmAdapter:
             raise exc  # "already known" yet not findable: ask again later
         if "insufficient funds" in message:
             raise TransactionRejected("insufficient_funds_for_fee", exc.node_message) from None
-        if "underpriced" in message or "fee too low" in message:
+        if any(k in message for k in _UNDERPRICED):
             # "replacement transaction underpriced" (another transaction holds the nonce and pays
-            # more than ours does by less than the node's rule), "transaction underpriced": pay more
+            # more than ours does by less than the node's rule), "transaction underpriced", a fee
+            # cap under the base fee of the next block (the base fee rose since the quote): pay more
             raise TransactionRejected("replacement_underpriced", exc.node_message) from None
         if exc.code in _TRANSIENT_CODES or any(k in message for k in _TRANSIENT):
             raise exc

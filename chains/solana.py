@@ -128,7 +128,7 @@ class SolanaAdapter:
         self.price_percentile: int = options["price_percentile"]
         self.allow_off_curve: bool = options["allow_off_curve"]
         self.genesis_hash: str | None = options["genesis_hash"]
-        self._rpc = SolanaRpc(spec.rpc_url, timeout)
+        self._rpc = SolanaRpc(spec.rpc_urls, timeout, failover=spec.failover)
         self._cluster_checked = self.genesis_hash is None
         self._rent: dict[int, int] = {}
 

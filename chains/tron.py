@@ -12,7 +12,7 @@ decisions that need a node:
   the chain's energy price (`getEnergyFee`) x `energy_margin_percent`, stored in the quote
   (`params.fee_limit`, with `params.energy` and `params.energy_price_sun`) and built as is at
   every (re-)signing; an estimate above `fee_limit_cap_sun` is refused at quote time
-  (TransactionRejected "rejected_by_node", the detail says the estimate exceeds the cap).
+  (TransactionRejected "fee_above_cap", the detail says by how much).
   `FeeQuote.max_fee` is the sum of the caps that apply; the receipt's `fee` is what was actually
   burnt (0 when free bandwidth covered a TRX transfer);
 - TaPoS and expiry: a transaction names a reference block (TaPoS) and expires `expiration_s`
@@ -179,9 +179,10 @@ class TronAdapter:
             raise ChainError(f"TronAdapter cannot serve {spec.name!r} of family {spec.family!r}")
         self.spec = spec
         self.options = TronOptions.from_spec(spec)
-        self._api = TronHttpClient(spec.rpc_url, timeout)
+        self._api = TronHttpClient(spec.rpc_urls, timeout, failover=spec.failover)
         port = self.options.solidity_port
-        self._solidity_api = TronHttpClient(with_port(spec.rpc_url, port), timeout) if port else self._api
+        self._solidity_api = TronHttpClient(with_port(spec.rpc_urls, port), timeout, failover=spec.failover,
+                                            head_path="walletsolidity/getnowblock") if port else self._api
         self._chain_checked = self.options.genesis_block_id is None
         self._estimates_energy = True  # until the node says it does not serve wallet/estimateenergy
 
@@ -297,7 +298,7 @@ class TronAdapter:
         fee_limit = tron_energy.fee_limit(energy, price, margin)
         if fee_limit > cap:
             raise TransactionRejected(
-                "rejected_by_node",
+                "fee_above_cap",
                 f"the energy estimate exceeds the cap: {energy} energy x {price} sun x {margin}% = {fee_limit} sun, "
                 f"over fee_limit_cap_sun {cap} of {self.spec.name}")
         return energy, price, fee_limit

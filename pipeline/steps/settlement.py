@@ -91,7 +91,7 @@ def _refused(ctx: StepContext, run: Run, attempt: Attempt, adapter: ChainAdapter
             return _mark_broadcast(ctx, run, attempt, detail=f"{signed.tx_hash} (node said: {exc.reason})",
                                    reason="already_known")
         return Outcome(OutcomeKind.WAIT, Stage(attempt.stage), _poll_s(ctx, adapter))
-    if exc.reason == UNDERPRICED and Stage(attempt.stage) is Stage.SIGNED:
+    if exc.reason == UNDERPRICED:  # a first send, a replacement, or a rebroadcast of a dropped one
         return _bump_refused(ctx, run, attempt, adapter, exc)
     if _has_live_others(ctx, run, attempt):
         # A replacement refused for another reason (its nonce or inputs already spent: most likely
