@@ -1,5 +1,5 @@
 """`paratro`: the ops command line (worker, beat, api, sandbox, demo, migrate, client, wallet,
-transfer, show, replay, sweep, status, webhooks).
+transfer, show, stuck, replay, sweep, status, webhooks).
 
 Configuration comes from `PARATRO_*` environment variables (see README). Bad input exits 2 with a
 one-line error and changes nothing; a configuration or environment problem (settings, registry,
@@ -275,7 +275,7 @@ def show(
     transaction_id: str,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
-    """Show one transfer: stage, amounts, hashes and every event."""
+    """Show one transfer: stage, amounts, hashes, every event and every signed attempt (fee bumps)."""
     from workers.services import describe_transfer
 
     data = describe_transfer(_ctx(), transaction_id)
@@ -285,6 +285,31 @@ def show(
     from workers.display import print_transfer
 
     print_transfer(data)
+
+
+@app.command()
+def stuck(
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    chain: Annotated[Optional[str], typer.Option(help="only this chain")] = None,
+    older_than: Annotated[int, typer.Option("--older-than",
+                                            help="list sent transfers not in a block after this many seconds")] = 60,
+    limit: Annotated[int, typer.Option(help="rows shown, longest waiting first (the summary counts all)")] = 100,
+) -> None:
+    """Pending transfers being bumped, gap-filled or waiting (sub_status), NOOP gap fills, and sent
+    transfers not included after --older-than seconds; then a one-line summary. Exits 0."""
+    from workers.stuck import list_stuck
+
+    if older_than < 0:
+        _fail(f"--older-than {older_than} must be 0 or more seconds")
+    if limit < 1:
+        _fail(f"--limit {limit} must be 1 or more")
+    report = list_stuck(_ctx(), older_than, chain, limit)
+    if as_json:
+        _print_json(report.to_dict())
+        return
+    from workers.display import print_stuck
+
+    print_stuck(report)
 
 
 @app.command()

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from rich import box
 from rich.console import Console, Group
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from pipeline.stages import Stage
+
+if TYPE_CHECKING:
+    from workers.stuck import StuckReport
 
 console = Console()
 if not console.is_terminal:
@@ -18,10 +22,10 @@ if not console.is_terminal:
 
 def print_transfer(data: dict[str, Any]) -> None:
     table = Table(show_header=False, box=None)
-    for key in ("transaction_id", "status", "stage", "failure_reason", "failure_detail", "last_error", "chain",
-                "network", "token_symbol", "amount", "from_address", "to_address", "idempotency_key", "nonce",
-                "tx_hash", "block_number", "block_hash", "confirmations", "fee_reserved", "fee_paid",
-                "broadcast_count", "created_at", "finalized_at"):
+    for key in ("transaction_id", "kind", "status", "stage", "sub_status", "failure_reason", "failure_detail",
+                "last_error", "chain", "network", "token_symbol", "amount", "from_address", "to_address",
+                "idempotency_key", "nonce", "tx_hash", "block_number", "block_hash", "confirmations", "fee_reserved",
+                "fee_paid", "broadcast_count", "replacement_count", "created_at", "finalized_at"):
         if data.get(key) is not None:
             table.add_row(f"[bold]{key}[/]", str(data[key]))
     console.print(table)
@@ -29,6 +33,55 @@ def print_transfer(data: dict[str, Any]) -> None:
     for event in data["events"]:
         events.add_row(event["at"], event["from"] or "", event["to"], event["reason"] or "", (event["detail"] or "")[:80])
     console.print(events)
+    print_attempts(data.get("attempts") or [])
+
+
+def _when(moment: str | None) -> str:
+    """`2026-12-01T02:52:37.558113Z` -> `2026-12-01 02:52:37` (the JSON keeps the full time)."""
+    return "" if moment is None else moment[:19].replace("T", " ")
+
+
+def print_attempts(attempts: list[dict[str, Any]]) -> None:
+    """Every signed transaction of the transfer, oldest first. Cells are stacked (two or three
+    lines per attempt) so that the whole hash and every fee field fit in 132 columns, uncut."""
+    if not attempts:
+        return
+    table = Table("attempt / tx_hash", "fee", "signed / sent", title="attempts", box=box.SIMPLE_HEAD, show_lines=True)
+    table.columns[0].no_wrap = True
+    for a in attempts:
+        nonce = "" if a["nonce"] is None else f" nonce {a['nonce']}"
+        fees = [f"{key}={value}" for key, value in a["fee"].items()] + [f"max fee {a['max_fee'] or '-'}"]
+        table.add_row(f"#{a['number']} {a['kind']} {a['state']}{nonce}\n{a['tx_hash']}", "\n".join(fees),
+                      f"{_when(a['signed_at'])}\n{_when(a['sent_at']) or 'not sent'}")
+    console.print(table)
+
+
+def _age(seconds: int) -> str:
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def print_stuck(report: StuckReport) -> None:
+    """`paratro stuck`: one row per transfer (oldest wait first; two-line cells keep it within 132
+    columns), then the one-line summary."""
+    from workers.stuck import waited_s
+
+    if report.transfers:
+        table = Table("transaction_id / kind", "chain", "stage / sub_status", "attempts", "last fee", "waiting",
+                      "last event", box=box.SIMPLE_HEAD, show_lines=True,
+                      title=f"stuck: waiting with a reason, gap fills, sent over {report.older_than_s}s ago")
+        for column in table.columns:
+            column.no_wrap = True
+        for t in report.transfers:
+            nonce = "" if t.nonce is None else f" nonce {t.nonce}"
+            fee = "\n".join(f"{key}\n{value}" for key, value in (t.last_fee or {}).items())
+            table.add_row(f"{t.transaction_id}\n{t.kind}{nonce}", t.chain, f"{t.stage}\n{t.sub_status or '-'}",
+                          str(t.attempts), fee, _age(waited_s(t.waiting_since, report.taken_at)), t.last_event or "")
+        console.print(table)
+    console.print(report.summary(), highlight=False)
 
 
 def stage_progress(total: int) -> Progress:

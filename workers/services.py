@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from pipeline import onboarding
+from pipeline import attempts, onboarding
 from pipeline.amounts import format_amount
 from pipeline.ids import new_id
 from pipeline.models import Account, Asset, Transaction, TransactionEvent
@@ -22,6 +22,7 @@ from pipeline.stages import STEPS, Stage
 from pipeline.steps import StepContext
 from pipeline.transfers import TransferRequest, create_transfer, get_transfer
 from chains.base import Curve
+from workers.attempt_view import attempt_view
 from workers.routing import publish_after_commit
 
 
@@ -133,7 +134,8 @@ def stalled_transfers(ctx: StepContext) -> list[str]:
 
 
 def describe_transfer(ctx: StepContext, transaction_id: str) -> dict[str, Any]:
-    """Everything ops needs about one transfer: fields, amounts as decimal strings, events."""
+    """Everything ops needs about one transfer: fields, amounts as decimal strings, events, and
+    every signed attempt (the original, each fee bump or re-signing: `workers.attempt_view`)."""
     with ctx.db.unit_of_work() as session:
         tx = get_transfer(session, transaction_id)
         decimals = ctx.registry.chain(tx.chain).token(tx.token_symbol).decimals
@@ -143,8 +145,10 @@ def describe_transfer(ctx: StepContext, transaction_id: str) -> dict[str, Any]:
         ).all()
         return {
             "transaction_id": tx.transaction_id,
+            "kind": tx.kind,
             "status": tx.status,
             "stage": tx.stage,
+            "sub_status": tx.sub_status,
             "failure_reason": tx.failure_reason,
             "failure_detail": tx.failure_detail,
             "last_error": tx.last_error,
@@ -164,6 +168,7 @@ def describe_transfer(ctx: StepContext, transaction_id: str) -> dict[str, Any]:
             "fee_reserved": None if tx.fee_reserved is None else format_amount(tx.fee_reserved, native.decimals),
             "fee_paid": None if tx.fee_paid is None else format_amount(tx.fee_paid, native.decimals),
             "broadcast_count": tx.broadcast_count,
+            "replacement_count": tx.replacement_count,
             "created_at": tx.created_at.isoformat() + "Z",
             "finalized_at": tx.finalized_at.isoformat() + "Z" if tx.finalized_at else None,
             "events": [
@@ -171,6 +176,7 @@ def describe_transfer(ctx: StepContext, transaction_id: str) -> dict[str, Any]:
                  "detail": e.detail}
                 for e in events
             ],
+            "attempts": [attempt_view(a, native.decimals) for a in attempts.of(session, transaction_id)],
         }
 
 
