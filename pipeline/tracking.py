@@ -473,7 +473,7 @@ def keep_nonces_moving(ctx: StepContext, chain: str, observation: Observation,
     native = ctx.registry.chain(chain).native.symbol
     for gap in gaps:
         with ctx.db.unit_of_work() as session:
-            noop = nonces.claim_gap(session, gap, native, new_id("tx"))
+            noop = nonces.claim_gap(session, gap, native, new_id("transaction"))
             if noop is not None:
                 session.flush()
                 dispatches.append(hand_off(session, noop, "lock_funds", publish_grace_s=limits.publish_grace_s))

@@ -69,7 +69,7 @@ def raise_fee(ctx: StepContext, run: Run, attempt: Attempt, adapter: ChainAdapte
                 ledger.lock(session, {tx.fee_asset_id or "": extra})
             except ledger.Shortfall as short:
                 _keep(session, tx, "waiting_for_funds", f"a bump needs {extra} more fee reserve: {short}")
-                return conclude_within(ctx, session, run, tx, OutcomeKind.ADVANCED)
+                return conclude_within(ctx, session, run, tx, OutcomeKind.RESTART, step="confirm")
             tx.fee_reserved = (tx.fee_reserved or 0) + extra
         tx.fee_params = fee_params_json(quote)
         tx.sub_status = "bumping"
@@ -78,10 +78,12 @@ def raise_fee(ctx: StepContext, run: Run, attempt: Attempt, adapter: ChainAdapte
 
 
 def _not_bumped(ctx: StepContext, run: Run, attempt: Attempt, sub_status: str | None, detail: str) -> Outcome:
+    """Kept as it is; then the confirm step asks about it one by one (a transaction the node
+    dropped, as anvil drops one its next block's base fee excludes, is sent again from there)."""
     with ctx.db.unit_of_work() as session:
         tx = load_held(session, run, attempt)
         _keep(session, tx, sub_status, detail)
-        return conclude_within(ctx, session, run, tx, OutcomeKind.ADVANCED)
+        return conclude_within(ctx, session, run, tx, OutcomeKind.RESTART, step="confirm")
 
 
 def _keep(session: Session, tx: Transaction, sub_status: str | None, detail: str) -> None:

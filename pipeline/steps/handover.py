@@ -57,8 +57,9 @@ def conclude(ctx: StepContext, session: Session, run: Run, tx: Transaction, outc
     return StepReport(outcome.kind.value, dispatch, tx.stage)
 
 
-def conclude_within(ctx: StepContext, session: Session, run: Run, tx: Transaction, kind: OutcomeKind) -> Outcome:
+def conclude_within(ctx: StepContext, session: Session, run: Run, tx: Transaction, kind: OutcomeKind,
+                    step: str | None = None) -> Outcome:
     """The step's outcome at `tx`'s stage, concluded in the step's own unit of work (the caller
-    returns it from inside that unit)."""
-    outcome = Outcome.of(kind, tx)
+    returns it from inside that unit); `step` for a RESTART."""
+    outcome = replace(Outcome.of(kind, tx), step=step)
     return replace(outcome, report=conclude(ctx, session, run, tx, outcome))

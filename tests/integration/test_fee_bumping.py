@@ -26,8 +26,12 @@ from devnet.gas_spike import GasSpike
 from pipeline import credentials, ledger
 from pipeline.models import OutboxMessage, ReleasedNonce, Transaction, TransactionAttempt
 from pipeline.stages import Stage
-from pipeline.steps import OutcomeKind, StepContext
+from pipeline.driving import load_tx, take
+from pipeline.steps import StepContext
+from pipeline.steps.handover import StepReport
+from pipeline.steps.runner import run_taken
 from pipeline.tracking import TrackerLimits, tick
+from signer.base import SignerError
 from tests.integration import helpers as h
 from workers.services import onboard_wallet
 from workers.stack import EmbeddedStack
@@ -82,10 +86,19 @@ def chain(stack: EmbeddedStack, tmp_path: Any) -> Iterator[Chain]:
         stack.start_worker("w1", concurrency, beat=stack.options.beat)
 
 
+def run(ctx: StepContext, step: str, tx_id: str) -> StepReport:
+    """Take the transfer for `step` and run it to its conclusion, as a worker does (no next step
+    run inline: each test says which step comes next)."""
+    with ctx.db.unit_of_work() as session:
+        taken = take(session, tx_id, load_tx(session, tx_id).driver_seq, step, 3600.0)
+    assert taken is not None, f"{tx_id} cannot be driven"
+    return run_taken(ctx, taken)
+
+
 def drive_to(chain: Chain, tx_id: str, *steps: str) -> None:
     for step in steps:
-        outcome = h.drive(chain.ctx, step, tx_id)
-        assert outcome.kind in (OutcomeKind.ADVANCED, OutcomeKind.NOOP), (step, outcome)
+        report = run(chain.ctx, step, tx_id)
+        assert report.result in ("advanced", "noop", "restart", "wait"), (step, report)
 
 
 def sent(chain: Chain, f: h.Funded, amount: str = "1") -> str:
@@ -103,15 +116,20 @@ def attempts_of(tx_id: str) -> list[TransactionAttempt]:
         return rows
 
 
+def handed_to(tx_id: str) -> str | None:
+    """The step a message waits for (its outbox row), if any."""
+    with h.ctx().db.unit_of_work() as session:
+        return session.scalar(select(OutboxMessage.step).where(OutboxMessage.transaction_id == tx_id))
+
+
 def until_final(chain: Chain, tx_id: str, blocks: int = 8, limits: TrackerLimits = LIMITS) -> Transaction:
     """Mine and tick until the transfer is final, running here any step the tick handed it to."""
     for _ in range(blocks):
         chain.mine()
         assert tick(chain.ctx, "ethereum", limits).error is None
-        with h.ctx().db.unit_of_work() as session:
-            handed = session.scalar(select(OutboxMessage.step).where(OutboxMessage.transaction_id == tx_id))
+        handed = handed_to(tx_id)
         if handed is not None:
-            h.drive(chain.ctx, handed, tx_id)
+            run(chain.ctx, handed, tx_id)
         if h.load(tx_id).status != "PENDING":
             break
     return h.load(tx_id)
@@ -165,15 +183,15 @@ def test_a_bump_at_the_fee_cap_keeps_the_original_which_lands_when_the_spike_end
         chain.mine(3)
         assert chain.tick().bumps == 1
         drive_to(chain, tx_id, "bump_fee")
-        # Then the transfer keeps its transaction, says why, and goes back to its tracker
+        # Then the transfer keeps its transaction, says why, and is asked about one by one
         held = h.load(tx_id)
         assert (held.stage, held.sub_status, held.tx_hash, held.replacement_count) == (
             "BROADCAST", "at_fee_cap", first.tx_hash, 0)
-        assert held.tracked_at is not None and held.bump_armed_head is None
+        assert handed_to(tx_id) == "confirm" and held.bump_armed_head is None
     # And when the spike is over the original is mined and settles the transfer
     # (anvil drops a transaction its next block's base fee excludes: the confirm step, asking about
     # the quiet transfer one by one, sends the same bytes again once the node takes them)
-    final = until_final(chain, tx_id, blocks=60, limits=TrackerLimits(recheck_s=0.0))
+    final = until_final(chain, tx_id, blocks=80)
     assert (final.status, final.tx_hash, final.sub_status) == ("CONFIRMED", first.tx_hash, None)
     assert_chain_agrees(chain, f)
 
@@ -194,6 +212,7 @@ def test_a_bump_the_balance_cannot_cover_waits_for_funds_then_goes_through(stack
         waiting = h.load(tx_id)
         assert (waiting.stage, waiting.sub_status, waiting.replacement_count) == ("BROADCAST", "waiting_for_funds", 0)
         assert h.asset(f.assets["ETH"]).locked_balance == ETH + quote.max_fee
+        assert run(chain.ctx, "confirm", tx_id).result == "wait"  # asked once: still waiting, back to the tracker
         # When funds arrive, the next check bumps it
         chain.node.set_balance(f.address, 2 * ETH + quote.max_fee)
         with h.ctx().db.unit_of_work() as session:
@@ -218,9 +237,9 @@ def test_a_send_refused_as_underpriced_is_bumped_not_failed(stack, chain):
     with GasSpike(chain.node.rpc_url, 5):
         chain.mine(1)
         # When it is broadcast: refused ("max fee per gas less than block base fee")
-        outcome = h.drive(chain.ctx, "broadcast", tx_id)
+        report = run(chain.ctx, "broadcast", tx_id)
         # Then it is re-signed at a higher fee at once (never FAILED), sent, and confirmed
-        assert h.load(tx_id).stage == Stage.FUNDS_LOCKED.value, outcome
+        assert h.load(tx_id).stage == Stage.FUNDS_LOCKED.value, report
         drive_to(chain, tx_id, "request_signature", "broadcast")
         final = until_final(chain, tx_id)
     assert final.status == "CONFIRMED" and final.tx_hash != first.tx_hash and final.nonce == first.nonce
@@ -228,50 +247,52 @@ def test_a_send_refused_as_underpriced_is_bumped_not_failed(stack, chain):
     assert_chain_agrees(chain, f)
 
 
-class RefusingSigner:
-    """The stack's signer, refusing one request id for good (a policy refusal)."""
+class ScriptedSigner:
+    """The stack's signer, except for one request id: it never answers it, then (once `refuse`
+    is set) refuses it for good, as a policy engine would."""
 
-    def __init__(self, inner: Any, refused: str) -> None:
-        self.inner, self.refused = inner, refused
+    def __init__(self, inner: Any, request_id: str) -> None:
+        self.inner, self.request_id, self.refuse = inner, request_id, False
 
     def request_signature(self, request_id: str, key: Any, payloads: list[bytes]) -> None:
-        if request_id == self.refused:
-            from signer.base import SignerError
-
+        if request_id != self.request_id:
+            return self.inner.request_signature(request_id, key, payloads)
+        if self.refuse:
             raise SignerError("policy refuses this transfer")
-        self.inner.request_signature(request_id, key, payloads)
+
+    def fetch_signature(self, request_id: str) -> Any:
+        return None if request_id == self.request_id else self.inner.fetch_signature(request_id)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
 
-def test_a_nonce_left_by_a_failed_signing_is_filled_by_a_noop_and_later_nonces_land(stack, chain):
-    # Given two transfers of one account: the first gets nonce n and is refused by the signer
-    # after the second (nonce n+1) was sent: n+1 cannot be mined while n is missing
+def blocked_account(chain: Chain) -> tuple[h.Funded, str, str, ScriptedSigner]:
+    """Transfer a holds nonce n and waits for its signature; transfer b has n+1 and is sent."""
     f = chain.wallet(10 * ETH)
-    a = h.record_only(f, "ETH", "1")
-    b = h.record_only(f, "ETH", "2")
+    a, b = h.record_only(f, "ETH", "1"), h.record_only(f, "ETH", "2")
     drive_to(chain, a, "resolve_source", "validate_destination", "lock_funds")
     drive_to(chain, b, "resolve_source", "validate_destination", "lock_funds")
-    refusing = replace(chain.ctx, signer=RefusingSigner(chain.ctx.signer, f"{a}.0"))
-    h.drive(refusing, "request_signature", a)
-    assert h.load(a).status == "FAILED" and h.load(a).nonce is not None
-    # (a's nonce was allocated first: b's is the next one)
+    signer = ScriptedSigner(chain.ctx.signer, f"{a}.0")
+    chain.ctx = replace(chain.ctx, signer=signer)
+    assert run(chain.ctx, "request_signature", a).result == "wait"
     drive_to(chain, b, "request_signature", "broadcast")
-    gap = h.load(a).nonce
-    assert h.load(b).nonce == gap + 1
+    assert h.load(b).nonce == h.load(a).nonce + 1
     chain.mine(2)
-    assert h.load(b).status == "PENDING"
-    # When the tracker ticks: the released nonce is claimed by a NOOP transfer
+    assert h.load(b).status == "PENDING"  # n+1 cannot be mined while n is missing
+    return f, a, b, signer
+
+
+def fill_and_land(chain: Chain, f: h.Funded, gap: int, b: str) -> None:
+    """The next tick fills the gap with a NOOP transfer; it and b land."""
     report = chain.tick()
     assert any(f"nonce {gap} " in note for note in report.nonce_notes), report.nonce_notes
     with h.ctx().db.unit_of_work() as session:
-        noop = session.scalar(select(Transaction).where(Transaction.kind == "NOOP", Transaction.account_id == h.load(b).account_id))
+        noop = session.scalar(select(Transaction).where(Transaction.kind == "NOOP", Transaction.from_address == f.address))
         assert noop is not None and session.get(ReleasedNonce, (noop.account_id, gap)) is None
         noop_id = noop.transaction_id
     assert (h.load(noop_id).nonce, h.load(noop_id).amount, h.load(noop_id).to_address) == (gap, 0, f.address)
     drive_to(chain, noop_id, "lock_funds", "request_signature", "broadcast")
-    # Then both land: the NOOP (its fee debited to the native asset) and the transfer behind it
     for _ in range(8):
         chain.mine()
         chain.tick()
@@ -279,4 +300,34 @@ def test_a_nonce_left_by_a_failed_signing_is_filled_by_a_noop_and_later_nonces_l
             break
     assert (h.load(noop_id).status, h.load(b).status) == ("CONFIRMED", "CONFIRMED")
     assert h.ledger_entries(noop_id) == [("FEE", -h.load(noop_id).fee_paid)]  # a zero amount writes no DEBIT row
+
+
+def test_a_nonce_left_by_a_refused_signing_is_filled_by_a_noop_and_later_nonces_land(stack, chain):
+    # Given a holds nonce n unsigned while b (n+1) waits on chain; then the signer refuses a
+    f, a, b, signer = blocked_account(chain)
+    gap = h.load(a).nonce
+    signer.refuse = True
+    run(chain.ctx, "request_signature", a)
+    assert (h.load(a).status, h.load(a).failure_reason) == ("FAILED", "signature_refused")
+    # Then a NOOP transfer takes nonce n, and both it and b land
+    fill_and_land(chain, f, gap, b)
+    assert_chain_agrees(chain, f)
+
+
+def test_a_signing_that_stalls_gives_its_nonce_back_and_later_nonces_land(stack, chain):
+    # Given a holds nonce n and its signer never answers, while b (n+1) waits on chain
+    f, a, b, _ = blocked_account(chain)
+    gap = h.load(a).nonce
+    # When its signing passes the signature timeout
+    assert run(replace(chain.ctx, signature_timeout_s=0.0), "request_signature", a).result == "stalled"
+    # Then it gives nonce n back and waits for a new one, locks kept
+    stalled = h.load(a)
+    assert (stalled.stage, stalled.nonce, stalled.sub_status, stalled.status) == ("FUNDS_LOCKED", None, "nonce_released", "PENDING")
+    assert "nonce_released" in [e.reason for e in h.events(a)]
+    # And a NOOP transfer fills n, so b lands
+    fill_and_land(chain, f, gap, b)
+    # And a itself, asking again (a new request id, a new nonce), lands when its signer answers
+    drive_to(chain, a, "request_signature", "broadcast")
+    assert h.load(a).nonce == gap + 2 and h.load(a).signature_request_id == f"{a}.1"
+    assert until_final(chain, a).status == "CONFIRMED"
     assert_chain_agrees(chain, f)
