@@ -218,7 +218,8 @@ class EvmAdapter:
         sender, nonce = _sender_and_nonce(signed)
         if not self._chain_checked:
             self.verify_chain()
-        return evm_tracking.nonce_user(self._rpc, sender, nonce, self.spec.confirmations)
+        with self._rpc.pinned():  # the search and the block it ends on, from one node
+            return evm_tracking.nonce_user(self._rpc, sender, nonce, self.spec.confirmations)
 
     def next_nonce(self, address: str) -> int:
         return to_int(self._call("eth_getTransactionCount", [self.validate_address(address), "pending"]), "nonce")
@@ -298,13 +299,15 @@ class EvmAdapter:
         raise TransactionRejected("rejected_by_node", exc.node_message) from None
 
     def proves_unlandable(self, signed: SignedTransaction) -> bool:
-        """True when our nonce is unused at the head and our hash is unknown (module docstring)."""
+        """True when our nonce is unused at the head and our hash is unknown (module docstring);
+        every read from one endpoint (the order argument holds for one node, not across two)."""
         sender, nonce = _sender_and_nonce(signed)
-        head = to_int(self._call("eth_blockNumber", []), "block number")
-        mined = to_int(self._call("eth_getTransactionCount", [sender, hex(head)]), "nonce")
-        if mined > nonce:
-            return False  # our nonce is used, perhaps by this very transaction: never proof
-        return self._find_transaction(signed.tx_hash) is None
+        with self._rpc.pinned():
+            head = to_int(self._call("eth_blockNumber", []), "block number")
+            mined = to_int(self._call("eth_getTransactionCount", [sender, hex(head)]), "nonce")
+            if mined > nonce:
+                return False  # our nonce is used, perhaps by this very transaction: never proof
+            return self._find_transaction(signed.tx_hash) is None
 
     def _find_transaction(self, tx_hash: str) -> dict[str, Any] | None:
         found = self._call("eth_getTransactionByHash", [tx_hash])
@@ -314,6 +317,10 @@ class EvmAdapter:
         tx_hash = signed.tx_hash
         if not isinstance(tx_hash, str) or not _TX_HASH.match(tx_hash):
             raise MalformedTransaction(f"not an EVM transaction hash: {tx_hash!r}"[:200])
+        with self._rpc.pinned():  # receipt, canonical block and head from one node
+            return self._status_of(tx_hash)
+
+    def _status_of(self, tx_hash: str) -> TxStatus:
         receipt = self._call("eth_getTransactionReceipt", [tx_hash])
         if isinstance(receipt, dict) and receipt.get("blockHash"):
             number = to_int(receipt.get("blockNumber"), "receipt block number")
