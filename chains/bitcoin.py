@@ -57,6 +57,11 @@ the decisions that need a node, or that are policy:
   download proves nothing), then each input, whose answer must come from a node whose best block
   is at least that tip (its `bestblock` is the tip, or a main-chain block at or above its height).
   An input spent or unknown is never proof: it may be spent by this very transaction.
+  With several endpoints (chains/failover.py) every read of the proof goes to one node
+  (`chains.pinning.one_endpoint`): the tip of one node and the outputs of another would make the
+  `bestblock` check compare two chains. So do `get_status` (the transaction, its block header and
+  the mempool) and a `track` tick (tip, window and blocks). A node dying midway raises
+  ChainRpcError; the whole proof is asked again, and may then start on another endpoint.
 - balance_of is the sum of the address's spendable outputs as the UTXO source sees them (confirmed
   only with scantxoutset; immature coinbase left out), so after a confirmed send it has dropped
   by exactly amount + fee.
@@ -105,6 +110,7 @@ from chains.errors import (
     MalformedTransaction,
     TransactionRejected,
 )
+from chains.pinning import one_endpoint
 from chains.registry import ChainSpec, TokenSpec
 
 COINBASE_MATURITY = 100
@@ -453,9 +459,14 @@ class BitcoinAdapter:
         return True
 
     def get_status(self, signed: SignedTransaction) -> TxStatus:
+        """The transaction, its block's header and the mempool, all asked of one node."""
         txid = signed.tx_hash
         if not isinstance(txid, str) or not _TXID.match(txid):
             raise MalformedTransaction(f"not a bitcoin txid: {txid!r}"[:200])
+        with one_endpoint(self._rpc):
+            return self._status(signed, txid)
+
+    def _status(self, signed: SignedTransaction, txid: str) -> TxStatus:
         try:
             found = self._call("getrawtransaction", [txid, 2])
         except NodeRpcError as exc:
@@ -484,12 +495,17 @@ class BitcoinAdapter:
         if not self._chain_checked:
             self.verify_chain()
             checked = 1
-        observation = bitcoin_tracking.track(self._rpc, self.spec, self._fee_of, watched, cursor)
+        with one_endpoint(self._rpc):  # the tip, the window's hashes and its blocks: one node's chain
+            observation = bitcoin_tracking.track(self._rpc, self.spec, self._fee_of, watched, cursor)
         return replace(observation, rpc_calls=observation.rpc_calls + checked)
 
     def proves_unlandable(self, signed: SignedTransaction) -> bool:
         """True when every input is unspent at a node at least as far as the tip (module docstring)."""
         inputs = _inputs_of(signed)
+        with one_endpoint(self._rpc):
+            return self._inputs_unspent(inputs)
+
+    def _inputs_unspent(self, inputs: Sequence[tuple[str, int]]) -> bool:
         tip = self._synced_tip()
         if tip is None:
             return False

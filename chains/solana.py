@@ -1,6 +1,7 @@
 """`SolanaAdapter`: the ChainAdapter for the Solana family (SOL and SPL tokens).
 
-One adapter per registry entry; it talks to that entry's first RPC endpoint. Offline parts live in
+One adapter per registry entry; it talks to that entry's RPC endpoints (a failover pool,
+chains/failover.py; the first is the primary). Offline parts live in
 `chains.solana_address` (addresses, destination policy) and `chains.solana_tx` (message, payload,
 signature); node access and transport errors in `chains.solana_rpc`. This module holds the
 decisions that need a node:
@@ -40,7 +41,10 @@ decisions that need a node:
   flag and says null once the signature leaves its ~300-slot status cache; nor is
   `isBlockhashValid`: a lagging node says false for a blockhash it has not seen yet.)
   A lagging node cannot fool this: a node behind says a lower height in (a), and one behind S
-  refuses (b). Without a stored `last_valid_block_height` and `blockhash_slot` (contexts built
+  refuses (b). With several endpoints, the whole lookup (and `get_status`'s reads of a landed
+  transaction, and a `track` tick) is asked of one node (`chains.pinning.one_endpoint`): each
+  answer above carries its own guarantee, and one node answering all of them keeps it that way
+  (a node dying midway raises ChainRpcError; the whole proof is asked again). Without a stored `last_valid_block_height` and `blockhash_slot` (contexts built
   before the slot was stored), or with a context whose blockhash is not the one the bytes
   carry, nothing is proven: NOT_FOUND, never EXPIRED. The pipeline re-signs an EXPIRED one;
 - broadcast with preflight: "already processed" is success, "blockhash not found" is expired
@@ -86,6 +90,7 @@ from chains.errors import (
     MalformedTransaction,
     TransactionRejected,
 )
+from chains.pinning import one_endpoint
 from chains.registry import ChainSpec, TokenSpec
 from chains.solana_rpc import REQUEST_TIMEOUT_S, NodeRpcError, SolanaRpc, to_int, value_of
 
@@ -395,7 +400,8 @@ class SolanaAdapter:
 
     def _blockhash_not_found(self, exc: NodeRpcError, signed: SignedTransaction) -> str:
         """Expired only with proof (see `_lookup`); a repeat when it landed; transient otherwise."""
-        status, expired = self._lookup(signed)
+        with one_endpoint(self._rpc):
+            status, expired = self._lookup(signed)
         if status is not None:
             return signed.tx_hash  # it landed before its blockhash expired: this broadcast was a repeat
         if expired:
@@ -408,9 +414,10 @@ class SolanaAdapter:
 
     def get_status(self, signed: SignedTransaction) -> TxStatus:
         solana_tx.signature_bytes(signed.tx_hash)
-        status, expired = self._lookup(signed)
-        if status is not None:
-            return self._landed(signed, status)
+        with one_endpoint(self._rpc):  # the status, the proof or the landed transaction: one node's
+            status, expired = self._lookup(signed)
+            if status is not None:
+                return self._landed(signed, status)
         # Unknown and not proven dead: it may still land; the pipeline keeps polling/rebroadcasting.
         return TxStatus(TxState.EXPIRED if expired else TxState.NOT_FOUND)
 
@@ -418,7 +425,8 @@ class SolanaAdapter:
         """True iff `get_status` would say EXPIRED: the finalized height is past its last valid block
         height and the fee payer's finalized history, back to the blockhash's slot, lacks it."""
         solana_tx.signature_bytes(signed.tx_hash)
-        status, expired = self._lookup(signed)
+        with one_endpoint(self._rpc):
+            status, expired = self._lookup(signed)
         return status is None and expired
 
     def _lookup(self, signed: SignedTransaction) -> tuple[dict[str, Any] | None, bool]:
@@ -558,7 +566,8 @@ class SolanaAdapter:
             self.verify_cluster()
             checks = 1
         tracker = solana_tracking.SignatureTracker(self._rpc, self.spec.name, self.commitment, self.spec.confirmations)
-        observation = tracker.tick(watched, cursor)
+        with one_endpoint(self._rpc):  # statuses, head, blocks and fees: one node's view
+            observation = tracker.tick(watched, cursor)
         return Observation(head=observation.head, statuses=observation.statuses, cursor=observation.cursor,
                            rpc_calls=observation.rpc_calls + checks)
 

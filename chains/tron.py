@@ -38,7 +38,22 @@ decisions that need a node:
 - confirmations count from the head, but reach the registry's depth only once the block is
   solidified (irreversible), whatever the count says;
 - broadcast is idempotent: the node already having this txID (DUP_TRANSACTION_ERROR, or an
-  "expired"/TaPoS refusal for a transaction that is in fact on chain) is success.
+  "expired"/TaPoS refusal for a transaction that is in fact on chain) is success;
+- several endpoints (chains/failover.py): `get_status` (hence `proves_unlandable` and the check
+  of a broadcast refused as expired), `build_context` and a `track` tick read through
+  `_one_node()`: the full API's reads (receipt, head, block, pending pool) all go to one endpoint
+  of `_api`, and the solidity API's reads (solidified head, reference block, solidified blocks) to
+  one endpoint of `_solidity_api`, with no failover inside; a node dying midway raises
+  ChainRpcError and the whole proof is asked again. Without `solidity_port` both APIs are one
+  client, so one node answers the whole proof. With it, the two pools are pinned each on its own
+  (endpoint i of one need not be endpoint i of the other), and the pairs assumed consistent are
+  any full-API endpoint with any solidity endpoint of the chain: only solidified, irreversible
+  data crosses between them. The expiry proof is the solidity endpoint's alone (its solidified
+  head, reference block and blocks up to m); the full API's receipt lookup can only end it early
+  (found: not expired); the solidified head number that confirmations are compared with, and the
+  reference `build_context` takes, are final on every node. Not checked across the pair: that the
+  full-API node's block at or below that number is the solidified one (a node on a minority fork
+  below the solidified head); the pool's lag and stall checks are what keep such a node out.
 
 Options (`[chains.<name>.options]` in the registry), all optional:
     fee_limit_cap_sun    the highest fee_limit (sun) a TRC20 transfer may be given (default 100 TRX);
@@ -58,6 +73,7 @@ Options (`[chains.<name>.options]` in the registry), all optional:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
@@ -82,6 +98,7 @@ from chains.errors import (
     MalformedTransaction,
     TransactionRejected,
 )
+from chains.pinning import one_endpoint
 from chains.registry import ChainSpec, TokenSpec
 from chains.tron_rpc import REQUEST_TIMEOUT_S, TronHttpClient, node_message, to_int, with_port
 
@@ -240,6 +257,11 @@ class TronAdapter:
     def _head(self) -> _Block:
         return self._block("wallet/getnowblock")
 
+    def _one_node(self) -> AbstractContextManager[None]:
+        """Every read inside on one endpoint of each API (`chains.pinning`; one client without
+        `solidity_port`, so then one node answers everything)."""
+        return one_endpoint(self._api, self._solidity_api)
+
     def _solid_head(self) -> _Block:
         return self._block("walletsolidity/getnowblock")
 
@@ -340,8 +362,9 @@ class TronAdapter:
         of the two answers, so the reference is never newer than `timestamp`); a solidified head
         trailing the head by more than `_MAX_REFERENCE_LAG` blocks is refused (transient).
         """
-        solid = self._solid_head()
-        head = self._head()
+        with self._one_node():
+            solid = self._solid_head()
+            head = self._head()
         if head.number - solid.number > _MAX_REFERENCE_LAG:
             raise ChainRpcError(f"{self.spec.name}: the solidified head {solid.number} trails the head "
                                 f"{head.number} by more than {_MAX_REFERENCE_LAG} blocks; not a usable reference")
@@ -410,9 +433,14 @@ class TronAdapter:
         raise ChainRpcError(f"{self.spec.name}: broadcast not accepted ({detail or answer!r})"[:500])
 
     def get_status(self, signed: SignedTransaction) -> TxStatus:
+        """Asked of one node per API (module docstring, several endpoints)."""
         txid = signed.tx_hash
         if not tron_tx.is_txid(txid):
             raise MalformedTransaction(f"not a TRON txID: {txid!r}"[:200])
+        with self._one_node():
+            return self._status(signed, txid)
+
+    def _status(self, signed: SignedTransaction, txid: str) -> TxStatus:
         validity = _validity(signed)
         solid = self._solid_head()  # first: a transaction included after this read is still found below
         info = self._post("wallet/gettransactioninfobyid", {"value": txid})
@@ -435,7 +463,8 @@ class TronAdapter:
         `chains.tron_tracking` (imported here: it builds on this module)."""
         from chains.tron_tracking import track_blocks
 
-        return track_blocks(self, watched, cursor)
+        with self._one_node():  # heads, blocks and their infos: one node's chain per API
+            return track_blocks(self, watched, cursor)
 
     def _expiry_proof(self, txid: str, validity: Mapping[str, Any], solid: _Block) -> TxState | None:
         """EXPIRED when no block that could ever hold the transaction does; None when not proven.
