@@ -278,14 +278,12 @@ class EvmAdapter:
             if self._find_transaction(signed.tx_hash) is not None:
                 return signed.tx_hash  # the node has these very bytes: a repeated broadcast
             if any(k in message for k in _NONCE_TOO_LOW):
-                # Not proof of failure: our own bytes may be mined already and this node lags (or
-                # the first send's answer was lost). Failing would release the locks while the
-                # value may have left, and handing the nonce out again would refuse every later
-                # transfer. Retry; if it persists the transfer stalls with this reason for ops.
-                raise ChainRpcError(
-                    f"{self.spec.name}: nonce of {signed.tx_hash} is already used and the node does not show "
-                    "this transaction (yet); not failing without proof"
-                ) from None
+                # Not proof of failure by itself: our own bytes may be mined already and this node
+                # lags (or the first send's answer was lost). The pipeline asks `nonce_taken_by`
+                # which transaction used the nonce before it decides anything.
+                raise TransactionRejected(
+                    "nonce_too_low", f"nonce of {signed.tx_hash} is already used and the node does not show "
+                    "this transaction", nonce_consumed=True) from None
             raise exc  # "already known" yet not findable: ask again later
         if "insufficient funds" in message:
             raise TransactionRejected("insufficient_funds_for_fee", exc.node_message) from None

@@ -94,6 +94,12 @@ def adopt_hash(session: Session, tx: Transaction, tx_hash: str) -> None:
     adopt(tx, attempt)
 
 
+def hashes(session: Session, tx: Transaction) -> set[str]:
+    """Every hash the transfer ever signed (lower case), dead ones included."""
+    found = session.scalars(select(TransactionAttempt.tx_hash).where(TransactionAttempt.transaction_id == tx.transaction_id))
+    return {value.lower() for value in found} | ({tx.tx_hash.lower()} if tx.tx_hash else set())
+
+
 def mark_all_dead(session: Session, tx: Transaction) -> None:
     """Every attempt of the transfer is proven never to land (its nonce was used by another)."""
     session.execute(update(TransactionAttempt).where(TransactionAttempt.transaction_id == tx.transaction_id)

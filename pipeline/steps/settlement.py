@@ -93,6 +93,8 @@ def _refused(ctx: StepContext, run: Run, attempt: Attempt, adapter: ChainAdapter
         return Outcome(OutcomeKind.WAIT, Stage(attempt.stage), _poll_s(ctx, adapter))
     if exc.reason == UNDERPRICED:  # a first send, a replacement, or a rebroadcast of a dropped one
         return _bump_refused(ctx, run, attempt, adapter, exc)
+    if exc.reason == NONCE_TOO_LOW and adapter.uses_account_nonce:
+        return _nonce_used(ctx, run, attempt, adapter, signed, exc)
     if _has_live_others(ctx, run, attempt):
         # A replacement refused for another reason (its nonce or inputs already spent: most likely
         # by the transaction it replaces, mined meanwhile): follow the attempts that were sent.
@@ -117,6 +119,36 @@ def _bump_refused(ctx: StepContext, run: Run, attempt: Attempt, adapter: ChainAd
         record_note(session, tx, UNDERPRICED, exc.detail[:1000])
         attempt = Attempt.of(tx)
     return raise_fee(ctx, run, attempt, adapter, intent, refused)
+
+
+NONCE_TOO_LOW = "nonce_too_low"
+
+
+def _nonce_used(ctx: StepContext, run: Run, attempt: Attempt, adapter: ChainAdapter, signed: SignedTransaction,
+                exc: TransactionRejected) -> Outcome:
+    """The node says our nonce is used and does not show our transaction. Which transaction used
+    it, read from the block that did (at depth): one of ours -> it is on chain, follow it; another
+    -> nothing of this transfer can land, FAILED nonce_consumed; not deep yet -> retried."""
+    with ctx.db.unit_of_work() as session:
+        ours = attempts.hashes(session, load_held(session, run, attempt)) | {signed.tx_hash.lower()}
+    taken_by = adapter.nonce_taken_by(signed)
+    if taken_by is None:
+        raise UnprovenRejection(f"send refused ({exc.detail[:200]}); which transaction used the nonce is not known yet")
+    if taken_by.lower() in ours:
+        if Stage(attempt.stage) is Stage.SIGNED:
+            return _mark_broadcast(ctx, run, attempt, detail=f"{taken_by} is already mined", reason="already_mined")
+        return Outcome(OutcomeKind.WAIT, Stage(attempt.stage), _poll_s(ctx, adapter))
+    with ctx.db.unit_of_work() as session:
+        tx = load_held(session, run, attempt)
+        _fail_nonce_consumed(session, tx, taken_by)
+        return Outcome.of(OutcomeKind.FINAL, tx)
+
+
+def _fail_nonce_consumed(session: Session, tx: Transaction, taken_by: str) -> None:
+    attempts.mark_all_dead(session, tx)
+    fail(session, tx, FailureReason.NONCE_CONSUMED,
+         f"nonce {tx.nonce} was used by {taken_by}, not by any transaction of this transfer; nothing of it can land",
+         nonce_unused=False)
 
 
 def _has_live_others(ctx: StepContext, run: Run, attempt: Attempt) -> bool:
@@ -158,11 +190,12 @@ def confirm(ctx: StepContext, run: Run) -> Outcome:
             return Outcome.of(OutcomeKind.NOOP, tx)
         chain, sent, attempt = tx.chain, signed_of(tx), Attempt.of(tx)
         others = [attempt_signed(other) for other in attempts.live_others(session, tx)]
+        ours = attempts.hashes(session, tx) if tx.replacement_count else {(tx.tx_hash or "").lower()}
     spec = ctx.registry.chain(chain)
     adapter = ctx.adapter_for(chain)
     poll = _poll_s(ctx, adapter)
     status, landed = _landed_attempt(adapter, sent, others)
-    taken_by = _nonce_taken_by(adapter, sent, others) if status.state is TxState.NOT_FOUND else None
+    taken_by = _nonce_taken_by(adapter, sent, ours) if status.state is TxState.NOT_FOUND else None
 
     rebroadcast = False
     outcome_kind = OutcomeKind.WAIT
@@ -170,10 +203,7 @@ def confirm(ctx: StepContext, run: Run) -> Outcome:
         tx = load_held(session, run, attempt)
         touch(tx)
         if taken_by is not None:
-            attempts.mark_all_dead(session, tx)
-            fail(session, tx, FailureReason.NONCE_CONSUMED,
-                 f"nonce {tx.nonce} was used by {taken_by}, not by any transaction of this transfer; nothing of it can land",
-                 nonce_unused=False)
+            _fail_nonce_consumed(session, tx, taken_by)
             return Outcome.of(OutcomeKind.FINAL, tx)
         if status.state in (TxState.INCLUDED, TxState.REVERTED):
             if landed is not None:
@@ -225,13 +255,12 @@ def _landed_attempt(adapter: ChainAdapter, sent: SignedTransaction,
     return status, None
 
 
-def _nonce_taken_by(adapter: ChainAdapter, sent: SignedTransaction, others: list[SignedTransaction]) -> str | None:
+def _nonce_taken_by(adapter: ChainAdapter, sent: SignedTransaction, ours: set[str]) -> str | None:
     """The hash of a transaction that is not ours and used this transfer's nonce, at depth (the
     key used outside the pipeline): proof that none of its attempts can land. None otherwise."""
     if not adapter.uses_account_nonce:
         return None
     taken_by = adapter.nonce_taken_by(sent)
-    ours = {sent.tx_hash.lower(), *(other.tx_hash.lower() for other in others)}
     return taken_by if taken_by is not None and taken_by.lower() not in ours else None
 
 

@@ -236,14 +236,14 @@ def test_rebroadcast_of_bytes_the_node_has_is_success(node, message: str) -> Non
     assert _adapter(url).broadcast(SIGNED) == TX_HASH
 
 
-def test_nonce_too_low_without_our_transaction_visible_is_retried_not_failed(node) -> None:
-    # Our bytes may be mined already behind a lagging node: failing would release locks on value
-    # that may have left, and releasing the nonce would make every later transfer refuse again.
+def test_nonce_too_low_without_our_transaction_visible_is_a_refusal_that_says_the_nonce_is_used(node) -> None:
+    # Our bytes may be mined already behind a lagging node: the refusal says only that the nonce
+    # is used (never releasable); the pipeline asks nonce_taken_by which transaction used it.
     fake, url = node
     fake.answers.update({"eth_sendRawTransaction": RpcError(-32000, "nonce too low"), "eth_getTransactionByHash": None})
-    with pytest.raises(ChainRpcError) as info:
+    with pytest.raises(TransactionRejected) as info:
         _adapter(url).broadcast(SIGNED)
-    assert info.value.transient and "not failing without proof" in str(info.value)
+    assert (info.value.reason, info.value.nonce_consumed) == ("nonce_too_low", True)
 
 
 @pytest.mark.parametrize(
