@@ -4,12 +4,15 @@
 The numbers come from the database (`pipeline.stats.snapshot`) and from Redis (queue lengths).
 The database is required: a problem there is the CLI's usual one-line error. The broker is not:
 when Redis does not answer, queue depths are shown as unknown and one warning line says why, so
-the command still helps when the broker is what is broken.
+the command still helps when the broker is what is broken. Nor are the chains' nodes: every RPC
+endpoint of the chains the deployment uses is probed now, in bounded time (`workers.rpc_status`),
+and one that does not answer is a row marked unhealthy with the reason, never an error
+(`--json`: key "rpc").
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.models import utcnow
@@ -23,11 +26,13 @@ UNKNOWN = "unknown"
 
 @dataclass(frozen=True)
 class StatusReport:
-    """A snapshot and the queue depths (None when the broker could not be asked, with why)."""
+    """A snapshot, the queue depths (None when the broker could not be asked, with why) and the
+    RPC endpoints' health (`workers.rpc_status` rows)."""
 
     snapshot: Snapshot
     queues: dict[str, int] | None
     broker_error: str | None
+    rpc: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         snap = self.snapshot
@@ -45,6 +50,7 @@ class StatusReport:
             "webhooks": {"pending": snap.webhooks_pending, "due": snap.webhooks_due,
                          "oldest_due_s": snap.webhooks_oldest_due_s, "failed": snap.webhooks_failed,
                          "attempts": snap.webhook_attempts},
+            "rpc": self.rpc,
         }
 
 
@@ -56,20 +62,23 @@ def broker_shown(url: str) -> str:
 
 
 def gather(settings: Settings) -> StatusReport:
-    """Read the database (errors propagate: the CLI prints them in one line) and the broker."""
+    """Read the database (errors propagate: the CLI prints them in one line), the broker and the
+    chains' RPC endpoints (never an error: `workers.rpc_status`)."""
     from pipeline.db import get_database
     from workers.app import ALL_QUEUES
+    from workers.rpc_status import gather_rpc
 
     with get_database(settings.database_url).reading() as session:
         snap = snapshot(session, utcnow())
+    rpc = gather_rpc(settings)
     try:
-        return StatusReport(snap, queue_depths(settings.broker_url, ALL_QUEUES), None)
+        return StatusReport(snap, queue_depths(settings.broker_url, ALL_QUEUES), None, rpc)
     except Exception as exc:  # noqa: BLE001 - redis raises several types; the status is still useful
         from workers.logconfig import redact
 
         reason = redact(" ".join(str(exc).split()))[:160]
         return StatusReport(snap, None, f"broker unreachable at {broker_shown(settings.broker_url)}: "
-                                  f"{type(exc).__name__}: {reason}")
+                                  f"{type(exc).__name__}: {reason}", rpc)
 
 
 def _age(seconds: float | None) -> str:
@@ -84,9 +93,12 @@ def _age(seconds: float | None) -> str:
 
 
 def render(status: StatusReport) -> Any:
-    """The rich renderable: queues, pending by stage, transfers by chain, failures, webhooks."""
+    """The rich renderable: queues, pending by stage, transfers by chain, failures, webhooks,
+    trackers, RPC endpoints."""
     from rich.console import Group
     from rich.table import Table
+
+    from workers.rpc_status import rpc_table
 
     snap = status.snapshot
     queues = Table("queue", "waiting", title="queues (Redis)")
@@ -124,7 +136,7 @@ def render(status: StatusReport) -> Any:
     for chain, state in sorted(snap.trackers.items()):
         trackers.add_row(chain, str(state.tracked), "" if state.head is None else str(state.head),
                          "never" if state.last_tick_age_s is None else f"{_age(state.last_tick_age_s)} ago")
-    return Group(queues, pending, chains, failures, backlog, trackers)
+    return Group(queues, pending, chains, failures, backlog, trackers, rpc_table(status.rpc))
 
 
 def run_status(settings: Settings, as_json: bool) -> None:
