@@ -86,6 +86,15 @@ def _noop_transfer(account: Account, native: Asset, nonce: int, new_id: str) -> 
         normalized_to_address=account.address, nonce=nonce, sub_status="gap_fill")
 
 
+def resync(session: Session, account_id: str, pending: int) -> bool:
+    """Move the account's cursor up to the chain's pending nonce (never down). True if it moved."""
+    cursor = session.scalar(select(NonceCursor).where(NonceCursor.account_id == account_id).with_for_update())
+    if cursor is None or pending <= cursor.next_nonce:
+        return False
+    cursor.next_nonce = pending
+    return True
+
+
 def reconcile(session: Session, chain: str, chain_nonces: Mapping[str, tuple[int, int]]) -> list[str]:
     """Move cursors up to the chain's pending nonce where the key was used outside the pipeline,
     and forget released nonces the chain has used. `chain_nonces`: address -> (latest, pending).

@@ -44,7 +44,8 @@ class FailureReason(str, enum.Enum):
     REVERTED = "reverted"
     EXPIRED = "expired"  # used as the reason of a replacement, never a final failure
     # Another transaction of the same account (the key used outside the pipeline) took this
-    # transfer's nonce: proven from the block that holds it; none of ours can land.
+    # transfer's nonce, proven from the block that holds it: the reason of a re-signing with a
+    # new nonce, never a final failure.
     NONCE_CONSUMED = "nonce_consumed"
     FEE_ABOVE_CAP = "fee_above_cap"  # the fee the chain would charge now exceeds the registry's cap
 

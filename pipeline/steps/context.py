@@ -133,6 +133,15 @@ def replace_for_fee(session: Session, tx: Transaction, detail: str) -> None:
     _resign(session, tx, "fee_bump", f"replacing {tx.tx_hash}: {detail}")
 
 
+def replace_used_nonce(session: Session, tx: Transaction, detail: str) -> None:
+    """Its nonce was used by a transaction that is not ours (proven from the block, at depth):
+    none of its attempts can land. Every attempt is DEAD and it is re-signed with a new nonce
+    (the caller has moved the account's cursor past the nonces used outside)."""
+    attempts.mark_all_dead(session, tx)
+    tx.nonce = None
+    _resign(session, tx, FailureReason.NONCE_CONSUMED.value, detail)
+
+
 def _resign(session: Session, tx: Transaction, reason: str, detail: str) -> None:
     """Back to FUNDS_LOCKED for a new signature: the only way a transfer is ever signed twice."""
     tx.unsigned_payload = tx.signing_payloads = tx.build_context = None

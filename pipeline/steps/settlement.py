@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from chains.base import ChainAdapter, SignedTransaction, TxState, TxStatus
 from chains.errors import TransactionRejected
 from pipeline import ledger
-from pipeline import attempts
+from pipeline import attempts, nonces
 from pipeline.driving import Attempt, Run, load_held
 from pipeline.errors import ReplacementLimit, UnprovenRejection
 from pipeline.lifecycle import advance, record_note, stage_of
@@ -38,6 +38,7 @@ from pipeline.steps.context import (
     locked_amounts,
     release_utxos,
     replace_expired,
+    replace_used_nonce,
     signed_of,
     touch,
 )
@@ -128,7 +129,7 @@ def _nonce_used(ctx: StepContext, run: Run, attempt: Attempt, adapter: ChainAdap
                 exc: TransactionRejected) -> Outcome:
     """The node says our nonce is used and does not show our transaction. Which transaction used
     it, read from the block that did (at depth): one of ours -> it is on chain, follow it; another
-    -> nothing of this transfer can land, FAILED nonce_consumed; not deep yet -> retried."""
+    -> nothing of this transfer can land: re-signed with a new nonce; not deep yet -> retried."""
     with ctx.db.unit_of_work() as session:
         ours = attempts.hashes(session, load_held(session, run, attempt)) | {signed.tx_hash.lower()}
     taken_by = adapter.nonce_taken_by(signed)
@@ -138,17 +139,22 @@ def _nonce_used(ctx: StepContext, run: Run, attempt: Attempt, adapter: ChainAdap
         if Stage(attempt.stage) is Stage.SIGNED:
             return _mark_broadcast(ctx, run, attempt, detail=f"{taken_by} is already mined", reason="already_mined")
         return Outcome(OutcomeKind.WAIT, Stage(attempt.stage), _poll_s(ctx, adapter))
+    return _renonce(ctx, run, attempt, adapter, signed, taken_by)
+
+
+def _renonce(ctx: StepContext, run: Run, attempt: Attempt, adapter: ChainAdapter, signed: SignedTransaction,
+             taken_by: str) -> Outcome:
+    """The nonce went to a transaction not ours: the cursor moves past what the chain has used
+    (the key is used outside the pipeline) and the transfer is re-signed with a new nonce."""
+    with ctx.db.unit_of_work() as session:
+        sender = load_held(session, run, attempt).from_address
+    pending = adapter.next_nonce(sender)
     with ctx.db.unit_of_work() as session:
         tx = load_held(session, run, attempt)
-        _fail_nonce_consumed(session, tx, taken_by)
-        return Outcome.of(OutcomeKind.FINAL, tx)
-
-
-def _fail_nonce_consumed(session: Session, tx: Transaction, taken_by: str) -> None:
-    attempts.mark_all_dead(session, tx)
-    fail(session, tx, FailureReason.NONCE_CONSUMED,
-         f"nonce {tx.nonce} was used by {taken_by}, not by any transaction of this transfer; nothing of it can land",
-         nonce_unused=False)
+        moved = nonces.resync(session, tx.account_id or "", pending)
+        replace_used_nonce(session, tx, f"nonce {tx.nonce} was used by {taken_by}, not by this transfer"
+                                        + (f"; the account's next nonce is now {pending}" if moved else ""))
+        return conclude_within(ctx, session, run, tx, OutcomeKind.RESTART, step="request_signature")
 
 
 def _has_live_others(ctx: StepContext, run: Run, attempt: Attempt) -> bool:
@@ -196,15 +202,14 @@ def confirm(ctx: StepContext, run: Run) -> Outcome:
     poll = _poll_s(ctx, adapter)
     status, landed = _landed_attempt(adapter, sent, others)
     taken_by = _nonce_taken_by(adapter, sent, ours) if status.state is TxState.NOT_FOUND else None
+    if taken_by is not None:
+        return _renonce(ctx, run, attempt, adapter, sent, taken_by)
 
     rebroadcast = False
     outcome_kind = OutcomeKind.WAIT
     with ctx.db.unit_of_work() as session:
         tx = load_held(session, run, attempt)
         touch(tx)
-        if taken_by is not None:
-            _fail_nonce_consumed(session, tx, taken_by)
-            return Outcome.of(OutcomeKind.FINAL, tx)
         if status.state in (TxState.INCLUDED, TxState.REVERTED):
             if landed is not None:
                 attempts.adopt_hash(session, tx, landed.tx_hash)

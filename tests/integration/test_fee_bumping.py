@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from chains.base import TransferIntent
+from chains.base import Curve, TransferIntent
 from chains.evm import EvmAdapter
 from devnet.anvil import AnvilNode
 from devnet.gas_spike import GasSpike
@@ -31,7 +31,7 @@ from pipeline.steps import StepContext
 from pipeline.steps.handover import StepReport
 from pipeline.steps.runner import run_taken
 from pipeline.tracking import TrackerLimits, tick
-from signer.base import SignerError
+from signer.base import KeyRef, SignerError
 from tests.integration import helpers as h
 from workers.services import onboard_wallet
 from workers.stack import EmbeddedStack
@@ -331,3 +331,44 @@ def test_a_signing_that_stalls_gives_its_nonce_back_and_later_nonces_land(stack,
     assert h.load(a).nonce == gap + 2 and h.load(a).signature_request_id == f"{a}.1"
     assert until_final(chain, a).status == "CONFIRMED"
     assert_chain_agrees(chain, f)
+
+
+def sign_outside(chain: Chain, f: h.Funded, nonce: int) -> str:
+    """A transaction of the wallet's key made and sent outside the pipeline (an operator's
+    script, another system holding the same key): 1 wei to a fresh address at `nonce`."""
+    intent = TransferIntent(f.address, h.fresh_address(), 1, chain.adapter.spec.native)
+    unsigned = chain.adapter.build(intent, chain.adapter.quote_fee(intent), nonce, {})
+    key = KeyRef(f.wallet_id, "evm", Curve.SECP256K1)
+    request_id = f"outside.{secrets.token_hex(4)}"
+    chain.ctx.signer.request_signature(request_id, key, list(unsigned.digests))
+    signed = chain.adapter.attach_signature(unsigned.payload, chain.ctx.signer.fetch_signature(request_id))
+    return chain.adapter.broadcast(signed)
+
+
+def test_a_nonce_used_outside_the_pipeline_is_proven_then_the_transfer_is_re_signed_past_it(stack, chain):
+    # Given a transfer signed at nonce n, and the same key used outside for n and n+1 meanwhile
+    f = chain.wallet(10 * ETH)
+    tx_id = h.record_only(f, "ETH", "1")
+    drive_to(chain, tx_id, "resolve_source", "validate_destination", "lock_funds", "request_signature")
+    first = h.load(tx_id)
+    n = first.nonce
+    foreign = sign_outside(chain, f, n)
+    sign_outside(chain, f, n + 1)
+    chain.mine(1)
+    # When it is broadcast: "nonce too low". Not yet deep enough to say who used it: no decision
+    assert run(chain.ctx, "broadcast", tx_id).result == "retry"
+    assert (h.load(tx_id).status, h.load(tx_id).stage) == ("PENDING", "SIGNED")
+    # Then once the block that used the nonce is at depth: its attempt is dead, the account's
+    # cursor moves past the nonces used outside, and it is re-signed at n+2 and lands, once
+    chain.mine(3)
+    assert run(chain.ctx, "broadcast", tx_id).result == "restart"
+    moved = h.load(tx_id)
+    assert (moved.stage, moved.nonce, moved.replacement_count) == ("FUNDS_LOCKED", None, 1)
+    event = h.events(tx_id)[-1]
+    assert event.reason == "nonce_consumed" and foreign in event.detail
+    drive_to(chain, tx_id, "request_signature", "broadcast")
+    assert h.load(tx_id).nonce == n + 2
+    final = until_final(chain, tx_id)
+    assert final.status == "CONFIRMED"
+    assert [(a.nonce, a.state) for a in attempts_of(tx_id)] == [(n, "DEAD"), (n + 2, "LANDED")]
+    assert chain.node.balance(final.normalized_to_address) == ETH
