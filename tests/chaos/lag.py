@@ -25,6 +25,12 @@ was recorded: a node that far behind is still consistent, and it is what makes a
 transaction carry an already expired blockhash or TaPoS reference now and then.
 
 Writes (sendTransaction, broadcasttransaction, faucets) are never eligible.
+
+Solana JSON-RPC batches (a JSON array body: the build context's getLatestBlockhash and
+getRecentPrioritizationFees travel as one) are lagged too, call by call under the same rules,
+so a freshly built Solana transaction can still carry an expired blockhash; a batch with any
+write in it is never lagged (`SolanaLag`). A lagged batch is one "lag" fault (one request);
+`kinds` counts each of its calls answered from the lagging view.
 """
 
 from __future__ import annotations
@@ -126,30 +132,61 @@ class Lagger:
 
 SOLANA_HEADS = {"getSlot", "getBlockHeight", "getLatestBlockhash", "getEpochInfo"}
 SOLANA_LOOKUPS = {"getSignatureStatuses", "isBlockhashValid", "getTransaction", "getSignaturesForAddress", "getBlock"}
-SOLANA_READS = SOLANA_HEADS | SOLANA_LOOKUPS | {"getBalance", "getAccountInfo", "getTokenAccountBalance"}
+SOLANA_READS = SOLANA_HEADS | SOLANA_LOOKUPS | {"getBalance", "getAccountInfo", "getTokenAccountBalance",
+                                                 "getRecentPrioritizationFees"}
 COMMITMENTS = ("processed", "confirmed", "finalized")
 API_VERSION = "2.1.0"
 
 
 class SolanaLag(Lagger):
-    """JSON-RPC 2.0: a request is keyed by (method, params); the answer's `id` is the asker's."""
+    """JSON-RPC 2.0: a request is keyed by (method, params); the answer's `id` is the asker's.
+
+    A batch (a JSON array of requests: the adapter's build context asks getLatestBlockhash and
+    getRecentPrioritizationFees in one) reaches one node behind a load balancer, so it is lagged
+    as a whole or not at all (one roll of the proxy's lag chance, one "lag" fault: one request),
+    and only if every call in it is a read. Lagged, each call is answered as the same call alone
+    would be (an old answer, a "not seen yet" one, or the live one when the lagging view has
+    nothing to say; the live ones are asked in one batch), replies in the order of the calls. The
+    batch's lagged answers count in `kinds` only if the batch is served from the lagging view."""
 
     def __init__(self, lag_s: float) -> None:
         super().__init__(lag_s)
         self.blockhash_max_age = 150
         self._last_valid: dict[str, int] = {}  # blockhash -> lastValidBlockHeight, from getLatestBlockhash answers
         self._lock = threading.Lock()
+        self._held = threading.local()  # kinds of a batch being answered, counted once it is served
 
     @staticmethod
-    def _request(body: bytes) -> dict[str, Any] | None:
+    def _call(request: Any) -> dict[str, Any] | None:
+        """A JSON-RPC request object with a method and a params list, or None."""
+        if not isinstance(request, dict) or not isinstance(request.get("method"), str):
+            return None
+        return request if isinstance(request.get("params", []), list) else None
+
+    @classmethod
+    def _request(cls, body: bytes) -> dict[str, Any] | None:
+        """The single request of `body` (None for a batch or garbage)."""
         try:
-            request = json.loads(body)
+            return cls._call(json.loads(body))
         except ValueError:
             return None
-        if not isinstance(request, dict) or not isinstance(request.get("method"), str):
-            return None  # batches and garbage are never lagged
-        params = request.get("params", [])
-        return request if isinstance(params, list) else None
+
+    @classmethod
+    def _batch(cls, body: bytes) -> list[dict[str, Any]] | None:
+        """The requests of a batch body (a non-empty JSON array of requests), None otherwise."""
+        try:
+            requests = json.loads(body)
+        except ValueError:
+            return None
+        if not isinstance(requests, list) or not requests:
+            return None
+        calls = [cls._call(request) for request in requests]
+        return None if any(call is None for call in calls) else calls  # type: ignore[return-value]
+
+    def _served(self, kind: str) -> None:
+        """Count one lagged answer now, or hold it for the batch being answered."""
+        held = getattr(self._held, "kinds", None)
+        (held if held is not None else self.kinds)[kind] += 1
 
     @staticmethod
     def _key(method: str, params: list[Any]) -> str:
@@ -188,18 +225,30 @@ class SolanaLag(Lagger):
                     self._last_valid[value["blockhash"]] = value["lastValidBlockHeight"]
 
     def eligible(self, path: str, body: bytes) -> bool:
+        """A read, or a batch of reads only (a batch with a write in it is never lagged)."""
         request = self._request(body)
-        return request is not None and request["method"] in SOLANA_READS
+        calls = [request] if request is not None else self._batch(body) or []
+        return bool(calls) and all(call["method"] in SOLANA_READS for call in calls)
 
     def observe(self, path: str, body: bytes, answer: bytes) -> None:
+        """Record the live answer of a read (of each read of a batch, its reply matched by id)."""
         request = self._request(body)
-        if request is None or request["method"] not in SOLANA_READS:
-            return
         try:
             reply = json.loads(answer)
         except ValueError:
             return
-        if isinstance(reply, dict) and reply.get("error") is None and "result" in reply:
+        if request is not None:
+            self._observe_one(request, reply)
+            return
+        calls = self._batch(body)
+        if calls is not None and isinstance(reply, list):
+            replies = {r.get("id"): r for r in reply if isinstance(r, dict)}
+            for call in calls:
+                self._observe_one(call, replies.get(call.get("id")))
+
+    def _observe_one(self, request: dict[str, Any], reply: Any) -> None:
+        if request["method"] in SOLANA_READS and isinstance(reply, dict) and reply.get("error") is None \
+                and "result" in reply:
             self._record(request["method"], request.get("params", []), reply["result"])
 
     def old_slot(self, commitment: str) -> int | None:
@@ -208,12 +257,50 @@ class SolanaLag(Lagger):
 
     def answer(self, path: str, body: bytes, forward: Forward) -> bytes | None:
         request = self._request(body)
-        if request is None:
+        if request is not None:
+            return self._answer(path, request, body, forward)
+        calls = self._batch(body)
+        if calls is None or not all(call["method"] in SOLANA_READS for call in calls):
             return None
+        return self._answer_batch(path, calls, forward)
+
+    def _answer_batch(self, path: str, calls: list[dict[str, Any]], forward: Forward) -> bytes | None:
+        """Each call answered as alone (class docstring); None (forward the batch as usual) when
+        no call gets a lagged answer or the live ones cannot be had."""
+        self._held.kinds = held = Counter()
+        try:
+            lagged = [self._answer(path, call, json.dumps(call).encode(), forward) for call in calls]
+        finally:
+            del self._held.kinds
+        if not held:
+            return None  # every answer is the live one: not a lagged request
+        live = self._live(path, [call for call, answer in zip(calls, lagged) if answer is None], forward)
+        if live is None:
+            return None
+        replies = [json.loads(answer) if answer is not None else live[call.get("id")] for call, answer in zip(calls, lagged)]
+        with self._lock:
+            self.kinds.update(held)
+        return json.dumps(replies).encode()
+
+    def _live(self, path: str, calls: list[dict[str, Any]], forward: Forward) -> dict[Any, Any] | None:
+        """The live node's replies to `calls` (one batch request), by id, recorded; None if any is missing."""
+        if not calls:
+            return {}
+        status, data = forward(path, json.dumps(calls).encode())
+        answer = json.loads(data) if status == 200 else None
+        replies = {r.get("id"): r for r in answer if isinstance(r, dict)} if isinstance(answer, list) else {}
+        if any(call.get("id") not in replies for call in calls):
+            return None
+        for call in calls:
+            self._observe_one(call, replies[call.get("id")])
+        return replies
+
+    def _answer(self, path: str, request: dict[str, Any], body: bytes, forward: Forward) -> bytes | None:
+        """The lagged answer to one request (`body` is its bytes), or None for the live one."""
         method, params, ident = request["method"], request.get("params", []), request.get("id")
         old = self.store.aged(self._key(method, params), self.lag_s)
         if old is not None:
-            self.kinds["old"] += 1
+            self._served("old")
             return self._reply(ident, old)
         if method not in SOLANA_LOOKUPS:
             return None  # heads and balances without an old enough answer: the live node answers
@@ -238,14 +325,14 @@ class SolanaLag(Lagger):
                 return None
             if all(entry is None or (isinstance(entry, dict) and isinstance(entry.get("slot"), int)
                                      and entry["slot"] > processed) for entry in value):
-                self.kinds["unseen"] += 1
+                self._served("unseen")
                 return self._reply(ident, {"context": {"slot": processed, "apiVersion": API_VERSION},
                                            "value": [None] * len(value)})
             return data  # the old head had seen it: a lagging node answers as the live one
         if method == "getTransaction":
             if result is None or (isinstance(result, dict) and isinstance(result.get("slot"), int)
                                   and result["slot"] > processed):
-                self.kinds["unseen"] += 1
+                self._served("unseen")
                 return self._reply(ident, None)
             return data
         if method == "getSignaturesForAddress":
@@ -265,7 +352,7 @@ class SolanaLag(Lagger):
             return None
         wanted = config.get("minContextSlot")
         if isinstance(wanted, int) and old < wanted:
-            self.kinds["unseen"] += 1
+            self._served("unseen")
             return self._error(ident, -32016, "Minimum context slot has not been reached", {"contextSlot": old})
         kept = [entry for entry in result if isinstance(entry, dict) and isinstance(entry.get("slot"), int)
                 and entry["slot"] <= old]
@@ -273,7 +360,7 @@ class SolanaLag(Lagger):
             return live
         if len(result) >= int(config.get("limit", 1000)):
             return None
-        self.kinds["unseen"] += 1
+        self._served("unseen")
         return self._reply(ident, kept)
 
     def _block(self, ident: Any, params: list[Any]) -> bytes | None:
@@ -282,7 +369,7 @@ class SolanaLag(Lagger):
         old = self._commitment_slot(params, 1)
         if slot is None or old is None or slot <= old:
             return None
-        self.kinds["unseen"] += 1
+        self._served("unseen")
         return self._error(ident, -32004, f"Block not available for slot {slot}", None)
 
     @staticmethod
@@ -304,7 +391,7 @@ class SolanaLag(Lagger):
             return None  # a blockhash we never saw issued: no consistent old answer to give
         made = last_valid - self.blockhash_max_age
         valid = made <= processed and at_commitment <= last_valid
-        self.kinds["old" if made <= processed else "unseen"] += 1
+        self._served("old" if made <= processed else "unseen")
         return self._reply(ident, {"context": {"slot": at_commitment, "apiVersion": API_VERSION}, "value": valid})
 
     @staticmethod

@@ -13,9 +13,11 @@ each request rolls once for a network fault:
 
 A proxy may also carry a `Lagger` (tests/chaos/lag.py): then a share of its read requests is
 answered from a time-delayed view of the same node, as a lagging second node behind a load
-balancer would answer. Writes are never lagged.
+balancer would answer. A JSON-RPC batch of reads is one request here (one roll, one "lag" fault),
+lagged call by call by the lagger; writes, and batches with a write in them, are never lagged.
 
-Faults are counted per kind; the harness reads the counters for its K figure.
+Faults are counted per kind, once per request; the harness reads the counters for its K figure
+(and `requests`, every HTTP request seen, for the share).
 """
 
 from __future__ import annotations
