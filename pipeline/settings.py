@@ -48,6 +48,9 @@ class Settings(BaseSettings):
                                       "confirmation tracker tick")
     tracker_recheck_s: float = Field(15.0, gt=0, description="a tracked transfer without news this long after its "
                                      "last send goes to the per-transfer confirm step (rebroadcast, expiry)")
+    fee_bumping: bool = Field(True, description="replace a sent transaction that waits past its chain's replacement "
+                              "policy (registry bump_after_blocks / rbf_after_s) by one paying more; false: it waits "
+                              "(the benchmark's baseline)")
     confirm_timeout_s: int = Field(1800, description="stop polling a broadcast transfer after this long (replayable)")
     signature_timeout_s: int = Field(600, description="stop waiting for the signer after this long (replayable)")
     secrets_key: SecretStr | None = Field(

@@ -60,6 +60,7 @@ class TrackerLimits:
     confirm_timeout_s: float = 1800.0
     handoffs_per_tick: int = 200  # bound on confirm-step messages per tick and chain
     publish_grace_s: float = 120.0
+    bumping: bool = True  # hand transactions waiting past the chain's replacement policy to the bump step
 
 
 @dataclass(frozen=True)
@@ -438,10 +439,11 @@ def _follow(ctx: StepContext, chain: str, cursor: dict[str, Any], limits: Tracke
         observation = Observation(head=0, statuses={}, cursor=cursor)
     report.head, report.news, report.rpc_calls = observation.head, len(observation.statuses), observation.rpc_calls
     depth = ctx.registry.chain(chain).confirmations
-    decisions = decide(readable, observation, depth, limits, utcnow(), adapter.replacement)
+    policy = adapter.replacement if limits.bumping else None
+    decisions = decide(readable, observation, depth, limits, utcnow(), policy)
     decisions.extend(Decision(item, None) for item in unreadable)  # the confirm step holds them with the reason
     apply(ctx, decisions, depth, limits, report)
-    if adapter.replacement is not None and observation.head and any(item.armed_head is None for item in readable):
+    if policy is not None and observation.head and any(item.armed_head is None for item in readable):
         with ctx.db.unit_of_work() as session:
             report.armed = arm_bump_clocks(session, chain, observation.head)
     if adapter.uses_account_nonce:

@@ -60,6 +60,7 @@ def build_context(settings: Settings) -> StepContext:
         signature_timeout_s=settings.signature_timeout_s,
         step_lease_s=settings.step_lease_s,
         stall_after_s=settings.stall_after_s,
+        fee_bumping=settings.fee_bumping,
     )
 
 

@@ -27,6 +27,7 @@ import structlog
 from devnet.nodes import DevnetNode, start_node
 from devnet.processes import ManagedProcess
 from devnet.redis_server import RedisServer
+from devnet.rpc_proxy import RpcProxy
 
 log = structlog.get_logger("paratro.stack")
 SUPERVISE_EVERY_S = 0.5
@@ -47,6 +48,9 @@ class StackOptions:
     beat: bool = True
     extra_env: dict[str, str] = field(default_factory=dict)
     supervise: bool = True  # start a worker process again when it dies
+    # >0: each chain is reached through this many fault-injecting proxies over its node (RPC
+    # failover: `stack.proxies[chain]`, primary first; `set_mode("dead")` kills one)
+    rpc_proxies: int = 0
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,7 @@ class EmbeddedStack:
         self.options = options
         self.env: dict[str, str] = {}
         self.nodes: dict[str, DevnetNode] = {}
+        self.proxies: dict[str, list[RpcProxy]] = {}
         self.redis: RedisServer | None = None
         self.workers: dict[str, ManagedProcess] = {}
         self.restarts: Counter[str] = Counter()  # worker name -> times the supervisor started it again
@@ -93,11 +98,14 @@ class EmbeddedStack:
         opts.workdir.mkdir(parents=True, exist_ok=True)
         registry = load_registry("devnet")
         self.redis = self._exit.enter_context(RedisServer())
-        rpc_urls: dict[str, str] = {}
+        rpc_urls: dict[str, str | list[str]] = {}
         for chain in opts.chains:
             node = start_node(registry.chain(chain), project_home(), opts.block_time, self._exit)
             self.nodes[chain] = node
             rpc_urls[chain] = node.rpc_url
+            if opts.rpc_proxies:
+                self.proxies[chain] = [self._exit.enter_context(RpcProxy(node.rpc_url)) for _ in range(opts.rpc_proxies)]
+                rpc_urls[chain] = [proxy.url for proxy in self.proxies[chain]]
         self.env = {
             "PARATRO_DATABASE_URL": opts.database_url or f"sqlite:///{opts.workdir / 'paratro.db'}",
             "PARATRO_BROKER_URL": self.redis.url,

@@ -28,6 +28,7 @@ TICK_SECONDS = Histogram("paratro_tracker_tick_seconds", "Wall time of one confi
 def limits() -> TrackerLimits:
     settings = get_settings()
     return TrackerLimits(recheck_s=settings.tracker_recheck_s, confirm_timeout_s=settings.confirm_timeout_s,
+                         bumping=settings.fee_bumping,
                          publish_grace_s=settings.stall_after_s)
 
 

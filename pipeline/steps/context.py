@@ -63,6 +63,7 @@ class StepContext:
     signature_timeout_s: float = 600.0
     step_lease_s: float = 300.0  # a running step's lease: longer than any single RPC it makes
     stall_after_s: float = 120.0  # outbox grace before the relay republishes; park time of a step that gave up
+    fee_bumping: bool = True  # settings.fee_bumping: false, a transaction refused as underpriced waits instead
 
 
 def touch(tx: Transaction) -> None:

@@ -19,7 +19,7 @@ from chains.errors import TransactionRejected
 from pipeline import ledger
 from pipeline import attempts, nonces
 from pipeline.driving import Attempt, Run, load_held
-from pipeline.errors import ReplacementLimit, UnprovenRejection
+from pipeline.errors import ReplacementLimit, TransientError, UnprovenRejection
 from pipeline.lifecycle import advance, record_note, stage_of
 from pipeline.models import Transaction, utcnow
 from pipeline.stages import FailureReason, Stage
@@ -93,6 +93,8 @@ def _refused(ctx: StepContext, run: Run, attempt: Attempt, adapter: ChainAdapter
                                    reason="already_known")
         return Outcome(OutcomeKind.WAIT, Stage(attempt.stage), _poll_s(ctx, adapter))
     if exc.reason == UNDERPRICED:  # a first send, a replacement, or a rebroadcast of a dropped one
+        if not ctx.fee_bumping:
+            raise TransientError(f"the node wants a higher fee and fee bumping is off: {exc.detail[:200]}")
         return _bump_refused(ctx, run, attempt, adapter, exc)
     if exc.reason == NONCE_TOO_LOW and adapter.uses_account_nonce:
         return _nonce_used(ctx, run, attempt, adapter, signed, exc)
