@@ -18,7 +18,8 @@ raises, and nothing waits beyond the deadline (the threads are daemons: the proc
 
 An endpoint that did not answer its head probe is unhealthy ("unreachable"), though the pool
 would still try it (one failure does not open its breaker): the command says what a node does
-now. Endpoints are named only as `chains.endpoint_health` names them, scheme://host:port
+now. The pool keeps no error text, so such an endpoint's head is asked once more for the reason
+(refused, timed out, HTTP 401, ...), within the same deadline. Endpoints are named only as `chains.endpoint_health` names them, scheme://host:port
 (`chains.transport.redact_endpoint`): the user info, path and query of a URL may hold
 credentials or an API key, and error text passes `workers.logconfig.redact` as well.
 
@@ -28,8 +29,11 @@ healthy, status, reason, head, failures.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from chains.registry import ChainSpec, Registry
@@ -57,27 +61,40 @@ def gather_rpc(settings: Settings, *, timeout_s: float = PROBE_TIMEOUT_S,
     except Exception as exc:  # noqa: BLE001 - a bad registry or rpc_urls is shown, not raised
         return [_row("-", "rpc", "-", status="error", reason=f"chain registry: {_reason(exc)}")]
     found: dict[str, list[dict[str, Any]]] = {}
-    threads = [threading.Thread(target=lambda s=spec: found.__setitem__(s.name, probe_chain(s, timeout_s)),
-                                name=f"rpc-status-{spec.name}", daemon=True) for spec in specs]
-    for thread in threads:
-        thread.start()
-    deadline = time.monotonic() + deadline_s
-    for thread in threads:
-        thread.join(max(0.0, deadline - time.monotonic()))
-    return [row for spec in specs for row in found.get(spec.name) or _late(spec, deadline_s)]
+    threads = [threading.Thread(target=probe_chain, args=(spec, timeout_s, found), name=f"rpc-status-{spec.name}",
+                                daemon=True) for spec in specs]
+    with _quiet_retries():
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + deadline_s
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    return [dict(row) for spec in specs for row in found.get(spec.name) or _late(spec, deadline_s)]
 
 
-def probe_chain(spec: ChainSpec, timeout_s: float) -> list[dict[str, Any]]:
-    """Every endpoint of `spec` probed now; an adapter that cannot be made is one row per URL."""
+def probe_chain(spec: ChainSpec, timeout_s: float,
+                found: dict[str, list[dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
+    """Every endpoint of `spec` probed now; an adapter that cannot be made is one row per URL.
+    The rows are in `found[spec.name]` as soon as the probes are judged; an unreachable
+    endpoint's reason is then completed by asking its head once more (`_why`)."""
     from chains import endpoint_health
     from chains.families import adapter_class
 
+    found = {} if found is None else found
     try:
         adapter = adapter_class(spec.family)(spec, timeout=timeout_s)
         pools = endpoint_health(adapter, refresh=True)
     except Exception as exc:  # noqa: BLE001 - the status shows it; it must not stop the other chains
-        return _each_url(spec, status="error", reason=_reason(exc))
-    return [_judged(spec.name, client, health) for client, rows in pools.items() for health in rows]
+        found[spec.name] = _each_url(spec, status="error", reason=_reason(exc))
+        return found[spec.name]
+    judged = [(client, index, _judged(spec.name, client, health))
+              for client, rows in pools.items() for index, health in enumerate(rows)]
+    found[spec.name] = [row for _, _, row in judged]
+    clients = _clients(adapter)
+    for client, index, row in judged:
+        if row["status"] == "unreachable":
+            row["reason"] = _why(clients[client], index)
+    return found[spec.name]
 
 
 def _judged(chain: str, client: str, health: dict[str, Any]) -> dict[str, Any]:
@@ -87,6 +104,37 @@ def _judged(chain: str, client: str, health: dict[str, Any]) -> dict[str, Any]:
     if health["head"] is None and health["status"] != "wrong_chain":
         row.update(healthy=False, status="unreachable", reason="no answer to the head probe")
     return row
+
+
+def _clients(adapter: object) -> dict[str, Any]:
+    """The adapter's endpoint pools by the names `chains.endpoint_health` gives them."""
+    from chains.failover import PooledClient
+
+    return {name.lstrip("_"): value for name, value in vars(adapter).items() if isinstance(value, PooledClient)}
+
+
+def _why(client: Any, index: int) -> str:
+    """Why endpoint `index` of `client` gave no head: its error to one more head request (the
+    pool's probe keeps only the count)."""
+    pool = client.pool
+    try:
+        pool.family.head(pool.members[index])
+    except Exception as exc:  # noqa: BLE001 - any failure is the answer here
+        return f"no answer to the head probe: {_reason(exc)}"
+    return "no answer to the head probe (a second probe answered: flaky)"
+
+
+@contextlib.contextmanager
+def _quiet_retries() -> Iterator[None]:
+    """urllib3 warns of each retried connection (TRON's client retries refused ones): the table
+    already says the endpoint is unreachable, so those lines stay out of the command's stderr."""
+    logger = logging.getLogger("urllib3.connectionpool")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _late(spec: ChainSpec, deadline_s: float) -> list[dict[str, Any]]:
@@ -106,10 +154,13 @@ def _row(chain: str, client: str, endpoint: str, *, healthy: bool = False, statu
 
 
 def _reason(exc: BaseException) -> str:
-    """One redacted line: the error's type and message."""
+    """One redacted line: the error's message (and type, unless it is one of chains' errors,
+    which say what happened in words and name endpoints as scheme://host:port only)."""
+    from chains.errors import ChainError
     from workers.logconfig import redact
 
-    text = redact(" ".join(f"{type(exc).__name__}: {exc}".split()))
+    text = str(exc) if isinstance(exc, ChainError) else f"{type(exc).__name__}: {exc}"
+    text = redact(" ".join(text.split()))
     return text if len(text) <= MAX_REASON else text[:MAX_REASON - 3] + "..."
 
 

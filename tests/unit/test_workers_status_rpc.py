@@ -75,7 +75,8 @@ def test_a_node_that_answers_is_healthy_and_a_dead_one_unhealthy_without_any_cre
     assert solana["healthy"] is True and solana["status"] == "ok" and isinstance(solana["head"], int)
     assert bitcoin["endpoint"] == f"http://127.0.0.1:{dead}"
     assert bitcoin["healthy"] is False and bitcoin["status"] == "unreachable" and bitcoin["head"] is None
-    assert "no answer to the head probe" in bitcoin["reason"] and bitcoin["failures"] >= 1
+    assert bitcoin["reason"] == f"no answer to the head probe: getblockcount: cannot reach http://127.0.0.1:{dead} " \
+        "(ConnectionError)" and bitcoin["failures"] >= 1
     assert_no_secret(shown(rows))
 
 
