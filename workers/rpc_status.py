@@ -19,9 +19,10 @@ raises, and nothing waits beyond the deadline (the threads are daemons: the proc
 An endpoint that did not answer its head probe is unhealthy ("unreachable"), though the pool
 would still try it (one failure does not open its breaker): the command says what a node does
 now. The pool keeps no error text, so such an endpoint's head is asked once more for the reason
-(refused, timed out, HTTP 401, ...), within the same deadline. Endpoints are named only as `chains.endpoint_health` names them, scheme://host:port
-(`chains.transport.redact_endpoint`): the user info, path and query of a URL may hold
-credentials or an API key, and error text passes `workers.logconfig.redact` as well.
+(refused, timed out, HTTP 401, ...), within the same deadline. Endpoints are named only as
+`chains.endpoint_health` names them, scheme://host:port (`chains.transport.redact_endpoint`):
+the user info, path and query of a URL may hold credentials or an API key, and error text passes
+`workers.logconfig.redact` as well.
 
 Row: chain, client (the adapter's pool: "rpc"; TRON "api" and "solidity_api"), endpoint,
 healthy, status, reason, head, failures.
