@@ -88,6 +88,11 @@ class Transaction(BaseModel):
     transaction_id: str
     status: TransactionStatus
     sub_status: str = Field(description="the pipeline stage (RECEIVED ... CONFIRMED)")
+    stuck_reason: str | None = Field(description="while PENDING and not moving on its own, what is being done or "
+                                     "awaited: bumping, waiting_for_funds (top up the native coin: a fee bump needs "
+                                     "more reserve), at_fee_cap, change_below_dust, nonce_released; null otherwise")
+    kind: str = Field(description="TRANSFER, or NOOP: a zero-value self-transfer the pipeline sent to fill a nonce "
+                      "that a failed transfer of this account left empty (its fee is debited like any other)")
     failure_reason: str | None
     from_address: str
     to_address: str

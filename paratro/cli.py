@@ -295,7 +295,7 @@ def stuck(
                                             help="list sent transfers not in a block after this many seconds")] = 60,
     limit: Annotated[int, typer.Option(help="rows shown, longest waiting first (the summary counts all)")] = 100,
 ) -> None:
-    """Pending transfers being bumped, gap-filled or waiting (sub_status), NOOP gap fills, and sent
+    """Pending transfers being bumped, gap-filled or waiting (stuck_reason), NOOP gap fills, and sent
     transfers not included after --older-than seconds; then a one-line summary. Exits 0."""
     from workers.stuck import list_stuck
 

@@ -205,7 +205,7 @@ class Transaction(Base):
     kind: Mapped[str] = mapped_column(String(8), default="TRANSFER", server_default="TRANSFER")
     # Why it waits, while something is being done about it: bumping, waiting_for_funds,
     # at_fee_cap, change_below_dust, nonce_released (`paratro stuck`); None when nothing is.
-    sub_status: Mapped[str | None] = mapped_column(String(32))
+    stuck_reason: Mapped[str | None] = mapped_column(String(32))
     # The bump clock: the head and time when the tracker first saw the latest send (or the last
     # bump check); the tracker hands the transfer to the bump step once the chain's replacement
     # policy has passed since. NULL: not armed yet (the next tick arms it).

@@ -83,7 +83,7 @@ def _noop_transfer(account: Account, native: Asset, nonce: int, new_id: str) -> 
         network=account.network, token_symbol=native.symbol, amount=0, decimals=native.decimals, kind=NOOP,
         stage=Stage.DESTINATION_VALID.value, status=Status.PENDING.value, wallet_id=account.wallet_id,
         account_id=account.account_id, asset_id=native.asset_id, fee_asset_id=native.asset_id,
-        normalized_to_address=account.address, nonce=nonce, sub_status="gap_fill")
+        normalized_to_address=account.address, nonce=nonce, stuck_reason="gap_fill")
 
 
 def resync(session: Session, account_id: str, pending: int) -> bool:

@@ -24,6 +24,8 @@ def transaction_view(tx: Transaction) -> dict[str, Any]:
         "transaction_id": tx.transaction_id,
         "status": tx.status,
         "sub_status": tx.stage,
+        "stuck_reason": tx.stuck_reason,
+        "kind": tx.kind or "TRANSFER",
         "failure_reason": tx.failure_reason,
         "from_address": tx.from_address,
         "to_address": tx.to_address,

@@ -22,7 +22,7 @@ if not console.is_terminal:
 
 def print_transfer(data: dict[str, Any]) -> None:
     table = Table(show_header=False, box=None)
-    for key in ("transaction_id", "kind", "status", "stage", "sub_status", "failure_reason", "failure_detail",
+    for key in ("transaction_id", "kind", "status", "stage", "stuck_reason", "failure_reason", "failure_detail",
                 "last_error", "chain", "network", "token_symbol", "amount", "from_address", "to_address",
                 "idempotency_key", "nonce", "tx_hash", "block_number", "block_hash", "confirmations", "fee_reserved",
                 "fee_paid", "broadcast_count", "replacement_count", "created_at", "finalized_at"):
@@ -70,7 +70,7 @@ def print_stuck(report: StuckReport) -> None:
     from workers.stuck import waited_s
 
     if report.transfers:
-        table = Table("transaction_id / kind", "chain", "stage / sub_status", "attempts", "last fee", "waiting",
+        table = Table("transaction_id / kind", "chain", "stage / stuck_reason", "attempts", "last fee", "waiting",
                       "last event", box=box.SIMPLE_HEAD, show_lines=True,
                       title=f"stuck: waiting with a reason, gap fills, sent over {report.older_than_s}s ago")
         for column in table.columns:
@@ -78,7 +78,7 @@ def print_stuck(report: StuckReport) -> None:
         for t in report.transfers:
             nonce = "" if t.nonce is None else f" nonce {t.nonce}"
             fee = "\n".join(f"{key}\n{value}" for key, value in (t.last_fee or {}).items())
-            table.add_row(f"{t.transaction_id}\n{t.kind}{nonce}", t.chain, f"{t.stage}\n{t.sub_status or '-'}",
+            table.add_row(f"{t.transaction_id}\n{t.kind}{nonce}", t.chain, f"{t.stage}\n{t.stuck_reason or '-'}",
                           str(t.attempts), fee, _age(waited_s(t.waiting_since, report.taken_at)), t.last_event or "")
         console.print(table)
     console.print(report.summary(), highlight=False)

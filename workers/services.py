@@ -148,7 +148,7 @@ def describe_transfer(ctx: StepContext, transaction_id: str) -> dict[str, Any]:
             "kind": tx.kind,
             "status": tx.status,
             "stage": tx.stage,
-            "sub_status": tx.sub_status,
+            "stuck_reason": tx.stuck_reason,
             "failure_reason": tx.failure_reason,
             "failure_detail": tx.failure_detail,
             "last_error": tx.last_error,

@@ -1,10 +1,10 @@
 """`paratro stuck`: the pending transfers something is being done about, or that wait too long.
 
-Listed: every PENDING transfer with a `sub_status` (bumping, waiting_for_funds, at_fee_cap,
+Listed: every PENDING transfer with a `stuck_reason` (bumping, waiting_for_funds, at_fee_cap,
 change_below_dust, nonce_released, gap_fill: the pipeline says why it waits), every pending NOOP
 transfer (a gap fill: later nonces of its account wait behind it), and every transfer in
 BROADCAST whose latest send is older than `older_than_s` (sent, not in a block yet). Each is
-counted under one reason: its sub_status, else "gap_fill" for a NOOP, else "not_included".
+counted under one reason: its stuck_reason, else "gap_fill" for a NOOP, else "not_included".
 
 Why two narrow queries and no ORM rows: at 100,000 pending transfers the list must stay cheap.
 The filter is `status = 'PENDING'` (the leading column of ix_tx_status_heartbeat) and a
@@ -43,8 +43,8 @@ class StuckTransfer:
     chain: str
     kind: str
     stage: str
-    sub_status: str | None
-    reason: str  # what it is counted under: sub_status, gap_fill or not_included
+    stuck_reason: str | None
+    reason: str  # what it is counted under: stuck_reason, gap_fill or not_included
     nonce: int | None
     attempts: int
     last_fee: dict[str, int] | None
@@ -55,7 +55,7 @@ class StuckTransfer:
 
     def to_dict(self, now: datetime) -> dict[str, Any]:
         return {"transaction_id": self.transaction_id, "chain": self.chain, "kind": self.kind, "stage": self.stage,
-                "sub_status": self.sub_status, "reason": self.reason, "nonce": self.nonce, "attempts": self.attempts,
+                "stuck_reason": self.stuck_reason, "reason": self.reason, "nonce": self.nonce, "attempts": self.attempts,
                 "last_fee": self.last_fee, "waiting_since": iso(self.waiting_since),
                 "waiting_s": waited_s(self.waiting_since, now), "last_event": self.last_event,
                 "last_event_detail": self.last_event_detail, "held": self.held}
@@ -101,7 +101,7 @@ def _waiting_since() -> ColumnElement[datetime]:
 
 
 def _reason() -> ColumnElement[str]:
-    return case((Transaction.sub_status.is_not(None), Transaction.sub_status),
+    return case((Transaction.stuck_reason.is_not(None), Transaction.stuck_reason),
                 (Transaction.kind == NOOP, literal(GAP_FILL)), else_=literal(NOT_INCLUDED))
 
 
@@ -110,7 +110,7 @@ def stuck_filter(now: datetime, older_than_s: int, chain: str | None) -> list[Co
     sent_before = or_(Transaction.last_broadcast_at < cutoff,  # no coalesce(): an index can serve it
                       and_(Transaction.last_broadcast_at.is_(None), Transaction.stage_changed_at < cutoff))
     sent_long_ago = and_(Transaction.stage == Stage.BROADCAST.value, sent_before)
-    waiting = or_(Transaction.sub_status.is_not(None), Transaction.kind == NOOP, sent_long_ago)
+    waiting = or_(Transaction.stuck_reason.is_not(None), Transaction.kind == NOOP, sent_long_ago)
     chosen = [Transaction.status == Status.PENDING.value, waiting]
     return chosen + ([Transaction.chain == chain] if chain else [])
 
@@ -124,7 +124,7 @@ def find_stuck(session: Session, now: datetime, older_than_s: int = DEFAULT_OLDE
     by_reason = dict(sorted(((r, int(n)) for r, n in counted), key=lambda item: (-item[1], item[0])))
     since = _waiting_since().label("since")
     rows = session.execute(select(
-        Transaction.transaction_id, Transaction.chain, Transaction.kind, Transaction.stage, Transaction.sub_status,
+        Transaction.transaction_id, Transaction.chain, Transaction.kind, Transaction.stage, Transaction.stuck_reason,
         _reason(), Transaction.nonce, Transaction.fee_params, since, Transaction.held_at)
         .where(*where).order_by(since, Transaction.transaction_id).limit(limit)).all()
     ids = [row[0] for row in rows]

@@ -9,7 +9,7 @@ FUNDS_LOCKED for a new signature. The attempt it replaces stays LIVE and watched
 settles the transfer (`pipeline.attempts`).
 
 A bump that cannot be made never fails the transfer: at the cap, or with change below dust, the
-transfer keeps its transaction with a `sub_status` saying why, and so does one whose account
+transfer keeps its transaction with a `stuck_reason` saying why, and so does one whose account
 cannot cover the extra reserve ("waiting_for_funds"); the clock is re-armed and the next check
 comes after another policy interval. A replacement the node refuses as underpriced is bumped
 again from the refused fee (`raise_fee`, called by the broadcast step).
@@ -72,35 +72,35 @@ def raise_fee(ctx: StepContext, run: Run, attempt: Attempt, adapter: ChainAdapte
                 return conclude_within(ctx, session, run, tx, OutcomeKind.RESTART, step="confirm")
             tx.fee_reserved = (tx.fee_reserved or 0) + extra
         tx.fee_params = fee_params_json(quote)
-        tx.sub_status = "bumping"
+        tx.stuck_reason = "bumping"
         replace_for_fee(session, tx, f"fee {_price(current)} -> {_price(quote)} (reserve {tx.fee_reserved})")
         return conclude_within(ctx, session, run, tx, OutcomeKind.ADVANCED)
 
 
-def _not_bumped(ctx: StepContext, run: Run, attempt: Attempt, sub_status: str | None, detail: str) -> Outcome:
+def _not_bumped(ctx: StepContext, run: Run, attempt: Attempt, stuck_reason: str | None, detail: str) -> Outcome:
     """Kept as it is; then the confirm step asks about it one by one (a transaction the node
     dropped, as anvil drops one its next block's base fee excludes, is sent again from there)."""
     with ctx.db.unit_of_work() as session:
         tx = load_held(session, run, attempt)
-        _keep(session, tx, sub_status, detail)
+        _keep(session, tx, stuck_reason, detail)
         return conclude_within(ctx, session, run, tx, OutcomeKind.RESTART, step="confirm")
 
 
-def _keep(session: Session, tx: Transaction, sub_status: str | None, detail: str) -> None:
+def _keep(session: Session, tx: Transaction, stuck_reason: str | None, detail: str) -> None:
     """No replacement now: the transfer goes on with the transaction it has (a refused
     replacement falls back to the one before it), its clock re-armed by the next tick. A first
     send refused as underpriced that cannot be bumped is an unproven refusal (retried, then held)."""
     if stage_of(tx) is Stage.SIGNED and not attempts.live_others(session, tx):
-        raise UnprovenRejection(f"refused as underpriced and not bumped ({sub_status}: {detail})"[:500])
-    if sub_status != tx.sub_status:
-        record_note(session, tx, sub_status or "bump_not_needed", detail[:1000])
-    tx.sub_status = sub_status
+        raise UnprovenRejection(f"refused as underpriced and not bumped ({stuck_reason}: {detail})"[:500])
+    if stuck_reason != tx.stuck_reason:
+        record_note(session, tx, stuck_reason or "bump_not_needed", detail[:1000])
+    tx.stuck_reason = stuck_reason
     tx.bump_armed_head = tx.bump_armed_at = None
     if stage_of(tx) is Stage.SIGNED:  # a refused replacement: go on with the attempt it was to replace
         others = attempts.live_others(session, tx)
         if others:
-            fall_back(session, tx, others[0], f"{sub_status}: {detail}"[:300])
-            tx.sub_status = sub_status
+            fall_back(session, tx, others[0], f"{stuck_reason}: {detail}"[:300])
+            tx.stuck_reason = stuck_reason
 
 
 def _price(quote: FeeQuote) -> str:

@@ -159,7 +159,7 @@ def fall_back(session: Session, tx: Transaction, attempt: TransactionAttempt, wh
     """A replacement could not be signed or sent: the transfer goes on with `attempt`, an earlier
     sent transaction that may still land, followed again by the tracker."""
     attempts.adopt(tx, attempt)
-    tx.sub_status = None
+    tx.stuck_reason = None
     tx.bump_armed_head = tx.bump_armed_at = None
     detail = f"replacement abandoned ({why}); following {attempt.tx_hash} again"[:1000]
     if stage_of(tx) in TRACKED_STAGES:
@@ -212,7 +212,7 @@ def fail(session: Session, tx: Transaction, reason: FailureReason, detail: str, 
     if unused and tx.nonce is not None and tx.account_id:
         session.add(ReleasedNonce(account_id=tx.account_id, nonce=tx.nonce))
     release_utxos(session, tx)
-    tx.sub_status = None
+    tx.stuck_reason = None
     tx.failure_reason = reason.value
     tx.failure_detail = detail[:1000]
     advance(session, tx, Stage.FAILED, reason=reason.value, detail=detail[:1000])

@@ -74,8 +74,8 @@ def _mark_broadcast(ctx: StepContext, run: Run, attempt: Attempt, detail: str, r
         tx.broadcast_at = tx.broadcast_at or now
         tx.last_broadcast_at = now
         tx.broadcast_count += 1
-        if tx.sub_status == "bumping":
-            tx.sub_status = None
+        if tx.stuck_reason == "bumping":
+            tx.stuck_reason = None
         advance(session, tx, Stage.BROADCAST, reason=reason, detail=detail)
         return conclude_within(ctx, session, run, tx, OutcomeKind.ADVANCED)
 
@@ -289,7 +289,7 @@ def record_inclusion(session: Session, tx: Transaction, status: TxStatus, depth:
     fee_debit = (tx.fee_asset_id or "", "FEE", status.fee_paid)
     release_utxos(session, tx)  # spent on chain now
     attempts.settle(session, tx)
-    tx.sub_status = None
+    tx.stuck_reason = None
     if status.state is TxState.INCLUDED:
         ledger.settle(session, tx.transaction_id, locked_amounts(tx), [(tx.asset_id or "", "DEBIT", tx.amount), fee_debit])
         advance(session, tx, Stage.CONFIRMED, detail=f"{status.confirmations} confirmations")

@@ -166,7 +166,7 @@ def _give_nonce_back(session: Session, tx: Transaction) -> None:
     tx.nonce = None
     tx.unsigned_payload = tx.signing_payloads = tx.build_context = None
     tx.replacement_count += 1
-    tx.sub_status = "nonce_released"
+    tx.stuck_reason = "nonce_released"
     advance(session, tx, Stage.FUNDS_LOCKED, reason="nonce_released",
             detail=f"nonce {released} given back: the signer has not answered and later nonces wait behind it")
 

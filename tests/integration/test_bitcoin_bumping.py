@@ -60,5 +60,5 @@ def _replaced(tx_id: str, timeout: float) -> Transaction:
         tx = h.load(tx_id)
         if tx.replacement_count >= 1 and tx.stage in ("BROADCAST", "CONFIRMING", "CONFIRMED"):
             return tx
-        assert time.monotonic() < deadline, f"never replaced: {tx.stage} {tx.sub_status} {tx.last_error}"
+        assert time.monotonic() < deadline, f"never replaced: {tx.stage} {tx.stuck_reason} {tx.last_error}"
         time.sleep(0.1)

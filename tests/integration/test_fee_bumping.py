@@ -185,14 +185,14 @@ def test_a_bump_at_the_fee_cap_keeps_the_original_which_lands_when_the_spike_end
         drive_to(chain, tx_id, "bump_fee")
         # Then the transfer keeps its transaction, says why, and is asked about one by one
         held = h.load(tx_id)
-        assert (held.stage, held.sub_status, held.tx_hash, held.replacement_count) == (
+        assert (held.stage, held.stuck_reason, held.tx_hash, held.replacement_count) == (
             "BROADCAST", "at_fee_cap", first.tx_hash, 0)
         assert handed_to(tx_id) == "confirm" and held.bump_armed_head is None
     # And when the spike is over the original is mined and settles the transfer
     # (anvil drops a transaction its next block's base fee excludes: the confirm step, asking about
     # the quiet transfer one by one, sends the same bytes again once the node takes them)
     final = until_final(chain, tx_id, blocks=80)
-    assert (final.status, final.tx_hash, final.sub_status) == ("CONFIRMED", first.tx_hash, None)
+    assert (final.status, final.tx_hash, final.stuck_reason) == ("CONFIRMED", first.tx_hash, None)
     assert_chain_agrees(chain, f)
 
 
@@ -210,7 +210,7 @@ def test_a_bump_the_balance_cannot_cover_waits_for_funds_then_goes_through(stack
         drive_to(chain, tx_id, "bump_fee")
         # Then the bump waits, saying so, with nothing locked beyond the first reserve
         waiting = h.load(tx_id)
-        assert (waiting.stage, waiting.sub_status, waiting.replacement_count) == ("BROADCAST", "waiting_for_funds", 0)
+        assert (waiting.stage, waiting.stuck_reason, waiting.replacement_count) == ("BROADCAST", "waiting_for_funds", 0)
         assert h.asset(f.assets["ETH"]).locked_balance == ETH + quote.max_fee
         assert run(chain.ctx, "confirm", tx_id).result == "wait"  # asked once: still waiting, back to the tracker
         # When funds arrive, the next check bumps it
@@ -322,7 +322,7 @@ def test_a_signing_that_stalls_gives_its_nonce_back_and_later_nonces_land(stack,
     assert run(replace(chain.ctx, signature_timeout_s=0.0), "request_signature", a).result == "stalled"
     # Then it gives nonce n back and waits for a new one, locks kept
     stalled = h.load(a)
-    assert (stalled.stage, stalled.nonce, stalled.sub_status, stalled.status) == ("FUNDS_LOCKED", None, "nonce_released", "PENDING")
+    assert (stalled.stage, stalled.nonce, stalled.stuck_reason, stalled.status) == ("FUNDS_LOCKED", None, "nonce_released", "PENDING")
     assert "nonce_released" in [e.reason for e in h.events(a)]
     # And a NOOP transfer fills n, so b lands
     fill_and_land(chain, f, gap, b)

@@ -76,7 +76,7 @@ def test_show_lists_the_original_and_the_bump_with_their_fees_and_states(world: 
 
     data = describe_transfer(world.ctx(), tx_id)
 
-    assert (data["kind"], data["sub_status"], data["replacement_count"]) == ("TRANSFER", None, 1)
+    assert (data["kind"], data["stuck_reason"], data["replacement_count"]) == ("TRANSFER", None, 1)
     rows = data["attempts"]
     assert [(a["number"], a["kind"], a["state"], a["nonce"]) for a in rows] == [(0, "ORIGINAL", "LIVE", 0),
                                                                                (1, "BUMP", "LIVE", 0)]
@@ -135,26 +135,26 @@ def test_stuck_lists_bumping_waiting_for_funds_gap_fills_and_old_sends_and_nothi
     # sent ten minutes ago, not in a block
     old = sent(world, alice)
     sent_ago(world, old, 600)
-    # not stuck: sent just now, a fresh transfer, a confirmed one with a stale sub_status
+    # not stuck: sent just now, a fresh transfer, a confirmed one with a stale stuck_reason
     fresh = sent(world, alice)
     new = world.transfer(alice, "1")
     done = sent(world, alice)
-    world.edit(done, lambda tx: setattr(tx, "status", "CONFIRMED") or setattr(tx, "sub_status", "at_fee_cap"))
+    world.edit(done, lambda tx: setattr(tx, "status", "CONFIRMED") or setattr(tx, "stuck_reason", "at_fee_cap"))
 
     with world.db.reading() as s:
         report = find_stuck(s, utcnow(), older_than_s=60)
 
     listed = {t.transaction_id: t for t in report.transfers}
     assert set(listed) == {bumping, starving, noop, old}, (fresh, new, done)
-    assert (listed[bumping].stage, listed[bumping].sub_status, listed[bumping].reason) == ("FUNDS_LOCKED", "bumping",
+    assert (listed[bumping].stage, listed[bumping].stuck_reason, listed[bumping].reason) == ("FUNDS_LOCKED", "bumping",
                                                                                           "bumping")
     assert listed[bumping].last_event == "fee_bump" and listed[bumping].last_fee == {"gasPrice": 2 * GWEI}
     assert listed[bumping].attempts == 1  # the replacement is not signed yet
-    assert (listed[starving].stage, listed[starving].sub_status) == ("BROADCAST", "waiting_for_funds")
+    assert (listed[starving].stage, listed[starving].stuck_reason) == ("BROADCAST", "waiting_for_funds")
     assert listed[starving].last_event == "waiting_for_funds" and listed[starving].last_fee == {"gasPrice": GWEI}
-    assert (listed[noop].kind, listed[noop].sub_status, listed[noop].nonce) == ("NOOP", "gap_fill", 7)
+    assert (listed[noop].kind, listed[noop].stuck_reason, listed[noop].nonce) == ("NOOP", "gap_fill", 7)
     assert listed[noop].last_event == "nonce_gap" and listed[noop].attempts == 0 and listed[noop].last_fee is None
-    assert (listed[old].reason, listed[old].sub_status, listed[old].attempts) == ("not_included", None, 1)
+    assert (listed[old].reason, listed[old].stuck_reason, listed[old].attempts) == ("not_included", None, 1)
     assert report.transfers[0].transaction_id == old  # the longest wait first
     assert 600 <= report.transfers[0].to_dict(report.taken_at)["waiting_s"] < 660
     assert report.summary() == "4 transfers stuck: 1 bumping, 1 gap_fill, 1 not_included, 1 waiting_for_funds"
@@ -174,10 +174,10 @@ def test_older_than_chain_and_limit(world: World) -> None:
     assert limited.summary() == "2 transfers stuck: 2 not_included (the 1 waiting longest shown)"
 
 
-def test_a_noop_without_a_sub_status_is_still_listed(world: World) -> None:
+def test_a_noop_without_a_stuck_reason_is_still_listed(world: World) -> None:
     alice = world.onboard(balances={"ETH": 5 * ETH})
     noop = gap_fill(world, alice, 3)
-    world.edit(noop, lambda tx: setattr(tx, "sub_status", None))
+    world.edit(noop, lambda tx: setattr(tx, "stuck_reason", None))
     with world.db.reading() as s:
         report = find_stuck(s, utcnow())
     assert [(t.transaction_id, t.reason) for t in report.transfers] == [(noop, "gap_fill")]
@@ -194,7 +194,7 @@ def test_stuck_renders_a_table_and_the_summary(world: World, capsys: pytest.Capt
     json.dumps(report.to_dict())
 
     out = capsys.readouterr().out
-    for word in ("transaction_id", "sub_status", "attempts", "last fee", "waiting", "last event", noop, old,
+    for word in ("transaction_id", "stuck_reason", "attempts", "last fee", "waiting", "last event", noop, old,
                  "NOOP nonce 4", "gap_fill", "nonce_gap", "gasPrice", "1000000000", "3h00m", "BROADCAST"):
         assert word in out, word
     assert max(len(line) for line in out.splitlines()) <= 132

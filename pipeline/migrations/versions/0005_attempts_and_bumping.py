@@ -1,4 +1,4 @@
-"""fee bumping and nonce gaps: transaction_attempts; transactions.kind, sub_status, bump clock
+"""fee bumping and nonce gaps: transaction_attempts; transactions.kind, stuck_reason, bump clock
 
 Revision ID: 0005
 Revises: 0004
@@ -40,7 +40,7 @@ def upgrade() -> None:
         batch_op.create_index('ix_transaction_attempts_transaction_id', ['transaction_id'], unique=False)
     with op.batch_alter_table('transactions', schema=None) as batch_op:
         batch_op.add_column(sa.Column('kind', sa.String(length=8), server_default='TRANSFER', nullable=False))
-        batch_op.add_column(sa.Column('sub_status', sa.String(length=32), nullable=True))
+        batch_op.add_column(sa.Column('stuck_reason', sa.String(length=32), nullable=True))
         batch_op.add_column(sa.Column('bump_armed_head', sa.BigInteger(), nullable=True))
         batch_op.add_column(sa.Column('bump_armed_at', sa.DateTime(), nullable=True))
 
@@ -49,7 +49,7 @@ def downgrade() -> None:
     with op.batch_alter_table('transactions', schema=None) as batch_op:
         batch_op.drop_column('bump_armed_at')
         batch_op.drop_column('bump_armed_head')
-        batch_op.drop_column('sub_status')
+        batch_op.drop_column('stuck_reason')
         batch_op.drop_column('kind')
     with op.batch_alter_table('transaction_attempts', schema=None) as batch_op:
         batch_op.drop_index('ix_transaction_attempts_transaction_id')
