@@ -337,7 +337,8 @@ class EvmAdapter:
         """Many transactions in a few batches: nonces say what moved (chains.evm_tracking)."""
         if not self._chain_checked:
             self.verify_chain()
-        return evm_tracking.track(self._rpc, self.spec.confirmations, watched)
+        with self._rpc.pinned():  # head, nonces, receipts and blocks of one tick from one node
+            return evm_tracking.track(self._rpc, self.spec.confirmations, watched)
 
     # --- balances ----------------------------------------------------------------------------
 
