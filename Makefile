@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo sandbox test test-unit chaos bench bench-scale bench-tick clean
+.PHONY: install demo sandbox test test-unit chaos bench bench-scale bench-tick spike clean
 
 install: $(STAMP)
 
@@ -65,6 +65,14 @@ bench-scale: install
 bench-tick: install
 	$(BIN)/python -m devnet.ensure anvil $(if $(findstring postgresql,$(ARGS)),postgres)
 	$(BIN)/python -m bench.tracker_tick $(ARGS)
+
+# Nothing stuck (bench/spike.py): 200 ETH + 50 BTC transfers through a 5x base-fee spike and a
+# fee-rate spike, the primary RPC endpoint of each chain killed midway; run with fee bumping, then
+# without (PARATRO_FEE_BUMPING=0); a table, then one JSON line (stuck, bumped, p95 inclusion with and
+# without bumping, overpaid fee %). ARGS: e.g. `make spike ARGS="--spike-s 30"` (python -m bench.spike --help).
+spike: install
+	$(BIN)/python -m devnet.ensure redis anvil
+	$(BIN)/python -m bench.spike $(ARGS)
 
 test-unit: install
 	$(BIN)/python -m pytest -q -m "not integration"
