@@ -296,6 +296,11 @@ class EndpointPool(Generic[N]):
         if not answers:
             raise ChainRpcError(f"{self._label()}: no endpoint serves the verified chain")
         outcome, _, result, exc = min(answers, key=lambda answer: (answer[0], order.index(answer[1])))
+        if outcome is Outcome.ANSWERED and any(answer[0] is Outcome.UNANSWERED for answer in answers):
+            # A refusal is final only if every endpoint sent to refused: one that never answered
+            # may have accepted the bytes (a lost reply), so this is not a refusal yet.
+            raise ChainRpcError(f"{self._label()}: broadcast refused by some endpoints while others did not "
+                                "answer (they may have accepted it); not a refusal yet")
         if exc is not None:
             raise exc
         return result

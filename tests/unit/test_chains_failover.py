@@ -356,9 +356,12 @@ def test_refusals_raise_the_first_in_configured_order_and_no_answer_is_a_transpo
     client = JsonRpcClient([first.url, second.url], failover=QUIET)
     with pytest.raises(NodeRpcError, match="intrinsic gas too low"):
         client.call("eth_sendRawTransaction", ["0x00"])
+    # One endpoint refused, the other never answered (it may have accepted: a lost reply): not a
+    # refusal the pipeline may judge the transfer by, but transport trouble to ask again about
     lone = JsonRpcClient([dead_url(), second.url], timeout=1, failover=QUIET)
-    with pytest.raises(NodeRpcError, match="insufficient funds"):  # the one that answered
+    with pytest.raises(ChainRpcError, match="not a refusal yet") as uncertain:
         lone.call("eth_sendRawTransaction", ["0x00"])
+    assert not isinstance(uncertain.value, NodeRpcError)
     nobody = JsonRpcClient([dead_url(secret=True), dead_url(secret=True)], timeout=1, failover=QUIET)
     with pytest.raises(ChainRpcError, match="cannot reach") as caught:
         nobody.call("eth_sendRawTransaction", ["0x00"])
