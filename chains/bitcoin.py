@@ -128,10 +128,12 @@ _ALREADY_HAVE = ("txn-already-in-mempool", "txn-already-known", "already in bloc
 _MISSING_INPUTS = ("missing inputs", "missingorspent", "missing-inputs")
 # BIP125 rules 3, 4 and 6 (bitcoind <= 27: "insufficient fee, rejecting replacement <txid>...";
 # 28's package RBF: "insufficient feerate: does not improve feerate diagram"); a higher fee can pass.
-_UNDERPRICED = ("insufficient fee", "does not improve feerate diagram")
+# "min relay fee not met" / "mempool min fee not met": the mempool wants a higher rate now; the
+# pipeline bumps (the replacement quote prices at least mempoolminfee), never fails for it.
+_UNDERPRICED = ("insufficient fee", "does not improve feerate diagram", "min fee not met", "min relay fee not met")
 _TRANSIENT = ("loading", "verifying", "rescanning", "warmup", "timeout", "work queue depth exceeded",
               # mempool pressure: the same bytes can be accepted later, so wait rather than fail
-              "mempool min fee not met", "mempool full", "too-long-mempool-chain", "too many unconfirmed")
+              "mempool full", "too-long-mempool-chain", "too many unconfirmed")
 
 
 @dataclass(frozen=True)

@@ -210,7 +210,10 @@ class EvmAdapter:
     def replacement_quote(self, intent: TransferIntent, current: FeeQuote) -> FeeQuote | None:
         """The same transaction at raised fee fields (chains.evm_fees); today's price read fresh."""
         fields = evm_tx.fee_fields(current.params, self.spec.eip1559)
-        raised = evm_fees.bumped_fields(fields, self._fresh_price_fields(), self._bump)
+        market = self._fresh_price_fields()
+        if evm_fees.pays_market(fields, market):
+            return None  # waiting for another reason than its price: a bump would only overpay
+        raised = evm_fees.bumped_fields(fields, market, self._bump)
         return FeeQuote(max_fee=evm_tx.max_fee_of(raised), params=raised)
 
     def nonce_taken_by(self, signed: SignedTransaction) -> str | None:

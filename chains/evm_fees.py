@@ -59,6 +59,11 @@ def _raised(value: int, percent: int) -> int:
     return max(-(-value * (100 + percent) // 100), value + 1)
 
 
+def pays_market(current: Mapping[str, int], market: Mapping[str, int]) -> bool:
+    """Every price field of `current` is at least today's: the transaction is not underpriced."""
+    return all(current.get(key, 0) >= value for key, value in market.items() if key != "gas")
+
+
 def bumped_fields(current: Mapping[str, int], market: Mapping[str, int], options: BumpOptions) -> dict[str, int]:
     """The replacement's fee fields: each of `current` raised by the policy, at least `market`,
     at most the cap; BumpRefused if the node's rule cannot be met under the cap."""

@@ -94,32 +94,56 @@ def track(rpc: JsonRpcClient, depth: int, watched: Sequence[Watched]) -> Observa
     return Observation(head=head, statuses=statuses, rpc_calls=batches.requests, nonces=nonces)
 
 
-NONCE_SEARCH_BLOCKS = 100_000  # how far back a used nonce is looked for (state of older blocks may be pruned)
+NONCE_SEARCH_BLOCKS = 100_000  # how far back a used nonce is looked for at most
 
 
 def nonce_user(rpc: JsonRpcClient, sender: str, nonce: int, depth: int) -> str | None:
     """The hash of the transaction that used `nonce` of `sender`, if it is in a canonical block
-    at least `depth` deep; None if the nonce is not used that deep (or was used before the search
-    window: no proof then). Binary search on the account's nonce at block heights, then the
-    block's own transaction list: the answer comes from a block, not from a transaction index a
-    lagging or pruned node may lack."""
+    at least `depth` deep; None if the nonce is not used that deep, or the node cannot say (its
+    state of older blocks pruned: no proof then). The search steps back from the deepest block in
+    doubling strides (a full node keeps only recent state), then bisects, reading the account's
+    nonce at block heights; the answer comes from the block's own transaction list, not from a
+    transaction index a lagging or pruned node may lack."""
     head = to_int(rpc.call("eth_blockNumber", []), "block number")
     high = head - depth + 1
-    low = max(0, high - NONCE_SEARCH_BLOCKS)
-    if high < 0 or _count_at(rpc, sender, high) <= nonce or _count_at(rpc, sender, low) > nonce:
-        return None
-    while low < high:  # invariant: count(low) <= nonce < count(high)
-        middle = (low + high) // 2
-        if _count_at(rpc, sender, middle) > nonce:
-            high = middle
-        else:
-            low = middle + 1
-    block = rpc.call("eth_getBlockByNumber", [hex(high), True])
+    try:
+        if high < 0 or _count_at(rpc, sender, high) <= nonce:
+            return None
+        low = _last_below(rpc, sender, nonce, high)
+        if low is None:
+            return None
+        while high - low > 1:  # invariant: count(low) <= nonce < count(high)
+            middle = (low + high) // 2
+            if _count_at(rpc, sender, middle) > nonce:
+                high = middle
+            else:
+                low = middle
+    except NodeRpcError:
+        return None  # "missing trie node", "block out of range": this node cannot prove it
+    return _user_in_block(rpc, sender, nonce, high)
+
+
+def _last_below(rpc: JsonRpcClient, sender: str, nonce: int, high: int) -> int | None:
+    """A height at or below which the account's nonce was still <= `nonce` (None: not found
+    within NONCE_SEARCH_BLOCKS, or the account started past it)."""
+    stride = 1
+    while stride <= NONCE_SEARCH_BLOCKS:
+        height = max(high - stride, 0)
+        if _count_at(rpc, sender, height) <= nonce:
+            return height
+        if height == 0:
+            return None
+        stride *= 2
+    return None
+
+
+def _user_in_block(rpc: JsonRpcClient, sender: str, nonce: int, height: int) -> str:
+    block = rpc.call("eth_getBlockByNumber", [hex(height), True])
     for item in (block or {}).get("transactions", []) if isinstance(block, dict) else []:
         if (isinstance(item, dict) and str(item.get("from", "")).lower() == sender.lower()
                 and to_int(item.get("nonce"), "nonce") == nonce):
             return str(item.get("hash"))
-    raise ChainRpcError(f"block {high} raised the nonce of {sender} past {nonce} but holds no such transaction")
+    raise ChainRpcError(f"block {height} raised the nonce of {sender} past {nonce} but holds no such transaction")
 
 
 def _count_at(rpc: JsonRpcClient, sender: str, height: int) -> int:

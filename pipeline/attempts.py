@@ -18,9 +18,10 @@ hash, fee and bytes, and `paratro show` lists them all.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import case, select, update
 from sqlalchemy.orm import Session
 
 from pipeline.models import Transaction, TransactionAttempt, utcnow
@@ -35,8 +36,25 @@ def record_signed(session: Session, tx: Transaction, previous_dead: bool = False
         "RESIGN" if previous_dead else "BUMP")
     session.add(TransactionAttempt(
         transaction_id=tx.transaction_id, number=number, kind=kind, tx_hash=tx.tx_hash or "",
-        nonce=tx.nonce, fee_params=tx.fee_params, max_fee=tx.fee_reserved, signed_payload=tx.signed_payload or b"",
+        nonce=tx.nonce, fee_params=tx.fee_params, max_fee=_max_fee(tx.fee_params), signed_payload=tx.signed_payload or b"",
         build_context=tx.build_context, state=LIVE))
+
+
+def _max_fee(fee_params: str | None) -> int | None:
+    """The most this attempt can be charged: its own quote's max_fee (not the transfer's reserve,
+    which is the largest over its attempts)."""
+    value = json.loads(fee_params).get("max_fee") if fee_params else None
+    return int(value) if isinstance(value, int) else None
+
+
+def nonce_sent(session: Session, tx: Transaction) -> bool:
+    """Whether any transaction with the transfer's current nonce was ever sent (committed before
+    the send RPC): then the nonce may be used on chain and is never given back."""
+    if not tx.send_attempts or tx.nonce is None:
+        return False
+    return session.scalar(select(TransactionAttempt.id).where(
+        TransactionAttempt.transaction_id == tx.transaction_id, TransactionAttempt.nonce == tx.nonce,
+        TransactionAttempt.sent_at.is_not(None)).limit(1)) is not None
 
 
 def previous_is_dead(session: Session, tx: Transaction) -> bool:
@@ -109,14 +127,9 @@ def mark_all_dead(session: Session, tx: Transaction) -> None:
 def settle(session: Session, tx: Transaction) -> None:
     """The transfer is final with its current transaction: that attempt LANDED, every other DEAD
     (its nonce or inputs are spent by the one that landed)."""
-    if tx.replacement_count == 0 and tx.kind != "NOOP":
-        return  # one attempt only: nothing else to rule out (the transfer row says which landed)
-    session.execute(update(TransactionAttempt).where(
-        TransactionAttempt.transaction_id == tx.transaction_id, TransactionAttempt.tx_hash != (tx.tx_hash or ""))
-        .values(state=DEAD))
-    session.execute(update(TransactionAttempt).where(
-        TransactionAttempt.transaction_id == tx.transaction_id, TransactionAttempt.tx_hash == (tx.tx_hash or ""))
-        .values(state=LANDED))
+    landed = case((TransactionAttempt.tx_hash == (tx.tx_hash or ""), LANDED), else_=DEAD)
+    session.execute(update(TransactionAttempt).where(TransactionAttempt.transaction_id == tx.transaction_id)
+                    .values(state=landed))
 
 
 def of(session: Session, transaction_id: str) -> list[TransactionAttempt]:

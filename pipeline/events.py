@@ -98,6 +98,8 @@ def opted_in(client: Client) -> frozenset[str]:
 def transaction_changed(session: Session, tx: Transaction, status_changed: bool, *, cached: bool = False) -> None:
     """After `tx` moved stage (and maybe status): its events, if its client listens (`cached`: see
     `subscriber`; stage changes in workers pass True)."""
+    if tx.kind == "NOOP":
+        return  # the pipeline's own gap fill: not a transfer the client asked for (the API lists it, kind NOOP)
     subscription = subscriber(session, tx.client_id, cached=cached)
     if subscription is None:
         return

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from pipeline.models import Account, Asset, NonceCursor, ReleasedNonce, Transaction, TransactionEvent
+from pipeline.models import Account, Asset, NonceCursor, ReleasedNonce, Transaction, TransactionEvent, utcnow
 from pipeline.stages import Stage, Status
 
 IN_FLIGHT = (Stage.SIGNED.value, Stage.BROADCAST.value, Stage.CONFIRMING.value)
@@ -49,12 +50,24 @@ class Gap:
     nonce: int
 
 
+GAP_RETRY_S = 300.0  # after a NOOP for a gap failed, the next one waits this long (no NOOP per tick)
+
+
 def find_gaps(session: Session, chain: str) -> list[Gap]:
-    """Released nonces of the chain's accounts that later nonces wait behind."""
+    """Released nonces of the chain's accounts that later nonces wait behind (unless a NOOP for
+    the same nonce failed within GAP_RETRY_S: a signer refusing gap fills must not get one a tick)."""
     rows = session.execute(
         select(ReleasedNonce.account_id, ReleasedNonce.nonce)
         .join(Account, Account.account_id == ReleasedNonce.account_id).where(Account.chain == chain))
-    return [Gap(account_id, nonce) for account_id, nonce in rows if later_in_flight(session, account_id, nonce)]
+    return [Gap(account_id, nonce) for account_id, nonce in rows
+            if later_in_flight(session, account_id, nonce) and not _failed_lately(session, account_id, nonce)]
+
+
+def _failed_lately(session: Session, account_id: str, nonce: int) -> bool:
+    since = utcnow() - timedelta(seconds=GAP_RETRY_S)
+    return session.scalar(select(Transaction.transaction_id).where(
+        Transaction.account_id == account_id, Transaction.nonce == nonce, Transaction.kind == NOOP,
+        Transaction.status == Status.FAILED.value, Transaction.finalized_at > since).limit(1)) is not None
 
 
 def claim_gap(session: Session, gap: Gap, native_symbol: str, new_id: str) -> Transaction | None:

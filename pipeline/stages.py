@@ -45,7 +45,7 @@ class FailureReason(str, enum.Enum):
     EXPIRED = "expired"  # used as the reason of a replacement, never a final failure
     # Another transaction of the same account (the key used outside the pipeline) took this
     # transfer's nonce, proven from the block that holds it: the reason of a re-signing with a
-    # new nonce, never a final failure.
+    # new nonce; final only for a NOOP gap fill (the gap it was to fill is filled).
     NONCE_CONSUMED = "nonce_consumed"
     FEE_ABOVE_CAP = "fee_above_cap"  # the fee the chain would charge now exceeds the registry's cap
 

@@ -151,6 +151,7 @@ def _resign(session: Session, tx: Transaction, reason: str, detail: str) -> None
     tx.block_number = None
     tx.confirmations = 0
     tx.bump_armed_head = tx.bump_armed_at = None
+    tx.broadcast_at = None  # the confirmation timeout counts from the new attempt's first send
     tx.replacement_count += 1
     advance(session, tx, Stage.FUNDS_LOCKED, reason=reason, detail=detail[:1000])
 
@@ -200,7 +201,7 @@ def fail(session: Session, tx: Transaction, reason: FailureReason, detail: str, 
     Never while another sent attempt of it may still land (a bump refused or unsignable): the
     transfer falls back to that attempt instead, and the tracker follows it. `nonce_unused`
     overrides the rule when the chain proved it (a refused send whose nonce the account has not
-    used); None: unused only if nothing was ever sent with it."""
+    used); None: unused only if no transaction with it was ever sent."""
     others = attempts.live_others(session, tx)
     if others:
         fall_back(session, tx, others[0], f"{reason.value}: {detail}"[:300])
@@ -208,9 +209,11 @@ def fail(session: Session, tx: Transaction, reason: FailureReason, detail: str, 
     stage = stage_of(tx)
     if stage in HOLDS_LOCKS:
         ledger.release(session, locked_amounts(tx))
-    unused = tx.send_attempts == 0 if nonce_unused is None else nonce_unused
+    unused = not attempts.nonce_sent(session, tx) if nonce_unused is None else nonce_unused
     if unused and tx.nonce is not None and tx.account_id:
         session.add(ReleasedNonce(account_id=tx.account_id, nonce=tx.nonce))
+    if tx.tx_hash or tx.replacement_count:
+        attempts.mark_all_dead(session, tx)  # none of them can land (proven, or never sent)
     release_utxos(session, tx)
     tx.stuck_reason = None
     tx.failure_reason = reason.value

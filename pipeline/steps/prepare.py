@@ -5,6 +5,8 @@ Nothing here signs or sends: a transfer failed in these steps never touched the 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -14,10 +16,11 @@ from chains.errors import InvalidAddress, TransactionRejected
 from pipeline import ledger
 from pipeline.driving import Attempt, Run, load_held
 from pipeline.errors import TransientError
-from pipeline.lifecycle import advance, stage_of
+from pipeline.lifecycle import advance, record_note, stage_of
 from pipeline.models import Account, Asset, Transaction, UtxoReservation, Wallet
 from pipeline.stages import FailureReason, Stage
-from pipeline.steps.handover import conclude_within
+from pipeline.nonces import NOOP
+from pipeline.steps.handover import conclude, conclude_within
 from pipeline.steps.context import (
     Outcome,
     OutcomeKind,
@@ -118,12 +121,14 @@ def lock_funds(ctx: StepContext, run: Run) -> Outcome:
                  f"available {asset.available if asset else 0} < amount {tx.amount} base units")
             return conclude_within(ctx, session, run, tx, OutcomeKind.FINAL)
         intent = intent_of(ctx, tx, tx.from_address)
-        chain, attempt = tx.chain, Attempt.of(tx)
+        chain, attempt, kind = tx.chain, Attempt.of(tx), tx.kind
 
     adapter = ctx.adapter_for(chain)
     try:
         quote = adapter.quote_fee(intent, _spendable_utxos(ctx, adapter, chain, intent.from_address))
     except TransactionRejected as exc:
+        if kind == NOOP and exc.reason in _SHORT:
+            return _noop_waits(ctx, run, attempt, exc.detail)
         if exc.reason == FailureReason.INSUFFICIENT_FUNDS.value and _outputs_in_flight(ctx, chain, intent.from_address):
             # The ledger has the funds but other pending transfers hold the outputs; their change
             # comes back to this address. Wait for it rather than fail a transfer that can be paid.
@@ -141,6 +146,8 @@ def lock_funds(ctx: StepContext, run: Run) -> Outcome:
         try:
             ledger.lock(session, holds)
         except ledger.Shortfall as short:
+            if tx.kind == NOOP:
+                return _noop_waiting(ctx, session, run, tx, str(short))
             reason = FailureReason.INSUFFICIENT_FUNDS
             if short.asset_id == tx.fee_asset_id and (tx.fee_asset_id != tx.asset_id or short.available >= tx.amount):
                 reason = FailureReason.INSUFFICIENT_FUNDS_FOR_FEE
@@ -151,6 +158,25 @@ def lock_funds(ctx: StepContext, run: Run) -> Outcome:
         tx.fee_reserved = quote.max_fee
         advance(session, tx, Stage.FUNDS_LOCKED)
         return conclude_within(ctx, session, run, tx, OutcomeKind.ADVANCED)
+
+
+NOOP_FUNDS_POLL_S = 30.0  # a gap fill short of its fee asks again this often
+_SHORT = (FailureReason.INSUFFICIENT_FUNDS.value, FailureReason.INSUFFICIENT_FUNDS_FOR_FEE.value)
+
+
+def _noop_waits(ctx: StepContext, run: Run, attempt: Attempt, detail: str) -> Outcome:
+    with ctx.db.unit_of_work() as session:
+        return _noop_waiting(ctx, session, run, load_held(session, run, attempt), detail)
+
+
+def _noop_waiting(ctx: StepContext, session: Session, run: Run, tx: Transaction, detail: str) -> Outcome:
+    """A gap fill the account cannot pay the fee of waits (later nonces wait behind it anyway):
+    failing it would give the nonce back and the next tick would make the same NOOP again."""
+    if tx.stuck_reason != "waiting_for_funds":
+        record_note(session, tx, "waiting_for_funds", f"the gap fill's fee: {detail}"[:1000])
+    tx.stuck_reason = "waiting_for_funds"
+    outcome = Outcome(OutcomeKind.WAIT, stage_of(tx), NOOP_FUNDS_POLL_S)
+    return replace(outcome, report=conclude(ctx, session, run, tx, outcome))
 
 
 def _spendable_utxos(ctx: StepContext, adapter: ChainAdapter, chain: str, address: str) -> list[Utxo]:

@@ -96,12 +96,12 @@ def _refused(ctx: StepContext, run: Run, attempt: Attempt, adapter: ChainAdapter
         if not ctx.fee_bumping:
             raise TransientError(f"the node wants a higher fee and fee bumping is off: {exc.detail[:200]}")
         return _bump_refused(ctx, run, attempt, adapter, exc)
-    if exc.reason == NONCE_TOO_LOW and adapter.uses_account_nonce:
-        return _nonce_used(ctx, run, attempt, adapter, signed, exc)
     if _has_live_others(ctx, run, attempt):
         # A replacement refused for another reason (its nonce or inputs already spent: most likely
         # by the transaction it replaces, mined meanwhile): follow the attempts that were sent.
         return fail_at(ctx, run, attempt, failure_reason(exc.reason), f"replacement refused: {exc.detail}")
+    if exc.reason == NONCE_TOO_LOW and adapter.uses_account_nonce:
+        return _nonce_used(ctx, run, attempt, adapter, signed, exc)
     if status.state is TxState.EXPIRED and exc.reason == FailureReason.EXPIRED.value:
         return _replace(ctx, run, attempt, f"refused as expired and proven not on chain: {exc.detail}")
     if status.state is TxState.EXPIRED or (_first_send(ctx, run, attempt) and adapter.proves_unlandable(signed)):
@@ -111,6 +111,9 @@ def _refused(ctx: StepContext, run: Run, attempt: Attempt, adapter: ChainAdapter
 
 
 UNDERPRICED = "replacement_underpriced"
+# Kept waiting by the bump step, which checks them again every replacement-policy interval: no
+# confirmation timeout parks them (a top-up or a falling fee must still get them bumped).
+RECHECKED = frozenset({"waiting_for_funds", "at_fee_cap", "change_below_dust"})
 
 
 def _bump_refused(ctx: StepContext, run: Run, attempt: Attempt, adapter: ChainAdapter,
@@ -154,6 +157,10 @@ def _renonce(ctx: StepContext, run: Run, attempt: Attempt, adapter: ChainAdapter
     with ctx.db.unit_of_work() as session:
         tx = load_held(session, run, attempt)
         moved = nonces.resync(session, tx.account_id or "", pending)
+        if tx.kind == nonces.NOOP:  # the gap it was to fill is filled (by another): nothing left to do
+            attempts.mark_all_dead(session, tx)
+            fail(session, tx, FailureReason.NONCE_CONSUMED, f"nonce {tx.nonce} was used by {taken_by}", nonce_unused=False)
+            return conclude_within(ctx, session, run, tx, OutcomeKind.FINAL)
         replace_used_nonce(session, tx, f"nonce {tx.nonce} was used by {taken_by}, not by this transfer"
                                         + (f"; the account's next nonce is now {pending}" if moved else ""))
         return conclude_within(ctx, session, run, tx, OutcomeKind.RESTART, step="request_signature")
@@ -235,7 +242,8 @@ def confirm(ctx: StepContext, run: Run) -> Outcome:
                 tx.send_attempts += 1
                 tx.last_broadcast_at = utcnow()
                 record_note(session, tx, "rebroadcast", "node does not know the transaction; same bytes sent again")
-            if tx.broadcast_at and utcnow() - tx.broadcast_at > timedelta(seconds=ctx.confirm_timeout_s):
+            if (tx.broadcast_at and utcnow() - tx.broadcast_at > timedelta(seconds=ctx.confirm_timeout_s)
+                    and tx.stuck_reason not in RECHECKED):
                 tx.last_error = f"not confirmed within {int(ctx.confirm_timeout_s)} s of broadcast"
                 record_note(session, tx, "confirmation_timeout", tx.last_error)
                 outcome_kind = OutcomeKind.STALLED

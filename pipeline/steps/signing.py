@@ -28,6 +28,7 @@ from pipeline.steps.context import (
     Outcome,
     OutcomeKind,
     StepContext,
+    fail,
     fail_at,
     fee_quote_of,
     intent_of,
@@ -89,6 +90,8 @@ def request_signature(ctx: StepContext, run: Run) -> Outcome:
         tx.signed_payload = signed.raw
         tx.tx_hash = signed.tx_hash
         attempts.record_signed(session, tx, attempts.previous_is_dead(session, tx))
+        if tx.stuck_reason == "nonce_released":
+            tx.stuck_reason = None  # it has its new nonce and signature: moving again
         advance(session, tx, Stage.SIGNED, detail=signed.tx_hash)
         return conclude_within(ctx, session, run, tx, OutcomeKind.ADVANCED)
 
@@ -144,6 +147,9 @@ def _still_waiting(ctx: StepContext, run: Run, attempt: Attempt) -> Outcome:
             tx.last_error = f"the signer has not answered within {int(ctx.signature_timeout_s)} s"
             record_note(session, tx, "signature_timeout", tx.last_error)
             if _blocks_later_nonces(session, tx):
+                if tx.kind == nonces.NOOP:  # a gap fill never takes another nonce: it ends, the gap stays
+                    fail(session, tx, FailureReason.SIGNATURE_REFUSED, tx.last_error)
+                    return conclude_within(ctx, session, run, tx, OutcomeKind.FINAL)
                 _give_nonce_back(session, tx)
             return conclude_within(ctx, session, run, tx, OutcomeKind.STALLED)
     return Outcome(OutcomeKind.WAIT, Stage.SIGNATURE_REQUESTED, ctx.signature_poll_s)
@@ -152,7 +158,7 @@ def _still_waiting(ctx: StepContext, run: Run, attempt: Attempt) -> Outcome:
 def _blocks_later_nonces(session: Session, tx: Transaction) -> bool:
     """Its nonce was never sent, and later nonces of the account are signed or out: they wait
     behind it on the chain for as long as the signer does not answer."""
-    if tx.nonce is None or tx.send_attempts or not tx.account_id:
+    if tx.nonce is None or not tx.account_id or attempts.nonce_sent(session, tx):
         return False
     return nonces.later_in_flight(session, tx.account_id, tx.nonce)
 

@@ -260,7 +260,7 @@ class TestBroadcast:
 
     @pytest.mark.parametrize(("code", "message"), [
         (-25, "bad-txns-inputs-missingorspent"), (-25, "Missing inputs"), (-26, "txn-mempool-conflict"),
-        (-26, "dust"), (-26, "min relay fee not met, 100 < 141"),
+        (-26, "dust"),
         (-26, "mandatory-script-verify-flag-failed (Signature must be zero for failed CHECK(MULTI)SIG operation)"),
         (-22, "TX decode failed"), (-25, "Fee exceeds maximum configured by user (maxfeerate)"),
     ])
@@ -279,8 +279,14 @@ class TestBroadcast:
             adapter_with(node).broadcast(SIGNED)
         assert not isinstance(caught.value, TransactionRejected)
 
+    @pytest.mark.parametrize("message", ["min relay fee not met, 100 < 141", "mempool min fee not met"])
+    def test_a_fee_below_the_mempool_minimum_asks_for_a_bump_not_a_wait_or_a_failure(self, message: str) -> None:
+        with pytest.raises(TransactionRejected) as rejected:
+            adapter_with(FakeNode(sendrawtransaction=node_error(-26, message))).broadcast(SIGNED)
+        assert rejected.value.reason == "replacement_underpriced"
+
     @pytest.mark.parametrize(("code", "message"), [(-28, "Loading block index..."), (-1, "something odd"),
-                                                   (-32601, "Method not found"), (-26, "mempool min fee not met"),
+                                                   (-32601, "Method not found"),
                                                    (-26, "too-long-mempool-chain, too many unconfirmed ancestors")])
     def test_node_trouble_is_transient(self, code: int, message: str) -> None:
         with pytest.raises(ChainRpcError) as caught:
