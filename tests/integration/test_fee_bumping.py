@@ -135,6 +135,16 @@ def until_final(chain: Chain, tx_id: str, blocks: int = 8, limits: TrackerLimits
     return h.load(tx_id)
 
 
+def bump_due(chain: Chain, tx_id: str) -> None:
+    """Blocks pass without the transfer's transaction: the first tick arms its bump clock, the one
+    3 blocks later hands it to the bump step, which runs here."""
+    chain.mine(2)
+    assert chain.tick().armed >= 1
+    chain.mine(3)
+    assert chain.tick().bumps == 1
+    drive_to(chain, tx_id, "bump_fee")
+
+
 def assert_chain_agrees(chain: Chain, f: h.Funded) -> None:
     row = h.asset(f.assets["ETH"])
     assert (row.balance, row.locked_balance) == (chain.node.balance(f.address), 0)
@@ -178,11 +188,7 @@ def test_a_bump_at_the_fee_cap_keeps_the_original_which_lands_when_the_spike_end
     capped = EvmAdapter(replace(chain.adapter.spec, options={"max_fee_per_gas_cap": cap}))
     chain.ctx = replace(chain.ctx, adapter_for=lambda name: capped)
     with GasSpike(chain.node.rpc_url, 5):
-        chain.mine(2)
-        chain.tick()
-        chain.mine(3)
-        assert chain.tick().bumps == 1
-        drive_to(chain, tx_id, "bump_fee")
+        bump_due(chain, tx_id)
         # Then the transfer keeps its transaction, says why, and is asked about one by one
         held = h.load(tx_id)
         assert (held.stage, held.stuck_reason, held.tx_hash, held.replacement_count) == (
@@ -203,11 +209,7 @@ def test_a_bump_the_balance_cannot_cover_waits_for_funds_then_goes_through(stack
     f = chain.wallet(ETH + quote.max_fee)
     tx_id = sent(chain, f)
     with GasSpike(chain.node.rpc_url, 5):
-        chain.mine(2)
-        chain.tick()
-        chain.mine(3)
-        assert chain.tick().bumps == 1
-        drive_to(chain, tx_id, "bump_fee")
+        bump_due(chain, tx_id)
         # Then the bump waits, saying so, with nothing locked beyond the first reserve
         waiting = h.load(tx_id)
         assert (waiting.stage, waiting.stuck_reason, waiting.replacement_count) == ("BROADCAST", "waiting_for_funds", 0)

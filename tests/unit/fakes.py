@@ -395,6 +395,14 @@ class World:
         current = self.tx(tx_id).driver_seq if seq is None else seq
         return run_message(ctx, name, tx_id, current, errors)
 
+    def sent(self, party: Party, amount: str = "1") -> str:
+        """A transfer signed and sent once, whose transaction the chain has in its mempool (PENDING)."""
+        self.adapter().statuses = [PENDING]
+        tx_id = self.transfer(party, amount)
+        self.run_until(tx_id, "broadcast")
+        assert self.tx(tx_id).stage == "BROADCAST"
+        return tx_id
+
     def run_until(self, tx_id: str, last_step: str, ctx: StepContext | None = None) -> list[Outcome]:
         """Run the steps in order up to and including `last_step` (each once)."""
         outcomes = []

@@ -24,7 +24,7 @@ from pipeline.models import ReleasedNonce, Transaction, utcnow
 from workers.display import print_stuck, print_transfer
 from workers.services import describe_transfer
 from workers.stuck import find_stuck, list_stuck, stuck_filter
-from tests.unit.fakes import PENDING, Party, World
+from tests.unit.fakes import Party, World
 
 ROOT = Path(__file__).resolve().parents[2]
 ETH = 10**18
@@ -32,18 +32,9 @@ GWEI = 10**9
 BUMPED = FeeQuote(max_fee=21_000 * 2 * GWEI, params={"gas": 21_000, "gasPrice": 2 * GWEI})
 
 
-def sent(world: World, party: Party, amount: str = "1") -> str:
-    """A transfer signed and sent once (the chain answers PENDING: not in a block)."""
-    world.adapter().statuses = [PENDING]
-    tx_id = world.transfer(party, amount)
-    world.run_until(tx_id, "broadcast")
-    assert world.tx(tx_id).stage == "BROADCAST"
-    return tx_id
-
-
 def bumped(world: World, party: Party) -> str:
     """Sent, then replaced at twice the gas price and sent again: two attempts, same nonce."""
-    tx_id = sent(world, party)
+    tx_id = world.sent(party)
     world.adapter().replacement_quotes = [BUMPED]
     world.step("bump_fee", tx_id)
     world.step("request_signature", tx_id)
@@ -122,23 +113,23 @@ def test_show_of_an_unsent_transfer_has_no_attempts(world: World, capsys: pytest
 def test_stuck_lists_bumping_waiting_for_funds_gap_fills_and_old_sends_and_nothing_else(world: World) -> None:
     alice = world.onboard(balances={"ETH": 5 * ETH})
     # mid-bump: the replacement is priced and funded, not signed yet
-    bumping = sent(world, alice)
+    bumping = world.sent(alice)
     world.adapter().replacement_quotes = [BUMPED]
     world.step("bump_fee", bumping)
     # a bump the account cannot fund: it keeps its transaction, waiting for funds
     poor = world.onboard(balances={"ETH": ETH + 21_000 * GWEI})
-    starving = sent(world, poor)
+    starving = world.sent(poor)
     world.adapter().replacement_quotes = [FeeQuote(max_fee=ETH, params={"gas": 21_000, "gasPrice": ETH // 21_000})]
     world.step("bump_fee", starving)
     # a nonce gap behind later nonces: a NOOP transfer fills it
     noop = gap_fill(world, alice, 7)
     # sent ten minutes ago, not in a block
-    old = sent(world, alice)
+    old = world.sent(alice)
     sent_ago(world, old, 600)
     # not stuck: sent just now, a fresh transfer, a confirmed one with a stale stuck_reason
-    fresh = sent(world, alice)
+    fresh = world.sent(alice)
     new = world.transfer(alice, "1")
-    done = sent(world, alice)
+    done = world.sent(alice)
     world.edit(done, lambda tx: setattr(tx, "status", "CONFIRMED") or setattr(tx, "stuck_reason", "at_fee_cap"))
 
     with world.db.reading() as s:
@@ -162,7 +153,7 @@ def test_stuck_lists_bumping_waiting_for_funds_gap_fills_and_old_sends_and_nothi
 
 def test_older_than_chain_and_limit(world: World) -> None:
     alice = world.onboard(balances={"ETH": 5 * ETH})
-    old, older = sent(world, alice), sent(world, alice)
+    old, older = world.sent(alice), world.sent(alice)
     sent_ago(world, old, 120)
     sent_ago(world, older, 900)
     with world.db.reading() as s:
@@ -186,7 +177,7 @@ def test_a_noop_without_a_stuck_reason_is_still_listed(world: World) -> None:
 def test_stuck_renders_a_table_and_the_summary(world: World, capsys: pytest.CaptureFixture[str]) -> None:
     alice = world.onboard(balances={"ETH": 5 * ETH})
     noop = gap_fill(world, alice, 4)
-    old = sent(world, alice)
+    old = world.sent(alice)
     sent_ago(world, old, 3 * 3600)
 
     report = list_stuck(world.ctx())

@@ -15,7 +15,7 @@ from pipeline.steps import OutcomeKind
 from pipeline.webhooks import configure_webhook
 from signer.base import SignerError
 from sqlalchemy import select
-from tests.unit.fakes import PENDING, Party, World, included
+from tests.unit.fakes import Party, World, included
 
 ETH = 10**18
 GWEI = 10**9
@@ -23,12 +23,17 @@ FIRST_FEE = 21_000 * GWEI  # the fakes' default quote
 BUMPED = FeeQuote(max_fee=21_000 * 3 * GWEI, params={"gas": 21_000, "gasPrice": 3 * GWEI})
 
 
-def sent(world: World, party: Party, amount: str = "1") -> str:
-    world.adapter().statuses = [PENDING]
-    tx_id = world.transfer(party, amount)
-    world.run_until(tx_id, "broadcast")
-    assert world.tx(tx_id).stage == "BROADCAST"
-    return tx_id
+class Refusing:
+    """The world's signer, refusing every request for good (a policy engine saying no)."""
+
+    def __init__(self, world: World) -> None:
+        self.inner = world.signer
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def request_signature(self, *args: object) -> None:
+        raise SignerError("policy refuses")
 
 
 def attempts_of(world: World, tx_id: str) -> list[tuple[str, str, int | None]]:
@@ -45,7 +50,7 @@ def bump(world: World, tx_id: str) -> None:
 
 def test_a_bump_locks_the_extra_reserve_and_settles_with_the_original_if_that_one_lands(world: World) -> None:
     alice = world.onboard(balances={"ETH": 2 * ETH})
-    tx_id = sent(world, alice)
+    tx_id = world.sent(alice)
     first = world.tx(tx_id).tx_hash
     bump(world, tx_id)
     assert world.balances(alice, "ETH") == (2 * ETH, ETH + BUMPED.max_fee)  # the extra locked, atomically
@@ -62,18 +67,10 @@ def test_a_bump_locks_the_extra_reserve_and_settles_with_the_original_if_that_on
 
 def test_a_bump_the_signer_refuses_falls_back_to_the_original_and_never_fails(world: World) -> None:
     alice = world.onboard(balances={"ETH": 2 * ETH})
-    tx_id = sent(world, alice)
+    tx_id = world.sent(alice)
     first = world.tx(tx_id).tx_hash
     bump(world, tx_id)
-
-    class Refusing:
-        def __getattr__(self, name: str) -> object:
-            return getattr(world.signer, name)
-
-        def request_signature(self, *args: object) -> None:
-            raise SignerError("policy refuses")
-
-    world.step("request_signature", tx_id, world.ctx(signer=Refusing()))
+    world.step("request_signature", tx_id, world.ctx(signer=Refusing(world)))
     tx = world.tx(tx_id)
     assert (tx.status, tx.stage, tx.tx_hash) == ("PENDING", "BROADCAST", first)
     assert "replacement_abandoned" in [e.reason for e in world.events(tx_id)]
@@ -82,7 +79,7 @@ def test_a_bump_the_signer_refuses_falls_back_to_the_original_and_never_fails(wo
 
 def test_a_bump_refused_at_the_cap_keeps_the_transaction_and_says_why(world: World) -> None:
     alice = world.onboard(balances={"ETH": 2 * ETH})
-    tx_id = sent(world, alice)
+    tx_id = world.sent(alice)
     world.adapter().replacement_quotes = [BumpRefused("at_fee_cap", "gasPrice cannot rise under the cap")]
     world.step("bump_fee", tx_id)
     tx = world.tx(tx_id)
@@ -91,7 +88,7 @@ def test_a_bump_refused_at_the_cap_keeps_the_transaction_and_says_why(world: Wor
 
 def test_no_bump_is_made_for_a_transaction_that_pays_the_market_price(world: World) -> None:
     alice = world.onboard(balances={"ETH": 2 * ETH})
-    tx_id = sent(world, alice)
+    tx_id = world.sent(alice)
     world.adapter().replacement_quotes = [None]
     world.step("bump_fee", tx_id)
     assert (world.tx(tx_id).stage, world.tx(tx_id).replacement_count) == ("BROADCAST", 0)
@@ -100,7 +97,7 @@ def test_no_bump_is_made_for_a_transaction_that_pays_the_market_price(world: Wor
 
 def test_a_bump_the_balance_cannot_cover_waits_for_funds(world: World) -> None:
     alice = world.onboard(balances={"ETH": ETH + FIRST_FEE})
-    tx_id = sent(world, alice)
+    tx_id = world.sent(alice)
     world.adapter().replacement_quotes = [BUMPED]
     world.step("bump_fee", tx_id)
     tx = world.tx(tx_id)
@@ -110,7 +107,7 @@ def test_a_bump_the_balance_cannot_cover_waits_for_funds(world: World) -> None:
 
 def test_a_nonce_is_given_back_only_if_no_transaction_with_it_was_ever_sent(world: World) -> None:
     alice = world.onboard(balances={"ETH": 2 * ETH})
-    tx_id = sent(world, alice)
+    tx_id = world.sent(alice)
     nonce = world.tx(tx_id).nonce
     # re-signed at a new nonce after proof that another transaction took the old one
     world.adapter().statuses = [TxStatus(TxState.NOT_FOUND)]
@@ -119,15 +116,7 @@ def test_a_nonce_is_given_back_only_if_no_transaction_with_it_was_ever_sent(worl
     assert world.step("confirm", tx_id).stage.value == "FUNDS_LOCKED"
     world.adapter().chain_nonce = nonce + 5
     world.adapter().nonce_taken = None
-
-    class Refusing:
-        def __getattr__(self, name: str) -> object:
-            return getattr(world.signer, name)
-
-        def request_signature(self, *args: object) -> None:
-            raise SignerError("policy refuses")
-
-    world.step("request_signature", tx_id, world.ctx(signer=Refusing()))
+    world.step("request_signature", tx_id, world.ctx(signer=Refusing(world)))
     tx = world.tx(tx_id)
     assert tx.status == "FAILED" and tx.nonce != nonce
     with world.db.unit_of_work() as s:
@@ -154,7 +143,7 @@ def test_a_gap_fill_short_of_its_fee_waits_instead_of_failing_and_coming_back_ev
 
 def test_a_failed_gap_fill_is_not_made_again_at_once(world: World) -> None:
     bob = world.onboard(balances={"ETH": 2 * ETH})
-    later = sent(world, bob)  # nonce 0 in flight
+    later = world.sent(bob)  # nonce 0 in flight
     with world.db.unit_of_work() as s:
         s.get(Transaction, later).nonce = 5
     noop = gap(world, bob, 4)
