@@ -24,7 +24,7 @@ from tronpy.keys import PrivateKey
 
 from chains import tron_tx
 from chains.base import FeeQuote, SignedTransaction, TransferIntent, TxState, TxStatus
-from chains.errors import ChainRpcError, TransactionRejected
+from chains.errors import TransactionRejected
 from chains.registry import ChainSpec, load_registry
 from chains.tron import TronAdapter
 from devnet.tron_node import TronNode
