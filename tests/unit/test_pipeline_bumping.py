@@ -15,7 +15,7 @@ from pipeline.steps import OutcomeKind
 from pipeline.webhooks import configure_webhook
 from signer.base import SignerError
 from sqlalchemy import select
-from tests.unit.fakes import Party, World, included
+from tests.unit.fakes import PENDING, Party, World, included
 
 ETH = 10**18
 GWEI = 10**9
@@ -180,3 +180,24 @@ def test_an_underpriced_refusal_is_bumped_not_failed(world: World) -> None:
     world.step("broadcast", tx_id)
     tx = world.tx(tx_id)
     assert (tx.status, tx.stage, tx.replacement_count, tx.fee_reserved) == ("PENDING", "FUNDS_LOCKED", 1, BUMPED.max_fee)
+
+
+def test_each_tick_moves_a_cursor_behind_the_chain_up_and_forgets_released_nonces_the_chain_used(world: World) -> None:
+    carol = world.onboard(balances={"ETH": 2 * ETH})
+    tx_id = world.sent(carol)  # allocates nonce 0: the cursor is at 1
+    with world.db.unit_of_work() as s:
+        s.add(ReleasedNonce(account_id=carol.account_id, nonce=0))
+        s.add(ReleasedNonce(account_id=carol.account_id, nonce=7))
+    # the key was used outside the pipeline: the chain has mined up to nonce 4 and holds 5 pending
+    with world.db.unit_of_work() as s:
+        notes = nonces.reconcile(s, "ethereum", {world.tx(tx_id).from_address: (5, 6)})
+    assert notes and "cursor 1 -> 6" in notes[0]
+    with world.db.unit_of_work() as s:
+        assert [row.nonce for row in s.scalars(select(ReleasedNonce).where(
+            ReleasedNonce.account_id == carol.account_id))] == [7]
+    world.adapter().statuses = [PENDING]
+    later = world.transfer(carol, "0.1")
+    world.run_until(later, "request_signature")
+    assert world.tx(later).nonce == 7  # the released one first (still above the chain's), then 6, 8, ...
+    with world.db.unit_of_work() as s:  # and never down
+        assert nonces.reconcile(s, "ethereum", {world.tx(tx_id).from_address: (2, 3)}) == []
