@@ -32,6 +32,7 @@ from chains.transport import (
     REQUEST_TIMEOUT_S,
     NodeRpcError,
     json_rpc_result,
+    json_rpc_results,
     mapped_errors,
     observed,
     redact_endpoint,
@@ -146,13 +147,7 @@ class EvmEndpoint:
             answers = self.web3().provider.make_batch_request([(method, params) for method, params in calls])
         if not isinstance(answers, list) or len(answers) != len(calls):
             raise ChainRpcError(f"batch of {len(calls)}: unusable answer from {self.endpoint}")
-        results: list[Any] = []
-        for (method, _), answer in zip(calls, answers):
-            try:
-                results.append(json_rpc_result(method, answer, self.url))
-            except NodeRpcError as exc:
-                results.append(exc)
-        return results
+        return json_rpc_results([method for method, _ in calls], answers, self.url)
 
 
 def _head(node: EvmEndpoint) -> int:

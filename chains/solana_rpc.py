@@ -35,6 +35,7 @@ from chains.transport import (
     HttpEndpoint,
     NodeRpcError,
     json_rpc_result,
+    json_rpc_results,
     unusable_value,
 )
 from chains.transport import mapped_errors as rpc_errors
@@ -87,13 +88,7 @@ class SolanaEndpoint(HttpEndpoint):
         replies = {r.get("id"): r for r in answer if isinstance(r, dict)} if isinstance(answer, list) else {}
         if set(replies) != set(ids):
             raise ChainRpcError(f"{what}: unusable answer from {self.endpoint} (not one reply per call)")
-        out: list[Any] = []
-        for i, (method, _) in zip(ids, calls):
-            try:
-                out.append(json_rpc_result(method, replies[i], self.url))
-            except NodeRpcError as exc:
-                out.append(exc)
-        return out
+        return json_rpc_results([method for method, _ in calls], [replies[i] for i in ids], self.url)
 
 
 def _head(node: SolanaEndpoint) -> int:

@@ -12,8 +12,8 @@ here once, a fix to redaction or to the error mapping reaches every family at th
   `from None`; a caller that must not keep it even as the context raises `transport_error(...)`
   outside its handler (bitcoin_rpc);
 - a JSON-RPC error object from the node becomes NodeRpcError with the node's code, message and
-  `data` (`NodeRpcError.from_error`, `json_rpc_result`): a ChainRpcError, so transient unless the
-  adapter classifies it as a refusal;
+  `data` (`NodeRpcError.from_error`, `json_rpc_result`; per call of a batch, `json_rpc_results`):
+  a ChainRpcError, so transient unless the adapter classifies it as a refusal;
 - `HttpEndpoint`: URL, timeout, redacted name and one keep-alive `requests.Session` per thread (a
   session is not promised thread-safe).
 
@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Iterator
 from urllib.parse import urlsplit
 
@@ -155,6 +155,19 @@ def json_rpc_result(method: str, answer: Any, endpoint: str) -> Any:
     if "result" not in answer:
         raise ChainRpcError(f"{method}: unusable answer from {redact_endpoint(endpoint)} (no result)")
     return answer["result"]
+
+
+def json_rpc_results(methods: Iterable[str], answers: Iterable[Any], endpoint: str) -> list[Any]:
+    """Per call of a JSON-RPC batch, in order, its `result` or the NodeRpcError the node answered
+    for it, not raised: one refused call must not sink the others. An answer that is not JSON-RPC
+    raises ChainRpcError (`json_rpc_result`)."""
+    results: list[Any] = []
+    for method, answer in zip(methods, answers):
+        try:
+            results.append(json_rpc_result(method, answer, endpoint))
+        except NodeRpcError as exc:
+            results.append(exc)
+    return results
 
 
 def unusable_value(what: str, value: Any) -> ChainRpcError:
