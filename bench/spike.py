@@ -51,6 +51,7 @@ import math
 import time
 from collections import Counter
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,7 @@ from bench.spike_report import BASELINE, BUMPING, RunResult, summarize, table
 from bench.spike_scenario import GWEI, Action, FeeSpikes, paced, run_timeline
 
 PROGRESS_EVERY_S = 3.0
+WARMUP_TIMEOUT_S = 120.0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -70,11 +72,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--evm-sources", type=int, default=10, help="ETH source accounts")
     parser.add_argument("--btc-sources", type=int, default=5, help="BTC source wallets (one output per transfer)")
     parser.add_argument("--submit-s", type=float, default=10.0, help="submissions spread evenly over this long")
-    parser.add_argument("--spike-at-s", type=float, default=2.0, help="the spikes begin this long after the first submission")
+    parser.add_argument("--spike-at-s", type=float, default=2.0,
+                        help="the spikes begin this long after the first submission")
     parser.add_argument("--spike-s", type=float, default=20.0, help="and last this long")
     parser.add_argument("--base-fee-multiplier", type=int, default=5)
     parser.add_argument("--base-fee-gwei", type=int, default=10, help="the EVM base fee held before the spike")
-    parser.add_argument("--spike-sat-vb", type=int, default=50, help="the Bitcoin blocks' minimum fee rate in the spike")
+    parser.add_argument("--spike-sat-vb", type=int, default=50,
+                        help="the Bitcoin blocks' minimum fee rate in the spike")
     parser.add_argument("--kill-at-s", type=float, default=None, help="primary endpoints die then (default: midway "
                         "through the submissions)")
     parser.add_argument("--drain-s", type=float, default=120.0, help="after the spike, wait this long at most for "
@@ -117,99 +121,121 @@ def scenario(args: argparse.Namespace) -> dict[str, Any]:
 
 def chains(args: argparse.Namespace) -> dict[str, int]:
     """chain -> transfers of the scenario (families with none are left out)."""
-    return {chain: count for chain, count in (("ethereum", args.evm_transfers), ("bitcoin", args.btc_transfers)) if count}
+    counts = (("ethereum", args.evm_transfers), ("bitcoin", args.btc_transfers))
+    return {chain: count for chain, count in counts if count}
 
 
 def run_once(args: argparse.Namespace, workdir: Path, bumping: bool) -> RunResult:
     """One run of the scenario in its own stack, stopped (spikes ended first) before returning."""
     from bench.run import BENCH_ENV
-    from workers import runtime
     from workers.stack import EmbeddedStack, StackOptions
 
     name = BUMPING if bumping else BASELINE
     started = time.monotonic()
-    counts = chains(args)
-    say(f"{name}: starting redis-server, {' and '.join(counts)} devnets ({args.block_time} s blocks) behind 2 RPC "
-        f"proxies each, SQLite, one worker of {args.concurrency} processes; fee bumping {'on' if bumping else 'OFF'}")
+    say(f"{name}: starting redis-server, {' and '.join(chains(args))} devnets ({args.block_time} s blocks) behind 2 "
+        f"RPC proxies each, SQLite, one worker of {args.concurrency} processes; "
+        f"fee bumping {'on' if bumping else 'OFF'}")
     with ExitStack() as scope:
         stack = scope.enter_context(EmbeddedStack(StackOptions(
-            workdir=workdir, chains=tuple(counts), block_time=args.block_time, concurrency=args.concurrency, beat=True,
-            rpc_proxies=2, extra_env={**BENCH_ENV, "PARATRO_FEE_BUMPING": "1" if bumping else "0"})))
-        ctx = runtime.context()
+            workdir=workdir, chains=tuple(chains(args)), block_time=args.block_time, concurrency=args.concurrency,
+            beat=True, rpc_proxies=2, extra_env={**BENCH_ENV, "PARATRO_FEE_BUMPING": "1" if bumping else "0"})))
         say(f"{name}: stack up in {time.monotonic() - started:.1f} s; funding sources")
-        sources = {chain: fund(args, ctx, stack, chain, count) for chain, count in counts.items()}
-        warm_up(args, ctx, sources, name)
-        spikes = FeeSpikes(stack.nodes["ethereum"].rpc_url if "ethereum" in counts else None,
-                           stack.nodes.get("bitcoin"), args.base_fee_multiplier, args.spike_sat_vb)
-        scope.callback(spikes.stop)  # before the stack stops (last in, first out)
-        spikes.steady(args.base_fee_gwei * GWEI)
-        requests = [request for chain, count in counts.items() for request in requests_for(ctx, sources[chain], count, name)]
-        result = RunResult(name, [])
-        ids: list[str] = []
-        actions = submissions(ctx, requests, args.submit_s, ids, result, counts) + events(args, stack, spikes, ids, ctx, name)
-        run_timeline(actions, say)
-        result.spike = spike_figures(spikes)
-        drain(args, ctx, ids, name, result)
-        result.facts = read_facts(ctx, ids, stack.nodes["ethereum"].rpc_url if "ethereum" in counts else None,
-                                  spikes.window())
+        result = scenario_in(args, stack, scope, name)
         result.seconds = time.monotonic() - started
-        restarts = sum(stack.restarts.values())
-        if restarts:
-            say(f"{name}: the worker process was started again {restarts} time(s) (see {workdir}/worker-w1.log)")
+        if sum(stack.restarts.values()):
+            say(f"{name}: the worker process was started again {sum(stack.restarts.values())} time(s) "
+                f"(see {workdir}/worker-w1.log)")
     return result
 
 
-def fund(args: argparse.Namespace, ctx: Any, stack: Any, chain: str, count: int) -> tuple[Any, str, list[Any]]:
-    """(plan, client id, funded sources) for `count` transfers plus the warm-up, spread evenly."""
+def scenario_in(args: argparse.Namespace, stack: Any, scope: ExitStack, name: str) -> RunResult:
+    """Fund, warm up, hold the base fee, run the timeline, drain, read every transfer's facts."""
+    from workers import runtime
+
+    ctx = runtime.context()
+    families = {chain: fund(args, ctx, stack, chain, count) for chain, count in chains(args).items()}
+    warm_up(args, ctx, families, name)
+    evm_url = stack.nodes["ethereum"].rpc_url if "ethereum" in families else None
+    spikes = FeeSpikes(evm_url, stack.nodes.get("bitcoin"), args.base_fee_multiplier, args.spike_sat_vb)
+    scope.callback(spikes.stop)  # before the stack stops (last in, first out)
+    spikes.steady(args.base_fee_gwei * GWEI)
+    submitter = Submitter(ctx)
+    requests = {chain: family.requests(ctx, chains(args)[chain], name) for chain, family in families.items()}
+    timeline = submissions(submitter, requests, args.submit_s) + events(args, stack, spikes, submitter.ids, ctx, name)
+    run_timeline(timeline, say)
+    drained = drain(args, ctx, submitter.ids, name)
+    return RunResult(name, read_facts(ctx, submitter.ids, evm_url, spikes.window()), submit_seconds=submitter.seconds,
+                     drain_seconds=drained, spike=spike_figures(spikes))
+
+
+@dataclass(frozen=True)
+class Family:
+    """One chain's client and funded source accounts."""
+
+    plan: Any  # bench.pipeline_burst.FamilyPlan
+    client_id: str
+    sources: list[Any]
+
+    def requests(self, ctx: Any, count: int, name: str) -> list[Any]:
+        from bench.pipeline_burst import transfer_requests
+
+        return transfer_requests(ctx, self.client_id, self.plan, self.sources, count, f"spike-{name}-{self.plan.chain}")
+
+
+def fund(args: argparse.Namespace, ctx: Any, stack: Any, chain: str, count: int) -> Family:
+    """A client and its sources, funded for `count` transfers plus the warm-up, spread evenly (Bitcoin:
+    one output per transfer, `bench.pipeline_burst.PLANS`)."""
     from bench.pipeline_burst import PLANS, fund_sources, new_client
 
     plan = PLANS[chain]
     n = args.evm_sources if chain == "ethereum" else args.btc_sources
     client_id = new_client(ctx, f"spike {chain}")
-    return plan, client_id, fund_sources(ctx, stack.nodes[chain], client_id, plan, [math.ceil((count + args.warmup) / n)] * n)
+    each = [math.ceil((count + args.warmup) / n)] * n
+    return Family(plan, client_id, fund_sources(ctx, stack.nodes[chain], client_id, plan, each))
 
 
-def warm_up(args: argparse.Namespace, ctx: Any, sources: dict[str, tuple[Any, str, list[Any]]], name: str) -> None:
-    """A few transfers per family before anything is measured: the worker's first use of a chain is not its pace."""
+def warm_up(args: argparse.Namespace, ctx: Any, families: dict[str, Family], name: str) -> None:
+    """A few transfers per family before anything is measured: a worker's first use of a chain is not its pace."""
     from bench import counters
     from bench.pipeline_burst import run_burst
 
-    for chain, (plan, client_id, group) in sources.items():
+    for chain, family in families.items():
         if args.warmup > 0:
-            warm = run_burst(ctx, client_id, plan, group, args.warmup, f"spike-{name}-{chain}-warmup", counters.Sample,
-                             say, 120.0)
+            warm = run_burst(ctx, family.client_id, family.plan, family.sources, args.warmup,
+                             f"spike-{name}-{chain}-warmup", counters.Sample, say, WARMUP_TIMEOUT_S)
             if not warm.complete:
                 say(f"{name}: {chain} warm-up ended {dict(warm.statuses)}")
 
 
-def requests_for(ctx: Any, source: tuple[Any, str, list[Any]], count: int, name: str) -> list[Any]:
-    from bench.pipeline_burst import transfer_requests
+class Submitter:
+    """Submits transfers as the API's service layer does, keeping their ids and when it began and ended."""
 
-    plan, client_id, group = source
-    return transfer_requests(ctx, client_id, plan, group, count, f"spike-{name}-{plan.chain}")
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self.ids: list[str] = []
+        self.first: float | None = None
+        self.last: float | None = None
 
+    def submit(self, request: Any) -> None:
+        from workers.services import submit_transfer
 
-def submissions(ctx: Any, requests: list[Any], over_s: float, ids: list[str], result: RunResult,
-                counts: dict[str, int]) -> list[Action]:
-    """Each family's transfers evenly over `over_s`, interleaved; `ids` fills as they are submitted."""
-    from workers.services import submit_transfer
+        self.first = self.first or time.monotonic()
+        self.ids.append(submit_transfer(self.ctx, request).transaction_id)
+        self.last = time.monotonic()
 
-    def submit(request: Any, last: bool) -> None:
-        ids.append(submit_transfer(ctx, request).transaction_id)
-        if last:
-            result.submit_seconds = time.monotonic() - first[0]
-
-    first = [time.monotonic()]
-    actions, offset = [], 0
-    for count in counts.values():
-        for i, at in enumerate(paced(count, over_s)):
-            actions.append(Action(at, "", lambda r=requests[offset + i]: submit(r, len(ids) + 1 == len(requests))))
-        offset += count
-    actions.insert(0, Action(0.0, "", lambda: first.__setitem__(0, time.monotonic())))
-    return actions
+    @property
+    def seconds(self) -> float:
+        return 0.0 if self.first is None or self.last is None else self.last - self.first
 
 
-def events(args: argparse.Namespace, stack: Any, spikes: FeeSpikes, ids: list[str], ctx: Any, name: str) -> list[Action]:
+def submissions(submitter: Submitter, requests: dict[str, list[Any]], over_s: float) -> list[Action]:
+    """Each family's transfers evenly over `over_s`, the families interleaved."""
+    return [Action(at, "", lambda r=request: submitter.submit(r))
+            for group in requests.values() for at, request in zip(paced(len(group), over_s), group)]
+
+
+def events(args: argparse.Namespace, stack: Any, spikes: FeeSpikes, ids: list[str], ctx: Any,
+           name: str) -> list[Action]:
     """The spikes' start and end, the primary endpoints' death, progress every few seconds."""
     def kill() -> None:
         for proxies in stack.proxies.values():
@@ -246,15 +272,17 @@ def spike_figures(spikes: FeeSpikes) -> dict[str, Any]:
             "btc_spike_heights": None if window is None else [window.first_after, window.last]}
 
 
-def drain(args: argparse.Namespace, ctx: Any, ids: list[str], name: str, result: RunResult) -> None:
+def drain(args: argparse.Namespace, ctx: Any, ids: list[str], name: str) -> float:
+    """Wait for every transfer to be final, `--drain-s` at most; the seconds it took."""
     from bench.pipeline_burst import wait_final
 
     started = time.monotonic()
     stages = wait_final(ctx, ids, args.drain_s, say, name)
-    result.drain_seconds = time.monotonic() - started
-    say(f"{name}: {stages.get('CONFIRMED', 0)} confirmed, {stages.get('FAILED', 0)} failed, "
-        f"{len(ids) - stages.get('CONFIRMED', 0) - stages.get('FAILED', 0)} not final "
-        f"{result.drain_seconds:.1f} s after the spikes ended")
+    seconds = time.monotonic() - started
+    final = stages.get("CONFIRMED", 0) + stages.get("FAILED", 0)
+    say(f"{name}: {stages.get('CONFIRMED', 0)} confirmed, {stages.get('FAILED', 0)} failed, {len(ids) - final} "
+        f"not final {seconds:.1f} s after the spikes ended")
+    return seconds
 
 
 if __name__ == "__main__":

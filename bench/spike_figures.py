@@ -95,12 +95,23 @@ def overpaid_fraction(paid: int, minimum: int) -> Fraction:
     return Fraction(paid - minimum, minimum)
 
 
+def overpaid_fractions(facts: Iterable[TransferFacts]) -> list[Fraction]:
+    return [overpaid_fraction(f.paid, f.minimum) for f in facts if f.paid is not None and f.minimum]
+
+
 def mean_overpaid_pct(facts: Iterable[TransferFacts]) -> float | None:
     """The exact mean of the transfers' overpaid fractions, as a percentage (2 decimals)."""
-    fractions = [overpaid_fraction(f.paid, f.minimum) for f in facts if f.paid is not None and f.minimum]
-    if not fractions:
-        return None
-    return round(float(sum(fractions, Fraction(0)) * 100 / len(fractions)), 2)
+    fractions = overpaid_fractions(facts)
+    return _pct(sum(fractions, Fraction(0)) / len(fractions)) if fractions else None
+
+
+def max_overpaid_pct(facts: Iterable[TransferFacts]) -> float | None:
+    fractions = overpaid_fractions(facts)
+    return _pct(max(fractions)) if fractions else None
+
+
+def _pct(fraction: Fraction) -> float:
+    return round(float(fraction * 100), 2)
 
 
 def group_figures(facts: Sequence[TransferFacts]) -> dict[str, Any]:
@@ -120,6 +131,7 @@ def group_figures(facts: Sequence[TransferFacts]) -> dict[str, Any]:
         "max_inclusion_s": _seconds(max(inclusion) if inclusion else None),
         "overpaid_fee_pct": mean_overpaid_pct(facts),
         "overpaid_fee_pct_bumped": mean_overpaid_pct(f for f in facts if f.bump_attempts),
+        "overpaid_fee_pct_max": max_overpaid_pct(facts),
     }
 
 
@@ -165,7 +177,8 @@ def first_send(broadcast_at: datetime | None, attempts: Sequence[_Attempt]) -> d
     return min(sends) if sends else None
 
 
-def read_facts(ctx: Any, ids: Sequence[str], evm_rpc_url: str | None, window: SpikeWindow | None) -> list[TransferFacts]:
+def read_facts(ctx: Any, ids: Sequence[str], evm_rpc_url: str | None,
+               window: SpikeWindow | None) -> list[TransferFacts]:
     """Every transfer's facts: its row, events and attempts from the database; EVM receipts and
     blocks from the node itself (not through the benchmark's proxies, one of which is dead)."""
     rows, events, attempts = _read_rows(ctx, ids)
@@ -174,9 +187,8 @@ def read_facts(ctx: Any, ids: Sequence[str], evm_rpc_url: str | None, window: Sp
         mine = attempts.get(row.transaction_id, [])
         paid, minimum = _fees(row, mine, evm_rpc_url, window)
         facts.append(TransferFacts(
-            row.transaction_id, row.chain, row.status, row.stage, row.held,
-            sum(a.kind == "BUMP" for a in mine), inclusion_seconds(first_send(row.broadcast_at, mine),
-                                                                   events.get(row.transaction_id, [])),
+            row.transaction_id, row.chain, row.status, row.stage, row.held, sum(a.kind == "BUMP" for a in mine),
+            inclusion_seconds(first_send(row.broadcast_at, mine), events.get(row.transaction_id, [])),
             paid, minimum, row.failure))
     return facts
 
@@ -199,8 +211,8 @@ def _read_rows(ctx: Any, ids: Sequence[str]) -> tuple[list[_Row], dict[str, list
         attempts: dict[str, list[_Attempt]] = {}
         for a in session.scalars(select(TransactionAttempt).where(TransactionAttempt.transaction_id.in_(ids))
                                  .order_by(TransactionAttempt.number)):
-            attempts.setdefault(a.transaction_id, []).append(_Attempt(a.kind, a.tx_hash, a.fee_params, a.signed_payload,
-                                                                      a.sent_at))
+            found = _Attempt(a.kind, a.tx_hash, a.fee_params, a.signed_payload, a.sent_at)
+            attempts.setdefault(a.transaction_id, []).append(found)
     return rows, events, attempts
 
 

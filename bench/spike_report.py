@@ -85,12 +85,14 @@ def table(summary: Mapping[str, Any]) -> str:
     scenario = summary.get("scenario", {})
     lines = [f"spike: {scenario.get('evm_transfers')} ETH + {scenario.get('btc_transfers')} BTC transfers over "
              f"{scenario.get('submit_s')} s; {scenario.get('base_fee_multiplier')}x base fee and "
-             f"{scenario.get('spike_sat_vb')} sat/vB from t={scenario.get('spike_at_s')} s for {scenario.get('spike_s')} s; "
-             f"primary RPC endpoints killed at t={scenario.get('kill_at_s')} s", ""]
+             f"{scenario.get('spike_sat_vb')} sat/vB from t={scenario.get('spike_at_s')} s "
+             f"for {scenario.get('spike_s')} s; primary RPC endpoints killed at t={scenario.get('kill_at_s')} s", ""]
     head = f"{'family':9} {'run':9} " + " ".join(f"{title:>{width}}" for _, title, width in COLUMNS)
     lines += [head, "-" * len(head)]
     runs = summary.get("runs", {})
-    families = [name for run in runs.values() for name in run if isinstance(run[name], dict) and "transfers" in run[name]]
+    main = runs.get(BUMPING, {}).get("all", {})
+    families = [name for run in runs.values() for name, shown in run.items()
+                if isinstance(shown, dict) and "transfers" in shown]
     for family in dict.fromkeys(sorted(families, key=lambda name: name == "all")):
         for name, run in runs.items():
             if family in run:
@@ -100,7 +102,8 @@ def table(summary: Mapping[str, Any]) -> str:
     lines += ["", f"stuck {summary['stuck']}, failed {summary['failed']}, bumped {summary['bumped']} "
                   f"({summary['bump_attempts']} bump attempts); p95 inclusion {_cell(summary['p95_inclusion_s'])} s "
                   f"with bumping, {_cell(summary['p95_inclusion_s_without_bumping'])} s without; overpaid "
-                  f"{_cell(summary['overpaid_fee_pct'])} % on average",
+                  f"{_cell(summary['overpaid_fee_pct'])} % on average (bumped transfers "
+                  f"{_cell(main.get('overpaid_fee_pct_bumped'))} %, at most {_cell(main.get('overpaid_fee_pct_max'))} %)",
               f"wall time {summary.get('seconds')} s (" + ", ".join(
                   f"{name} {run.get('seconds')} s" for name, run in runs.items()) + ")"]
     return "\n".join(lines)
