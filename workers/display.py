@@ -56,7 +56,11 @@ def print_attempts(attempts: list[dict[str, Any]]) -> None:
     console.print(table)
 
 
-def _age(seconds: int) -> str:
+def age(seconds: float | None) -> str:
+    """A duration as people read it: `95s`, `12m05s`, `3h07m`; `-` for none (also `paratro status`)."""
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
     if seconds < 120:
         return f"{seconds}s"
     if seconds < 7200:
@@ -79,7 +83,7 @@ def print_stuck(report: StuckReport) -> None:
             nonce = "" if t.nonce is None else f" nonce {t.nonce}"
             fee = "\n".join(f"{key}\n{value}" for key, value in (t.last_fee or {}).items())
             table.add_row(f"{t.transaction_id}\n{t.kind}{nonce}", t.chain, f"{t.stage}\n{t.stuck_reason or '-'}",
-                          str(t.attempts), fee, _age(waited_s(t.waiting_since, report.taken_at)), t.last_event or "")
+                          str(t.attempts), fee, age(waited_s(t.waiting_since, report.taken_at)), t.last_event or "")
         console.print(table)
     console.print(report.summary(), highlight=False)
 

@@ -81,23 +81,13 @@ def gather(settings: Settings) -> StatusReport:
                                   f"{type(exc).__name__}: {reason}", rpc)
 
 
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(seconds)
-    if seconds < 120:
-        return f"{seconds}s"
-    if seconds < 7200:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-
-
 def render(status: StatusReport) -> Any:
     """The rich renderable: queues, pending by stage, transfers by chain, failures, webhooks,
     trackers, RPC endpoints."""
     from rich.console import Group
     from rich.table import Table
 
+    from workers.display import age
     from workers.rpc_status import rpc_table
 
     snap = status.snapshot
@@ -113,7 +103,7 @@ def render(status: StatusReport) -> Any:
             pending.add_row(stage.value, str(snap.pending_by_stage.get(stage.value, 0)))
     oldest = snap.oldest_pending
     pending.caption = ("oldest pending: none" if oldest is None else
-                       f"oldest pending: {oldest.transaction_id} ({oldest.chain}, {oldest.stage}) for {_age(oldest.age_s)}")
+                       f"oldest pending: {oldest.transaction_id} ({oldest.chain}, {oldest.stage}) for {age(oldest.age_s)}")
 
     statuses = ("PENDING", "CONFIRMED", "FAILED")
     chains = Table("chain", *statuses, title="transfers by chain and status")
@@ -126,16 +116,16 @@ def render(status: StatusReport) -> Any:
 
     backlog = Table("backlog", "count", "oldest", title="webhooks and outbox")
     backlog.add_row("webhook events pending", str(snap.webhooks_pending), "")
-    backlog.add_row("webhook events due", str(snap.webhooks_due), _age(snap.webhooks_oldest_due_s))
+    backlog.add_row("webhook events due", str(snap.webhooks_due), age(snap.webhooks_oldest_due_s))
     backlog.add_row("webhook events failed", str(snap.webhooks_failed), "")
     attempts = ", ".join(f"{k} {v}" for k, v in sorted(snap.webhook_attempts.items())) or "none"
     backlog.add_row("webhook attempts", attempts, "")
-    backlog.add_row("step messages overdue", str(snap.outbox_due), _age(snap.outbox_lag_s))
+    backlog.add_row("step messages overdue", str(snap.outbox_due), age(snap.outbox_lag_s))
 
     trackers = Table("chain", "tracked", "head", "last tick", title="confirmation trackers")
     for chain, state in sorted(snap.trackers.items()):
         trackers.add_row(chain, str(state.tracked), "" if state.head is None else str(state.head),
-                         "never" if state.last_tick_age_s is None else f"{_age(state.last_tick_age_s)} ago")
+                         "never" if state.last_tick_age_s is None else f"{age(state.last_tick_age_s)} ago")
     return Group(queues, pending, chains, failures, backlog, trackers, rpc_table(status.rpc))
 
 
