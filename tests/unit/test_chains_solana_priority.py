@@ -81,6 +81,15 @@ def _funded(cluster: Cluster, lamports: int = 10 * SOL) -> Keypair:
     return key
 
 
+def _sending_sol(cluster: Cluster, lamports: int = 10 * SOL,
+                 **options: Any) -> tuple[Keypair, SolanaAdapter, TransferIntent]:
+    """A funded sender, the adapter over the cluster (`options` as `_adapter`'s), and a transfer of
+    1 SOL from the sender to a new address."""
+    sender = _funded(cluster, lamports)
+    adapter = _adapter(cluster, **options)
+    return sender, adapter, TransferIntent(str(sender.pubkey()), str(Keypair().pubkey()), SOL, SPEC.native)
+
+
 def _budget(message: Message) -> dict[int, int]:
     """Tag -> value of the message's ComputeBudget instructions, decoded by hand (2: limit, 3: price)."""
     keys = [str(k) for k in message.account_keys]
@@ -120,18 +129,15 @@ def test_the_reserve_adds_signatures_priority_and_rent() -> None:
 # --- quote and build -----------------------------------------------------------------------------
 
 def test_a_quote_reserves_the_priority_fee_at_the_cap(cluster: Cluster) -> None:
-    sender = _funded(cluster)
-    adapter = _adapter(cluster)
-    quote = adapter.quote_fee(TransferIntent(str(sender.pubkey()), str(Keypair().pubkey()), SOL, SPEC.native))
+    _, adapter, intent = _sending_sol(cluster)
+    quote = adapter.quote_fee(intent)
     assert quote.max_fee == 5000 + 1_000  # 1,000 compute units at 1,000,000 micro-lamports
     assert quote.params["compute_unit_limit"] == 1_000 and quote.params["max_compute_unit_price"] == CAP
     assert "min_compute_unit_price" not in quote.params
 
 
 def test_the_build_pays_the_market_price_up_to_the_cap(cluster: Cluster) -> None:
-    sender = _funded(cluster)
-    adapter = _adapter(cluster)
-    intent = TransferIntent(str(sender.pubkey()), str(Keypair().pubkey()), SOL, SPEC.native)
+    _, adapter, intent = _sending_sol(cluster)
     quote = adapter.quote_fee(intent)
     cluster.set_prioritization_floor(2_500)
     context = adapter.build_context(intent)
@@ -144,9 +150,7 @@ def test_the_build_pays_the_market_price_up_to_the_cap(cluster: Cluster) -> None
 
 
 def test_the_price_lands_and_is_charged(cluster: Cluster) -> None:
-    sender = _funded(cluster)
-    adapter = _adapter(cluster)
-    intent = TransferIntent(str(sender.pubkey()), str(Keypair().pubkey()), SOL, SPEC.native)
+    sender, adapter, intent = _sending_sol(cluster)
     quote = adapter.quote_fee(intent)
     cluster.set_prioritization_floor(300_000)
     unsigned = adapter.build(intent, quote, None, adapter.build_context(intent))
@@ -158,9 +162,7 @@ def test_the_price_lands_and_is_charged(cluster: Cluster) -> None:
 
 
 def test_a_quote_stored_before_priority_fees_builds_as_before(cluster: Cluster) -> None:
-    sender = _funded(cluster)
-    adapter = _adapter(cluster)
-    intent = TransferIntent(str(sender.pubkey()), str(Keypair().pubkey()), SOL, SPEC.native)
+    _, adapter, intent = _sending_sol(cluster)
     old = FeeQuote(5000, {"lamports_per_signature": 5000, "signatures": 1, "create_ata": False, "ata_rent": 0})
     cluster.set_prioritization_floor(2_500)
     message = _built(adapter, intent, old, adapter.build_context(intent))
@@ -175,9 +177,7 @@ def test_a_quote_stored_before_priority_fees_builds_as_before(cluster: Cluster) 
     {"compute_unit_limit": True},
 ])
 def test_fee_parameters_that_could_spend_more_than_the_reserve_are_refused(cluster: Cluster, params: dict[str, Any]) -> None:
-    sender = _funded(cluster)
-    adapter = _adapter(cluster)
-    intent = TransferIntent(str(sender.pubkey()), str(Keypair().pubkey()), SOL, SPEC.native)
+    _, adapter, intent = _sending_sol(cluster)
     quote = adapter.quote_fee(intent)
     context = adapter.build_context(intent)
     with pytest.raises(MalformedTransaction):
@@ -189,9 +189,7 @@ def test_fee_parameters_that_could_spend_more_than_the_reserve_are_refused(clust
 def test_a_transfer_that_empties_the_account_pays_the_reserved_price(cluster: Cluster) -> None:
     # Paying less than reserved would leave the sender a remainder below the rent-exempt minimum,
     # which the runtime refuses: so the quote pins the price at the cap.
-    sender = _funded(cluster, lamports=SOL + 6000)
-    adapter = _adapter(cluster)
-    intent = TransferIntent(str(sender.pubkey()), str(Keypair().pubkey()), SOL, SPEC.native)
+    sender, adapter, intent = _sending_sol(cluster, lamports=SOL + 6000)
     quote = adapter.quote_fee(intent)
     assert quote.max_fee == 6000 and quote.params["min_compute_unit_price"] == CAP
     context = adapter.build_context(intent)
@@ -230,9 +228,7 @@ def test_the_blockhash_and_the_price_come_in_one_request(cluster: Cluster) -> No
 
 
 def test_with_priority_fees_off_the_context_is_the_blockhash_alone(cluster: Cluster) -> None:
-    sender = _funded(cluster)
-    adapter = _adapter(cluster, max_compute_unit_price_micro_lamports=0)
-    intent = TransferIntent(str(sender.pubkey()), str(Keypair().pubkey()), SOL, SPEC.native)
+    _, adapter, intent = _sending_sol(cluster, max_compute_unit_price_micro_lamports=0)
     cluster.set_prioritization_floor(2_500)
     context = adapter.build_context(intent)
     assert "compute_unit_price" not in context
