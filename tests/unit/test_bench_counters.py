@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.counters import Sample, parse_exposition, processes, tree, tree_rss_mb
 from chains.transport import request_method
+from tests.unit.json_http import send_json
 from workers.metrics import statement_verb
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,12 +39,7 @@ class _JsonRpcEcho(BaseHTTPRequestHandler):
             answer = {"jsonrpc": "2.0", "id": body["id"], "result": "0x1"}
         else:
             answer = {"blockID": "00"}
-        data = json.dumps(answer).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, answer)
 
     def log_message(self, *_: object) -> None:
         pass

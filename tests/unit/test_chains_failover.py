@@ -31,6 +31,7 @@ from chains.solana_rpc import SolanaRpc
 from chains.tron_rpc import TronHttpClient, with_port
 from devnet.ports import free_port
 from devnet.rpc_proxy import RpcProxy
+from tests.unit.json_http import send_json
 
 SECRET = "s3cretPassw0rd"
 PATH_KEY = "PATHKEY0a1b2c3d4e5f6a7b8"
@@ -69,12 +70,7 @@ class Node:
                     answer: Any = node.tron(self.path.strip("/"))
                 else:
                     answer = [node.one(c) for c in body] if isinstance(body, list) else node.one(body)
-                data = json.dumps(answer).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, answer)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
