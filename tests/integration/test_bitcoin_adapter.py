@@ -49,7 +49,8 @@ class Wallet:
 
 @pytest.fixture(scope="module")
 def node() -> Iterator[BitcoinNode]:
-    """Mines only when told to, so every confirmation count below is exact."""
+    """Mines only when told to, so every confirmation count, and what a block takes, is exact
+    (also the fixture of test_bitcoin_rbf)."""
     with BitcoinNode(block_interval=0) as running:
         yield running
 

@@ -18,30 +18,13 @@ from chains.base import FeeQuote, SignedTransaction, TransferIntent, TxState, Wa
 from chains.bitcoin import BitcoinAdapter
 from chains.bitcoin_address import dust_limit, p2wpkh_script
 from chains.errors import BumpRefused, TransactionRejected
-from chains.registry import ChainSpec, load_registry
+from chains.registry import ChainSpec
 from devnet.bitcoin_node import BitcoinNode
-from tests.integration.test_bitcoin_adapter import Wallet, balance
+from tests.integration.test_bitcoin_adapter import Wallet, adapter, balance, node, spec  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.integration
 
 SPIKE = 20  # sat/vB; the node's normal estimate is 2
-
-
-@pytest.fixture(scope="module")
-def node() -> Iterator[BitcoinNode]:
-    """Mines only when told to, so what a block takes is exact."""
-    with BitcoinNode(block_interval=0) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def spec(node: BitcoinNode) -> ChainSpec:
-    return replace(load_registry("devnet").chain("bitcoin"), rpc_urls=(node.rpc_url,))
-
-
-@pytest.fixture(scope="module")
-def adapter(spec: ChainSpec) -> BitcoinAdapter:
-    return BitcoinAdapter(spec)
 
 
 @pytest.fixture
