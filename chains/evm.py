@@ -191,9 +191,13 @@ class EvmAdapter:
             return {"gasPrice": to_int(self._call("eth_gasPrice", []), "gas price")}
         if not self._chain_checked:
             self.verify_chain()
-        # the head block and the tip in one HTTP request
-        block, tip_answer = batch_results(self._rpc, [("eth_getBlockByNumber", ["latest", False]),
-                                                      ("eth_maxPriorityFeePerGas", [])])
+        # the pending block (its base fee is the one the next block charges, the one a send is
+        # judged by), the head as a fallback, and the tip, in one HTTP request
+        pending, block, tip_answer = batch_results(self._rpc, [("eth_getBlockByNumber", ["pending", False]),
+                                                               ("eth_getBlockByNumber", ["latest", False]),
+                                                               ("eth_maxPriorityFeePerGas", [])])
+        if isinstance(pending, dict) and pending.get("baseFeePerGas") is not None:
+            block = pending
         if isinstance(block, NodeRpcError):
             raise block
         if not isinstance(block, dict):

@@ -36,7 +36,7 @@ def test_fee_fields_are_read_once_per_poll_interval_in_one_batch(node, monkeypat
     native = DEVNET.chain("ethereum").native
     quotes = [adapter.quote_fee(TransferIntent(SENDER, DEST, amount, native)) for amount in (1, 2, 3)]
 
-    assert fake.batches == [["eth_getBlockByNumber", "eth_maxPriorityFeePerGas"]]  # one HTTP request, once
+    assert fake.batches == [["eth_getBlockByNumber", "eth_getBlockByNumber", "eth_maxPriorityFeePerGas"]]  # one HTTP request, once (pending, latest, tip)
     assert fake.methods().count("eth_estimateGas") == 3  # the gas is the transfer's own, every time
     for quote in quotes:  # each quote reserves exactly what its own fields can spend
         assert quote.params == {"gas": 21000, "maxFeePerGas": 16 * 10**9, "maxPriorityFeePerGas": 2 * 10**9}
@@ -59,7 +59,7 @@ def test_a_node_without_a_tip_method_gets_the_default_tip_in_the_batch(node) -> 
                          "eth_getBlockByNumber": {"number": "0x10", "hash": BLOCK_A, "baseFeePerGas": hex(10)}})
     quote = _adapter(url).quote_fee(TransferIntent(SENDER, DEST, 1, DEVNET.chain("ethereum").native))
     assert quote.params["maxPriorityFeePerGas"] == evm.DEFAULT_PRIORITY_FEE
-    assert fake.batches == [["eth_getBlockByNumber", "eth_maxPriorityFeePerGas"]]
+    assert fake.batches == [["eth_getBlockByNumber", "eth_getBlockByNumber", "eth_maxPriorityFeePerGas"]]
 
 
 def test_a_failed_price_read_is_not_cached(node) -> None:
