@@ -441,7 +441,11 @@ class EndpointPool(Generic[N]):
                 self._saw_head(index, head)
         except ChainRpcError:
             self._record(index, answered=False)  # a node that cannot say its head is no use either
-        except Exception:  # noqa: BLE001 - a probe thread must not die noisily; the calls report
+        except Exception as exc:  # noqa: BLE001 - a probe thread must not die; the endpoint counts as failing
+            import structlog
+
+            structlog.get_logger(LOGGER).warning("rpc.probe_error", chain=self._label(), endpoint=self.names[index],
+                                                 error=type(exc).__name__)
             self._record(index, answered=False)
         finally:
             with self._lock:
