@@ -37,6 +37,7 @@ from workers.services import onboard_wallet
 from workers.stack import EmbeddedStack
 
 ETH = 10**18
+GWEI = 10**9
 LIMITS = TrackerLimits(recheck_s=3600.0)  # nothing goes one by one to the confirm step unless asked
 
 
@@ -71,19 +72,30 @@ class Chain:
         return h.Funded(client.client_id, wallet.wallet_id, "ethereum", address, {"ETH": asset_id})
 
 
-@pytest.fixture
-def chain(stack: EmbeddedStack, tmp_path: Any) -> Iterator[Chain]:
+@pytest.fixture(scope="module")
+def private_anvil(stack: EmbeddedStack) -> Iterator[AnvilNode]:
+    """One anvil for the module's tests (each uses wallets of its own), the stack's worker stopped
+    while they run: stopping and starting it costs ~10 s a time."""
     concurrency = stack.options.concurrency
     stack.stop_worker("w1")
     try:
         with AnvilNode(chain_id=31337, extra_args=["--no-mining"]) as node:
-            spec = replace(h.ctx().registry.chain("ethereum"), rpc_urls=(node.rpc_url,))
-            adapter = EvmAdapter(spec)
-            base = h.ctx()
-            ctx = replace(base, adapter_for=lambda name: adapter if name == "ethereum" else base.adapter_for(name))
-            yield Chain(node, adapter, ctx)
+            yield node
     finally:
         stack.start_worker("w1", concurrency, beat=stack.options.beat)
+
+
+@pytest.fixture
+def chain(private_anvil: AnvilNode) -> Iterator[Chain]:
+    """The base fee back at anvil's 1 gwei start (a test before may have left it anywhere), a fresh
+    adapter (no cached price) and a context on it."""
+    private_anvil.rpc("anvil_setNextBlockBaseFeePerGas", [hex(GWEI)])
+    private_anvil.mine(1)
+    spec = replace(h.ctx().registry.chain("ethereum"), rpc_urls=(private_anvil.rpc_url,))
+    adapter = EvmAdapter(spec)
+    base = h.ctx()
+    ctx = replace(base, adapter_for=lambda name: adapter if name == "ethereum" else base.adapter_for(name))
+    yield Chain(private_anvil, adapter, ctx)
 
 
 def run(ctx: StepContext, step: str, tx_id: str) -> StepReport:
