@@ -108,6 +108,22 @@ def resync(session: Session, account_id: str, pending: int) -> bool:
     return True
 
 
+def drifted(session: Session, chain: str, chain_nonces: Mapping[str, tuple[int, int]]) -> bool:
+    """Whether `reconcile` has anything to do (a read: most ticks then write nothing)."""
+    if not chain_nonces:
+        return False
+    rows = session.execute(
+        select(Account.account_id, Account.address, NonceCursor.next_nonce)
+        .join(NonceCursor, NonceCursor.account_id == Account.account_id)
+        .where(Account.chain == chain, Account.address.in_(list(chain_nonces)))).all()
+    if any(chain_nonces[address][1] > next_nonce for _, address, next_nonce in rows):
+        return True
+    mined = {account_id: chain_nonces[address][0] for account_id, address, _ in rows}
+    released = session.execute(select(ReleasedNonce.account_id, ReleasedNonce.nonce)
+                               .where(ReleasedNonce.account_id.in_(list(mined))))
+    return any(nonce < mined[account_id] for account_id, nonce in released)
+
+
 def reconcile(session: Session, chain: str, chain_nonces: Mapping[str, tuple[int, int]]) -> list[str]:
     """Move cursors up to the chain's pending nonce where the key was used outside the pipeline,
     and forget released nonces the chain has used. `chain_nonces`: address -> (latest, pending).

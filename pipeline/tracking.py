@@ -472,11 +472,12 @@ def keep_nonces_moving(ctx: StepContext, chain: str, observation: Observation,
     """Account-nonce chains: resync cursors with the chain, and fill every gap that later nonces
     wait behind with a NOOP transfer (`pipeline.nonces`), each in its own DB transaction."""
     notes: list[str] = []
-    if observation.nonces:
+    with ctx.db.reading() as session:
+        drifted = nonces.drifted(session, chain, observation.nonces)
+        gaps = nonces.find_gaps(session, chain)
+    if drifted:
         with ctx.db.unit_of_work() as session:
             notes.extend(nonces.reconcile(session, chain, observation.nonces))
-    with ctx.db.reading() as session:
-        gaps = nonces.find_gaps(session, chain)
     dispatches = []
     native = ctx.registry.chain(chain).native.symbol
     for gap in gaps:

@@ -201,3 +201,15 @@ def test_each_tick_moves_a_cursor_behind_the_chain_up_and_forgets_released_nonce
     assert world.tx(later).nonce == 7  # the released one first (still above the chain's), then 6, 8, ...
     with world.db.unit_of_work() as s:  # and never down
         assert nonces.reconcile(s, "ethereum", {world.tx(tx_id).from_address: (2, 3)}) == []
+
+
+def test_a_tick_writes_nothing_for_nonces_when_cursor_and_chain_agree(world: World) -> None:
+    dave = world.onboard(balances={"ETH": 2 * ETH})
+    tx_id = world.sent(dave)  # nonce 0 out: the cursor is at 1
+    address = world.tx(tx_id).from_address
+    with world.db.unit_of_work() as s:
+        assert not nonces.drifted(s, "ethereum", {address: (0, 1)})  # mined 0, pending 1: in step
+        assert nonces.drifted(s, "ethereum", {address: (0, 2)})  # one pending that is not ours
+        s.add(ReleasedNonce(account_id=dave.account_id, nonce=0))
+    with world.db.unit_of_work() as s:
+        assert nonces.drifted(s, "ethereum", {address: (1, 1)})  # a released nonce the chain has used
