@@ -192,6 +192,7 @@ def test_a_transaction_stuck_under_a_base_fee_spike_is_bumped_and_settles_with_t
 
 
 def test_a_bump_at_the_fee_cap_keeps_the_original_which_lands_when_the_spike_ends(stack, chain):
+    h.once_per_session(stack, "its logic is the database's only through the bump and gap-fill paths, which run on both")
     # Given a chain whose fee cap is the transfer's own fee: no bump can clear the node's +10% rule
     f = chain.wallet(10 * ETH)
     tx_id = sent(chain, f)
@@ -215,6 +216,7 @@ def test_a_bump_at_the_fee_cap_keeps_the_original_which_lands_when_the_spike_end
 
 
 def test_a_bump_the_balance_cannot_cover_waits_for_funds_then_goes_through(stack, chain):
+    h.once_per_session(stack, "its logic is the database's only through the bump and gap-fill paths, which run on both")
     # Given an account holding just the amount and the first fee reserve
     probe = chain.wallet(10 * ETH)
     quote = chain.adapter.quote_fee(TransferIntent(probe.address, h.fresh_address(), ETH, chain.adapter.spec.native))
@@ -243,6 +245,7 @@ def test_a_bump_the_balance_cannot_cover_waits_for_funds_then_goes_through(stack
 
 
 def test_a_send_refused_as_underpriced_is_bumped_not_failed(stack, chain):
+    h.once_per_session(stack, "its logic is the database's only through the bump and gap-fill paths, which run on both")
     # Given a transfer signed before a spike and sent during it (the node refuses the old fee)
     f = chain.wallet(10 * ETH)
     tx_id = h.record_only(f, "ETH", "1")
@@ -329,6 +332,7 @@ def test_a_nonce_left_by_a_refused_signing_is_filled_by_a_noop_and_later_nonces_
 
 
 def test_a_signing_that_stalls_gives_its_nonce_back_and_later_nonces_land(stack, chain):
+    h.once_per_session(stack, "its logic is the database's only through the bump and gap-fill paths, which run on both")
     # Given a holds nonce n and its signer never answers, while b (n+1) waits on chain
     f, a, b, _ = blocked_account(chain)
     gap = h.load(a).nonce
@@ -360,6 +364,7 @@ def sign_outside(chain: Chain, f: h.Funded, nonce: int) -> str:
 
 
 def test_a_nonce_used_outside_the_pipeline_is_proven_then_the_transfer_is_re_signed_past_it(stack, chain):
+    h.once_per_session(stack, "its logic is the database's only through the bump and gap-fill paths, which run on both")
     # Given a transfer signed at nonce n, and the same key used outside for n and n+1 meanwhile
     f = chain.wallet(10 * ETH)
     tx_id = h.record_only(f, "ETH", "1")
