@@ -29,11 +29,12 @@ sandbox: install
 	@$(BIN)/paratro sandbox
 
 # Unit tests run alongside the integration tests (which mostly wait on blocks and workers), their
-# output shown after; both must pass.
+# output shown after; both must pass. The unit tests run niced: the integration suite is the longer
+# path, and its worker processes should not wait for the CPU behind them.
 test: install
 	$(BIN)/python -m devnet.ensure redis postgres anvil
 	@mkdir -p var
-	@$(BIN)/python -m pytest -q -p no:cacheprovider -m "not integration" > var/test-unit.log 2>&1 & unit=$$!; \
+	@nice -n 10 $(BIN)/python -m pytest -q -p no:cacheprovider -m "not integration" > var/test-unit.log 2>&1 & unit=$$!; \
 	  $(BIN)/python -m pytest -q -p no:cacheprovider -m integration; integration=$$?; \
 	  wait $$unit; unit=$$?; echo "--- unit tests (ran alongside; var/test-unit.log) ---"; tail -n 25 var/test-unit.log; \
 	  echo "make test: integration exit $$integration, unit exit $$unit"; test $$integration -eq 0 -a $$unit -eq 0

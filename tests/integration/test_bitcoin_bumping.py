@@ -22,6 +22,7 @@ SPIKE_SAT_VB = 60  # the devnet's normal estimate is 2 sat/vB: a transfer quoted
 
 
 def test_a_bitcoin_transfer_below_the_fee_estimate_is_replaced_by_fee_and_settles_once(stack: EmbeddedStack) -> None:
+    h.once_per_session(stack, "the bump step's PostgreSQL side runs in the EVM fee-bump tests")
     # Given a BTC transfer signed at the normal fee rate, then a fee-rate spike before it is sent
     node = stack.nodes["bitcoin"]
     f = h.funded(stack, "bitcoin", {"BTC": "1"})
