@@ -116,7 +116,8 @@ class TickReport:
     failed: int = 0
     handed: int = 0  # to the per-transfer confirm (or bump) step
     bumps: int = 0  # of those, to the bump step
-    armed: int = 0  # bump clocks started
+    armed: int = 0  # bump clocks started (in the tick's closing commit)
+    unarmed: list[str] = field(default_factory=list)  # what this tick read without a bump clock
     nonce_notes: list[str] = field(default_factory=list)  # cursors resynced, gaps filled (EVM)
     superseded: int = 0  # another driver took the transfer between read and write
     errors: int = 0  # transfers that could not be written (handed to the confirm step)
@@ -421,8 +422,9 @@ def tick(ctx: StepContext, chain: str, limits: TrackerLimits) -> TickReport:
         report.error = f"{type(exc).__name__}: {str(exc)[:300]}"
     finally:
         still = report.tracked - report.confirmed - report.failed - report.handed  # followed after this tick
-        with ctx.db.unit_of_work() as session:
-            finish(session, chain, token, completed, max(still, 0))
+        with ctx.db.unit_of_work() as session:  # the bump clocks in the lease's own commit: no extra one
+            if finish(session, chain, token, completed, max(still, 0)) and completed is not None and report.unarmed:
+                report.armed = arm_bump_clocks(session, report.unarmed, completed.head)
     return report
 
 
@@ -443,10 +445,8 @@ def _follow(ctx: StepContext, chain: str, cursor: dict[str, Any], limits: Tracke
     decisions = decide(readable, observation, depth, limits, utcnow(), policy)
     decisions.extend(Decision(item, None) for item in unreadable)  # the confirm step holds them with the reason
     apply(ctx, decisions, depth, limits, report)
-    unarmed = [item.transaction_id for item in readable if item.armed_head is None]
-    if policy is not None and observation.head and unarmed:
-        with ctx.db.unit_of_work() as session:
-            report.armed = arm_bump_clocks(session, unarmed, observation.head)
+    if policy is not None and observation.head:
+        report.unarmed = [item.transaction_id for item in readable if item.armed_head is None]
     if adapter.uses_account_nonce:
         report.nonce_notes, dispatches = keep_nonces_moving(ctx, chain, observation, limits)
         report.dispatches.extend(dispatches)
