@@ -28,16 +28,20 @@ sandbox: install
 	@$(BIN)/python -m devnet.ensure redis anvil
 	@$(BIN)/paratro sandbox
 
-# Unit tests run alongside the integration tests (which mostly wait on blocks and workers), their
-# output shown after; both must pass. The unit tests run niced: the integration suite is the longer
-# path, and its worker processes should not wait for the CPU behind them.
+# The integration suite runs once per database: the SQLite half here, the PostgreSQL half alongside
+# (each has its own stack; both mostly wait on blocks and workers), and the unit tests alongside
+# too, niced; every part's output is shown and all must pass.
 test: install
 	$(BIN)/python -m devnet.ensure redis postgres anvil
 	@mkdir -p var
 	@nice -n 10 $(BIN)/python -m pytest -q -p no:cacheprovider -m "not integration" > var/test-unit.log 2>&1 & unit=$$!; \
-	  $(BIN)/python -m pytest -q -p no:cacheprovider -m integration; integration=$$?; \
-	  wait $$unit; unit=$$?; echo "--- unit tests (ran alongside; var/test-unit.log) ---"; tail -n 25 var/test-unit.log; \
-	  echo "make test: integration exit $$integration, unit exit $$unit"; test $$integration -eq 0 -a $$unit -eq 0
+	  $(BIN)/python -m pytest -q -p no:cacheprovider -m integration -k postgresql > var/test-postgresql.log 2>&1 & pg=$$!; \
+	  $(BIN)/python -m pytest -q -p no:cacheprovider -m integration -k "not postgresql"; integration=$$?; \
+	  wait $$pg; pg=$$?; wait $$unit; unit=$$?; \
+	  echo "--- integration on PostgreSQL (ran alongside; var/test-postgresql.log) ---"; tail -n 25 var/test-postgresql.log; \
+	  echo "--- unit tests (ran alongside; var/test-unit.log) ---"; tail -n 25 var/test-unit.log; \
+	  echo "make test: integration exit $$integration, postgresql exit $$pg, unit exit $$unit"; \
+	  test $$integration -eq 0 -a $$pg -eq 0 -a $$unit -eq 0
 
 # The chaos harness (tests/chaos): N transfers under worker kills, redis restarts, database
 # backend terminations, a driver storm and faulty/lagging RPC; DB=postgresql (default) or sqlite.

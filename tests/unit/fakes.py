@@ -44,10 +44,11 @@ from chains.base import (
 from chains.errors import InvalidAddress, InvalidSignature, TransactionRejected
 from chains.registry import ChainSpec, Registry, TokenSpec
 from chains.tracking import track_each
-from pipeline import credentials, ledger, onboarding
+from pipeline import credentials, ledger, nonces, onboarding
+from pipeline.ids import new_id
 from pipeline.sealing import SecretBox, new_secrets_key
 from pipeline.db import Database
-from pipeline.models import Asset, LedgerEntry, Transaction, TransactionEvent
+from pipeline.models import Asset, LedgerEntry, ReleasedNonce, Transaction, TransactionEvent
 from pipeline.driving import Run, load_tx, take
 from pipeline.stages import Stage
 from pipeline.steps import STEP_FUNCTIONS, Outcome, OutcomeKind, StepContext
@@ -402,6 +403,15 @@ class World:
         self.run_until(tx_id, "broadcast")
         assert self.tx(tx_id).stage == "BROADCAST"
         return tx_id
+
+    def gap_fill(self, party: Party, nonce: int) -> str:
+        """A NOOP transfer claiming a released nonce of the party's account, as the tracker's gap check does."""
+        with self.db.unit_of_work() as s:
+            s.add(ReleasedNonce(account_id=party.account_id, nonce=nonce))
+        with self.db.unit_of_work() as s:
+            noop = nonces.claim_gap(s, nonces.Gap(party.account_id, nonce), "ETH", new_id("transaction"))
+            assert noop is not None
+            return noop.transaction_id
 
     def run_until(self, tx_id: str, last_step: str, ctx: StepContext | None = None) -> list[Outcome]:
         """Run the steps in order up to and including `last_step` (each once)."""

@@ -18,9 +18,7 @@ import pytest
 from sqlalchemy import select, text
 
 from chains.base import FeeQuote
-from pipeline import nonces
-from pipeline.ids import new_id
-from pipeline.models import ReleasedNonce, Transaction, utcnow
+from pipeline.models import Transaction, utcnow
 from workers.display import print_stuck, print_transfer
 from workers.services import describe_transfer
 from workers.stuck import find_stuck, list_stuck, stuck_filter
@@ -40,16 +38,6 @@ def bumped(world: World, party: Party) -> str:
     world.step("request_signature", tx_id)
     world.step("broadcast", tx_id)
     return tx_id
-
-
-def gap_fill(world: World, party: Party, nonce: int) -> str:
-    """A NOOP transfer claiming a released nonce, as the tracker's gap check does."""
-    with world.db.unit_of_work() as s:
-        s.add(ReleasedNonce(account_id=party.account_id, nonce=nonce))
-    with world.db.unit_of_work() as s:
-        noop = nonces.claim_gap(s, nonces.Gap(party.account_id, nonce), "ETH", new_id("transaction"))
-        assert noop is not None
-        return noop.transaction_id
 
 
 def sent_ago(world: World, tx_id: str, seconds: int) -> None:
@@ -122,7 +110,7 @@ def test_stuck_lists_bumping_waiting_for_funds_gap_fills_and_old_sends_and_nothi
     world.adapter().replacement_quotes = [FeeQuote(max_fee=ETH, params={"gas": 21_000, "gasPrice": ETH // 21_000})]
     world.step("bump_fee", starving)
     # a nonce gap behind later nonces: a NOOP transfer fills it
-    noop = gap_fill(world, alice, 7)
+    noop = world.gap_fill(alice, 7)
     # sent ten minutes ago, not in a block
     old = world.sent(alice)
     sent_ago(world, old, 600)
@@ -167,7 +155,7 @@ def test_older_than_chain_and_limit(world: World) -> None:
 
 def test_a_noop_without_a_stuck_reason_is_still_listed(world: World) -> None:
     alice = world.onboard(balances={"ETH": 5 * ETH})
-    noop = gap_fill(world, alice, 3)
+    noop = world.gap_fill(alice, 3)
     world.edit(noop, lambda tx: setattr(tx, "stuck_reason", None))
     with world.db.reading() as s:
         report = find_stuck(s, utcnow())
@@ -176,7 +164,7 @@ def test_a_noop_without_a_stuck_reason_is_still_listed(world: World) -> None:
 
 def test_stuck_renders_a_table_and_the_summary(world: World, capsys: pytest.CaptureFixture[str]) -> None:
     alice = world.onboard(balances={"ETH": 5 * ETH})
-    noop = gap_fill(world, alice, 4)
+    noop = world.gap_fill(alice, 4)
     old = world.sent(alice)
     sent_ago(world, old, 3 * 3600)
 

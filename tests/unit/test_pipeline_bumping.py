@@ -8,14 +8,13 @@ from datetime import timedelta
 from chains.base import FeeQuote, TxState, TxStatus
 from chains.errors import BumpRefused, TransactionRejected
 from pipeline import nonces
-from pipeline.ids import new_id
 from pipeline.models import ReleasedNonce, Transaction, TransactionAttempt, WebhookEvent, utcnow
 from pipeline.sealing import SecretBox, new_secrets_key
 from pipeline.steps import OutcomeKind
 from pipeline.webhooks import configure_webhook
 from signer.base import SignerError
 from sqlalchemy import select
-from tests.unit.fakes import PENDING, Party, World, included
+from tests.unit.fakes import PENDING, World, included
 
 ETH = 10**18
 GWEI = 10**9
@@ -124,18 +123,9 @@ def test_a_nonce_is_given_back_only_if_no_transaction_with_it_was_ever_sent(worl
     assert released == [tx.nonce]  # the new nonce, never sent, is given back; the used one is not
 
 
-def gap(world: World, party: Party, nonce: int) -> str:
-    with world.db.unit_of_work() as s:
-        s.add(ReleasedNonce(account_id=party.account_id, nonce=nonce))
-    with world.db.unit_of_work() as s:
-        noop = nonces.claim_gap(s, nonces.Gap(party.account_id, nonce), "ETH", new_id("transaction"))
-        assert noop is not None
-        return noop.transaction_id
-
-
 def test_a_gap_fill_short_of_its_fee_waits_instead_of_failing_and_coming_back_every_tick(world: World) -> None:
     bob = world.onboard(balances={"ETH": 1})
-    noop = gap(world, bob, 3)
+    noop = world.gap_fill(bob, 3)
     outcome = world.step("lock_funds", noop)
     tx = world.tx(noop)
     assert (outcome.kind, tx.status, tx.stuck_reason, tx.nonce) == (OutcomeKind.WAIT, "PENDING", "waiting_for_funds", 3)
@@ -146,7 +136,7 @@ def test_a_failed_gap_fill_is_not_made_again_at_once(world: World) -> None:
     later = world.sent(bob)  # nonce 0 in flight
     with world.db.unit_of_work() as s:
         s.get(Transaction, later).nonce = 5
-    noop = gap(world, bob, 4)
+    noop = world.gap_fill(bob, 4)
     world.edit(noop, lambda tx: (setattr(tx, "status", "FAILED"), setattr(tx, "finalized_at", utcnow())))
     with world.db.unit_of_work() as s:
         s.add(ReleasedNonce(account_id=bob.account_id, nonce=4))
@@ -162,7 +152,7 @@ def test_a_gap_fill_sends_no_webhook_to_the_client(world: World) -> None:
     with world.db.unit_of_work() as s:
         configure_webhook(s, SecretBox(new_secrets_key()), bob.client_id, "http://127.0.0.1:9/h", ["transaction.stage"],
                           devnet=True)
-    noop = gap(world, bob, 0)
+    noop = world.gap_fill(bob, 0)
     world.step("lock_funds", noop)
     mine = world.transfer(bob, "1")
     world.step("resolve_source", mine)
