@@ -107,6 +107,7 @@ class ManagedProcess:
         user: str | None = None,
         on_stop: Callable[[], None] | None = None,
         keep_log: bool = False,
+        term_leader_only: bool = False,
     ) -> None:
         if not argv:
             raise ValueError("argv must not be empty")
@@ -115,6 +116,9 @@ class ManagedProcess:
         self.ready = ready
         self.timeout = timeout
         self.grace = grace
+        # SIGTERM only the leader (it stops its children itself, e.g. a Celery worker's warm
+        # shutdown lets its pool finish the running tasks); the group gets SIGKILL after `grace`
+        self.term_leader_only = term_leader_only
         self.env = dict(env) if env is not None else None
         self.cwd = cwd
         self.die_with_parent = die_with_parent and sys.platform.startswith("linux")
@@ -229,13 +233,16 @@ class ManagedProcess:
             pass
 
     def stop(self, grace: float | None = None) -> int | None:
-        """SIGTERM the process group, SIGKILL it after ``grace`` seconds, reap. Idempotent."""
+        """SIGTERM the process group (or its leader), SIGKILL the group after ``grace`` seconds, reap. Idempotent."""
         proc = self._proc
         if proc is None:
             return None
         grace = self.grace if grace is None else grace
         if proc.poll() is None:
-            self._signal_group(signal.SIGTERM)
+            if self.term_leader_only:
+                proc.send_signal(signal.SIGTERM)
+            else:
+                self._signal_group(signal.SIGTERM)
             try:
                 proc.wait(timeout=grace)
             except subprocess.TimeoutExpired:

@@ -153,7 +153,7 @@ class EmbeddedStack:
         env = {**os.environ, **self.env}
         process = ManagedProcess(argv, name=f"worker-{name}", ready=lambda: _worker_answers(name),
                                  log_path=self.options.workdir / f"worker-{name}.log", env=env, timeout=60.0,
-                                 grace=10.0, cwd=Path.cwd())
+                                 grace=10.0, cwd=Path.cwd(), term_leader_only=True)
         process.start()
         return process
 
